@@ -1,0 +1,53 @@
+# Wedge's front door. Every target installs what it needs first (Debian, as root).
+
+CARGO      ?= cargo
+PREFIX     ?= /usr/local
+# One profile for tests, demo, bench and install: wasmtime built once.
+PROFILE    := --release
+BIN_DIR    := target/release
+# The e2e tests each start a containerd; two at a time suits a 2-core machine.
+E2E_THREADS ?= 2
+
+.PHONY: all deps build demo test fmt-check lint unit e2e bench install uninstall clean
+
+all: build
+
+deps:
+	./scripts/install-deps.sh
+
+build: deps
+	$(CARGO) build $(PROFILE) --workspace --bins
+
+## demo: build, start a private containerd, run wasm containers, clean up.
+demo: build
+	$(BIN_DIR)/wedge-demo
+
+## test: formatting, lints, unit tests, end-to-end tests against a real containerd.
+test: deps fmt-check lint build unit e2e
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+lint:
+	$(CARGO) clippy $(PROFILE) --workspace --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test $(PROFILE) --workspace --lib --bins
+
+e2e: build
+	$(CARGO) test $(PROFILE) -p wedge-e2e --tests -- --test-threads=$(E2E_THREADS)
+
+## bench: cold start of Wedge vs runc on the same containerd (WEDGE_BENCH_RUNS=15).
+bench: build
+	$(BIN_DIR)/wedge-bench
+
+## install: the shim and the CLI into $(PREFIX)/bin, where containerd finds the shim.
+install: build
+	install -D -m 0755 $(BIN_DIR)/containerd-shim-wedge-v1 $(DESTDIR)$(PREFIX)/bin/containerd-shim-wedge-v1
+	install -D -m 0755 $(BIN_DIR)/wedge $(DESTDIR)$(PREFIX)/bin/wedge
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/containerd-shim-wedge-v1 $(DESTDIR)$(PREFIX)/bin/wedge
+
+clean:
+	$(CARGO) clean

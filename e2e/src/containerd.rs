@@ -1,0 +1,272 @@
+//! A private containerd for one test: its own root, state, sockets and config under a temp
+//! dir, the freshly built shim first on its PATH. It never touches a system containerd.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::binaries;
+
+/// containerd's runtime type for the Wedge shim.
+pub const WEDGE_RUNTIME: &str = "io.containerd.wedge.v1";
+
+pub struct Containerd {
+    dir: tempfile::TempDir,
+    daemon: Option<Child>,
+}
+
+impl Containerd {
+    /// Starts containerd and waits until it answers.
+    pub fn start() -> Result<Self> {
+        ensure!(
+            nix::unistd::geteuid().is_root(),
+            "the end-to-end tests start containerd and must run as root"
+        );
+        // Short prefix: shim socket paths must stay under the unix socket length limit.
+        let dir = tempfile::Builder::new()
+            .prefix("wedge-e2e-")
+            .tempdir_in("/tmp")?;
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, private_config(dir.path())?)?;
+        let log = std::fs::File::create(dir.path().join("containerd.log"))?;
+        let path = format!(
+            "{}:{}",
+            binaries::dir()?.display(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+        );
+        let daemon = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start containerd (apt-get install containerd runc)")?;
+        let containerd = Containerd {
+            dir,
+            daemon: Some(daemon),
+        };
+        containerd.wait_ready(Duration::from_secs(20))?;
+        Ok(containerd)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+
+    fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self
+                .ctr(&["version"])
+                .map(|out| out.status.success())
+                .unwrap_or(false)
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("containerd did not come up; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// A `ctr` command aimed at this containerd.
+    pub fn ctr_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("ctr");
+        command.arg("--address").arg(self.socket()).args(args);
+        command
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> Result<Output> {
+        self.ctr_command(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run ctr")
+    }
+
+    /// Runs `ctr`, failing with its stderr if it fails.
+    pub fn ctr_ok(&self, args: &[&str]) -> Result<Output> {
+        let out = self.ctr(args)?;
+        ensure!(
+            out.status.success(),
+            "ctr {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(out)
+    }
+
+    pub fn import(&self, archive: &Path) -> Result<()> {
+        let archive = archive.to_str().context("archive path is not UTF-8")?;
+        self.ctr_ok(&["images", "import", archive])?;
+        Ok(())
+    }
+
+    /// `ctr run --rm` on the Wedge runtime, waiting for the container to end.
+    pub fn run_wasm(&self, image: &str, id: &str, args: &[&str]) -> Result<Output> {
+        let mut all = vec!["run", "--rm", "--runtime", WEDGE_RUNTIME, image, id];
+        all.extend_from_slice(args);
+        self.ctr(&all)
+    }
+
+    /// Processes that belong to this containerd's containers: shims (their command line names
+    /// our socket) and runners (theirs names the bundle under our state dir).
+    pub fn container_processes(&self) -> Vec<(i32, String)> {
+        let marker = self.dir.path().to_string_lossy().into_owned();
+        let own = self.daemon.as_ref().map(|child| child.id() as i32);
+        processes_mentioning(&marker)
+            .into_iter()
+            .filter(|(pid, _)| Some(*pid) != own)
+            .collect()
+    }
+
+    pub fn mounts(&self) -> Vec<String> {
+        let marker = self.dir.path().to_string_lossy().into_owned();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.contains(&marker))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Bundles containerd still holds for tasks (it removes each after the task's delete).
+    pub fn bundles(&self) -> Vec<PathBuf> {
+        let tasks = self.dir.path().join("state/io.containerd.runtime.v2.task");
+        let mut found = Vec::new();
+        for namespace in std::fs::read_dir(tasks).into_iter().flatten().flatten() {
+            for bundle in std::fs::read_dir(namespace.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                found.push(bundle.path());
+            }
+        }
+        found
+    }
+
+    /// Fails unless every container is gone without a trace: no shim or runner process,
+    /// no mount, no bundle. Shims exit shortly after their last Delete, so this waits a little.
+    pub fn assert_clean(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let processes = self.container_processes();
+            let mounts = self.mounts();
+            let bundles = self.bundles();
+            if processes.is_empty() && mounts.is_empty() && bundles.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "left behind:\n processes: {processes:?}\n mounts: {mounts:?}\n bundles: {bundles:?}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut daemon) = self.daemon.take() {
+            let pid = nix::unistd::Pid::from_raw(daemon.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = daemon.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+        }
+        // Whatever a failed test left: kill it and unmount, so the temp dir can go.
+        for (pid, _) in self.container_processes() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let mut mounts: Vec<String> = self
+            .mounts()
+            .iter()
+            .filter_map(|line| line.split(' ').nth(4).map(str::to_string))
+            .collect();
+        mounts.sort_by_key(|mount| std::cmp::Reverse(mount.len()));
+        for mount in mounts {
+            let _ = nix::mount::umount2(mount.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `containerd config default` with every path moved under `dir` and the CRI plugin off
+/// (these tests talk to containerd directly).
+fn private_config(dir: &Path) -> Result<String> {
+    let out = Command::new("containerd")
+        .args(["config", "default"])
+        .output()
+        .context("cannot run `containerd config default`")?;
+    ensure!(out.status.success(), "containerd config default failed");
+    let mut config: toml_edit::DocumentMut = String::from_utf8(out.stdout)?.parse()?;
+    let path = |name: &str| dir.join(name).display().to_string();
+    config["root"] = toml_edit::value(path("root"));
+    config["state"] = toml_edit::value(path("state"));
+    config["grpc"]["address"] = toml_edit::value(path("containerd.sock"));
+    config["ttrpc"]["address"] = toml_edit::value(path("containerd.sock.ttrpc"));
+    config["debug"]["address"] = toml_edit::value(path("debug.sock"));
+    config["debug"]["level"] = toml_edit::value("debug");
+    let mut disabled = toml_edit::Array::new();
+    disabled.push("io.containerd.grpc.v1.cri");
+    config["disabled_plugins"] = toml_edit::value(disabled);
+    if let Some(opt) = config
+        .get_mut("plugins")
+        .and_then(|plugins| plugins.get_mut("io.containerd.internal.v1.opt"))
+    {
+        opt["path"] = toml_edit::value(path("opt"));
+    }
+    Ok(config.to_string())
+}
+
+/// (pid, command line) of every process whose command line contains `marker`.
+fn processes_mentioning(marker: &str) -> Vec<(i32, String)> {
+    let me = std::process::id() as i32;
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(marker) && !cmdline.starts_with("ctr ") {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}

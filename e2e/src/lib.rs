@@ -1,0 +1,9 @@
+//! Harness for Wedge's end-to-end tests, demo and benchmarks: a private containerd, the
+//! binaries under test, and the wasm programs and images they run.
+
+pub mod binaries;
+pub mod containerd;
+pub mod images;
+pub mod programs;
+
+pub use containerd::{Containerd, WEDGE_RUNTIME};

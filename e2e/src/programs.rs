@@ -1,0 +1,99 @@
+//! The WASI programs the tests and the demo run, in WAT and in C.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{ensure, Context, Result};
+
+/// Writes "hello from wasm\n" and exits 0.
+pub const HELLO_WAT: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "hello from wasm\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 16))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
+
+/// Exits through `proc_exit(42)`.
+pub const EXIT_42_WAT: &str = r#"(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start") (call $exit (i32.const 42))))"#;
+
+/// Traps on `unreachable` inside a named function.
+pub const TRAP_WAT: &str = r#"(module
+  (memory (export "memory") 1)
+  (func $explode unreachable)
+  (func (export "_start") (call $explode)))"#;
+
+/// Spins forever without calling the host.
+pub const LOOP_WAT: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "_start") (loop $forever (br $forever))))"#;
+
+/// A module that imports what no WASI host provides.
+pub const UNKNOWN_IMPORT_WAT: &str = r#"(module
+  (import "env" "launch_missiles" (func))
+  (memory (export "memory") 1)
+  (func (export "_start")))"#;
+
+/// Prints argv, one `WEDGE_*` variable, writes stderr, echoes stdin or tries to write a
+/// file, in C through
+/// wasi-libc, the way real programs use WASI.
+pub const ECHO_C: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int main(int argc, char **argv) {
+    for (int i = 0; i < argc; i++) printf("arg[%d]=%s\n", i, argv[i]);
+    const char *greeting = getenv("WEDGE_GREETING");
+    printf("env WEDGE_GREETING=%s\n", greeting ? greeting : "(unset)");
+    fprintf(stderr, "to stderr\n");
+    if (argc > 1 && strcmp(argv[1], "stdin") == 0) {
+        char line[256];
+        while (fgets(line, sizeof line, stdin)) printf("stdin: %s", line);
+    }
+    if (argc > 1 && strcmp(argv[1], "write") == 0) {
+        FILE *out = fopen("/written.txt", "w");
+        printf("write: %s\n", out ? "ok" : "refused");
+        if (out) fclose(out);
+    }
+    if (argc > 1 && strcmp(argv[1], "fail") == 0) return 3;
+    return 0;
+}
+"#;
+
+pub fn wat(source: &str) -> Result<Vec<u8>> {
+    wat::parse_str(source).context("invalid WAT")
+}
+
+/// A module that is cut off in the middle of its code section.
+pub fn corrupt_module() -> Result<Vec<u8>> {
+    let mut bytes = wat(HELLO_WAT)?;
+    bytes.truncate(bytes.len() / 2);
+    Ok(bytes)
+}
+
+/// Compiles C to a WASI preview1 command with Debian's clang and wasi-libc.
+pub fn compile_c(source: &str, work: &Path, name: &str) -> Result<Vec<u8>> {
+    let c_file = work.join(format!("{name}.c"));
+    let wasm_file = work.join(format!("{name}.wasm"));
+    std::fs::write(&c_file, source)?;
+    let out = Command::new("clang")
+        .args(["--target=wasm32-wasi", "-O2", "-o"])
+        .arg(&wasm_file)
+        .arg(&c_file)
+        .output()
+        .context(
+            "cannot run clang (apt-get install clang lld wasi-libc libclang-rt-14-dev-wasm32)",
+        )?;
+    ensure!(
+        out.status.success(),
+        "clang failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(std::fs::read(wasm_file)?)
+}

@@ -1,0 +1,348 @@
+//! `ctr run` against a private containerd with the Wedge shim: what a user sees.
+
+use std::io::Write;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use wedge_e2e::{images, programs, Containerd, WEDGE_RUNTIME};
+
+struct Case {
+    containerd: Containerd,
+    work: tempfile::TempDir,
+}
+
+impl Case {
+    fn new() -> Result<Self> {
+        Ok(Case {
+            containerd: Containerd::start()?,
+            work: tempfile::tempdir()?,
+        })
+    }
+
+    /// Builds and imports an image of `module`; returns its reference.
+    fn image(&self, name: &str, module: &[u8]) -> Result<String> {
+        let (archive, reference) = images::wasm_image(self.work.path(), name, module)?;
+        self.containerd.import(&archive)?;
+        Ok(reference)
+    }
+
+    fn echo_image(&self) -> Result<String> {
+        let module = programs::compile_c(programs::ECHO_C, self.work.path(), "echo")?;
+        self.image("echo", &module)
+    }
+
+    fn finish(self) -> Result<()> {
+        self.containerd.assert_clean()
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn wait_until_running(containerd: &Containerd, id: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let tasks = stdout(&containerd.ctr_ok(&["tasks", "ls"])?);
+        if tasks
+            .lines()
+            .any(|line| line.starts_with(id) && line.contains("RUNNING"))
+        {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("task {id} never ran; containerd log:\n{}", containerd.log())
+}
+
+#[test]
+fn hello_world_prints_and_exits_zero() -> Result<()> {
+    let case = Case::new()?;
+    let image = case.image("hello", &programs::wat(programs::HELLO_WAT)?)?;
+    let out = case.containerd.run_wasm(&image, "hello", &[])?;
+    assert_eq!(
+        stdout(&out),
+        "hello from wasm\n",
+        "stderr: {}",
+        stderr(&out)
+    );
+    assert_eq!(out.status.code(), Some(0));
+    case.finish()
+}
+
+#[test]
+fn args_env_and_stderr_reach_the_c_program() -> Result<()> {
+    let case = Case::new()?;
+    let image = case.echo_image()?;
+    let out = case.containerd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        WEDGE_RUNTIME,
+        "--env",
+        "WEDGE_GREETING=hi there",
+        &image,
+        "args",
+        "/echo.wasm",
+        "one",
+        "two words",
+    ])?;
+    assert_eq!(
+        stdout(&out),
+        "arg[0]=/echo.wasm\narg[1]=one\narg[2]=two words\nenv WEDGE_GREETING=hi there\n"
+    );
+    assert_eq!(stderr(&out), "to stderr\n");
+    assert_eq!(out.status.code(), Some(0));
+
+    let out = case
+        .containerd
+        .run_wasm(&image, "failing", &["/echo.wasm", "fail"])?;
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "main's return value is the exit code"
+    );
+    case.finish()
+}
+
+#[test]
+fn stdin_reaches_the_module_until_the_client_closes_it() -> Result<()> {
+    let case = Case::new()?;
+    let image = case.echo_image()?;
+    let mut child = case
+        .containerd
+        .ctr_command(&["run", "--rm", "--runtime", WEDGE_RUNTIME, &image, "stdin"])
+        .args(["/echo.wasm", "stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut input = child.stdin.take().expect("piped stdin");
+    input.write_all(b"first line\nsecond line\n")?;
+    drop(input);
+    let out = child.wait_with_output()?;
+    assert!(
+        stdout(&out).ends_with("stdin: first line\nstdin: second line\n"),
+        "stdout: {} stderr: {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(out.status.code(), Some(0));
+    case.finish()
+}
+
+#[test]
+fn read_only_root_refuses_writes() -> Result<()> {
+    let case = Case::new()?;
+    let image = case.echo_image()?;
+    let out = case
+        .containerd
+        .run_wasm(&image, "writable", &["/echo.wasm", "write"])?;
+    assert!(stdout(&out).contains("write: ok"), "{}", stdout(&out));
+    let out = case.containerd.ctr(&[
+        "run",
+        "--rm",
+        "--read-only",
+        "--runtime",
+        WEDGE_RUNTIME,
+        &image,
+        "readonly",
+        "/echo.wasm",
+        "write",
+    ])?;
+    assert!(stdout(&out).contains("write: refused"), "{}", stdout(&out));
+    case.finish()
+}
+
+#[test]
+fn proc_exit_code_is_the_container_exit_code() -> Result<()> {
+    let case = Case::new()?;
+    let image = case.image("exit42", &programs::wat(programs::EXIT_42_WAT)?)?;
+    let out = case.containerd.run_wasm(&image, "exit42", &[])?;
+    assert_eq!(out.status.code(), Some(42), "stderr: {}", stderr(&out));
+    case.finish()
+}
+
+#[test]
+fn a_trap_exits_134_with_the_trap_message() -> Result<()> {
+    let case = Case::new()?;
+    let image = case.image("trap", &programs::wat(programs::TRAP_WAT)?)?;
+    let out = case.containerd.run_wasm(&image, "trap", &[])?;
+    assert_eq!(out.status.code(), Some(134));
+    let message = stderr(&out);
+    assert!(
+        message.contains("wasm trap") && message.contains("unreachable"),
+        "stderr: {message}"
+    );
+    case.finish()
+}
+
+/// Starts a spinning module, signals it, and returns (exit code, time from kill to exit).
+fn kill_spinning_module(signal: &str) -> Result<(Option<i32>, Duration)> {
+    let case = Case::new()?;
+    let image = case.image("spin", &programs::wat(programs::LOOP_WAT)?)?;
+    let child = case
+        .containerd
+        .ctr_command(&["run", "--rm", "--runtime", WEDGE_RUNTIME, &image, "spin"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    wait_until_running(&case.containerd, "spin")?;
+    let killed_at = Instant::now();
+    case.containerd
+        .ctr_ok(&["tasks", "kill", "--signal", signal, "spin"])?;
+    let out = child.wait_with_output()?;
+    let elapsed = killed_at.elapsed();
+    case.finish()?;
+    Ok((out.status.code(), elapsed))
+}
+
+#[test]
+fn sigterm_ends_a_spinning_module_promptly() -> Result<()> {
+    let (code, elapsed) = kill_spinning_module("SIGTERM")?;
+    assert_eq!(code, Some(143));
+    assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
+    Ok(())
+}
+
+#[test]
+fn sigkill_ends_a_spinning_module_promptly() -> Result<()> {
+    let (code, elapsed) = kill_spinning_module("SIGKILL")?;
+    assert_eq!(code, Some(137));
+    assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
+    Ok(())
+}
+
+#[test]
+fn detached_task_reports_state_and_pids_then_deletes() -> Result<()> {
+    let case = Case::new()?;
+    let cd = &case.containerd;
+    let image = case.image("spin", &programs::wat(programs::LOOP_WAT)?)?;
+    cd.ctr_ok(&["run", "--detach", "--runtime", WEDGE_RUNTIME, &image, "bg"])?;
+    wait_until_running(cd, "bg")?;
+    let pids = stdout(&cd.ctr_ok(&["tasks", "ps", "bg"])?);
+    let pid: i32 = pids
+        .lines()
+        .nth(1)
+        .and_then(|line| line.split_whitespace().next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_default();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    assert!(
+        cmdline.starts_with(b"wedge-runner\0bg\0"),
+        "task pid {pid} is the runner: {:?}",
+        String::from_utf8_lossy(&cmdline)
+    );
+
+    let refused = cd.ctr(&["tasks", "delete", "bg"])?;
+    assert!(!refused.status.success(), "a running task is not deleted");
+
+    cd.ctr_ok(&["tasks", "kill", "--signal", "SIGKILL", "bg"])?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !stdout(&cd.ctr_ok(&["tasks", "ls"])?).contains("STOPPED") {
+        assert!(Instant::now() < deadline, "task never stopped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let again = cd.ctr(&["tasks", "kill", "bg"])?;
+    assert!(
+        stderr(&again).contains("process already finished"),
+        "{}",
+        stderr(&again)
+    );
+    cd.ctr_ok(&["tasks", "delete", "bg"])?;
+    cd.ctr_ok(&["containers", "delete", "bg"])?;
+    case.finish()
+}
+
+#[test]
+fn two_containers_run_side_by_side() -> Result<()> {
+    let case = Case::new()?;
+    let cd = &case.containerd;
+    let spin = case.image("spin", &programs::wat(programs::LOOP_WAT)?)?;
+    let hello = case.image("hello", &programs::wat(programs::HELLO_WAT)?)?;
+    let spinner = cd
+        .ctr_command(&["run", "--rm", "--runtime", WEDGE_RUNTIME, &spin, "spinner"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    wait_until_running(cd, "spinner")?;
+    let out = cd.run_wasm(&hello, "greeter", &[])?;
+    assert_eq!(stdout(&out), "hello from wasm\n");
+    let shims = cd
+        .container_processes()
+        .into_iter()
+        .filter(|(_, cmdline)| cmdline.contains("containerd-shim-wedge-v1"))
+        .count();
+    assert_eq!(
+        shims, 1,
+        "the greeter's shim is gone, the spinner's remains"
+    );
+    cd.ctr_ok(&["tasks", "kill", "--signal", "SIGTERM", "spinner"])?;
+    assert_eq!(spinner.wait_with_output()?.status.code(), Some(143));
+    case.finish()
+}
+
+/// Runs an image that must fail at Create; returns ctr's stderr.
+fn create_error(case: &Case, image: &str, id: &str, args: &[&str]) -> Result<String> {
+    let out = case.containerd.run_wasm(image, id, args)?;
+    assert!(!out.status.success(), "{id} must not run");
+    assert!(stdout(&out).is_empty(), "{id} printed {}", stdout(&out));
+    Ok(stderr(&out))
+}
+
+#[test]
+fn a_corrupt_module_is_refused_with_wasmtimes_reason() -> Result<()> {
+    let case = Case::new()?;
+    let image = case.image("corrupt", &programs::corrupt_module()?)?;
+    let message = create_error(&case, &image, "corrupt", &[])?;
+    assert!(message.contains("invalid wasm module"), "{message}");
+    case.finish()
+}
+
+#[test]
+fn a_module_with_unknown_imports_is_refused() -> Result<()> {
+    let case = Case::new()?;
+    let image = case.image("imports", &programs::wat(programs::UNKNOWN_IMPORT_WAT)?)?;
+    let message = create_error(&case, &image, "imports", &[])?;
+    assert!(message.contains("launch_missiles"), "{message}");
+    case.finish()
+}
+
+#[test]
+fn a_missing_entrypoint_is_named() -> Result<()> {
+    let case = Case::new()?;
+    let image = case.image("hello", &programs::wat(programs::HELLO_WAT)?)?;
+    let message = create_error(&case, &image, "missing", &["/missing.wasm"])?;
+    assert!(
+        message.contains("entrypoint /missing.wasm not found"),
+        "{message}"
+    );
+    case.finish()
+}
+
+#[test]
+fn a_native_entrypoint_says_native_is_not_supported_yet() -> Result<()> {
+    let case = Case::new()?;
+    let (archive, image) = images::native_image(
+        case.work.path(),
+        "busybox",
+        std::path::Path::new("/bin/busybox"),
+        "/bin/busybox",
+        &["/bin/busybox", "echo", "hi"],
+    )?;
+    case.containerd.import(&archive)?;
+    let message = create_error(&case, &image, "native", &[])?;
+    assert!(
+        message.contains("/bin/busybox is not a WebAssembly module")
+            && message.contains("native Linux containers are not supported"),
+        "{message}"
+    );
+    case.finish()
+}

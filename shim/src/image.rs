@@ -1,0 +1,161 @@
+//! Decides what a container runs: finds the entrypoint in the root filesystem and checks
+//! that it is WebAssembly.
+
+use std::io::Read;
+use std::path::Path;
+
+use cap_std::fs::Dir;
+
+use crate::engine::has_wasm_magic;
+use crate::error::{Error, Result};
+
+/// Search path when the spec sets no `PATH`, the same default runc's images assume.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Resolves `args[0]` to an absolute path inside the root filesystem and checks that the file
+/// there is a WebAssembly binary.
+///
+/// Lookup follows execve's rules: a name with a `/` is a path (relative to `cwd`), a bare
+/// name is searched in the spec's `PATH`. Every lookup goes through a capability on the root
+/// filesystem, so a symlink in the image cannot point the shim at a host file.
+pub fn resolve_wasm_entrypoint(
+    rootfs: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    cwd: &str,
+) -> Result<String> {
+    let arg0 = args.first().ok_or(Error::NoEntrypoint)?;
+    let root = Dir::open_ambient_dir(rootfs, cap_std::ambient_authority())
+        .map_err(|err| Error::io("cannot open the root filesystem", rootfs, err))?;
+
+    let path = if arg0.contains('/') {
+        join(cwd, arg0)
+    } else {
+        search_path(&root, arg0, env).ok_or_else(|| Error::EntrypointNotFound {
+            path: arg0.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "not found in any directory of PATH",
+            ),
+        })?
+    };
+
+    let mut magic = [0u8; 4];
+    let read = root
+        .open(relative(&path))
+        .and_then(|mut file| file.read(&mut magic))
+        .map_err(|source| Error::EntrypointNotFound {
+            path: path.clone(),
+            source,
+        })?;
+    if !has_wasm_magic(&magic[..read]) {
+        return Err(Error::NotWasm { path });
+    }
+    Ok(path)
+}
+
+fn search_path(root: &Dir, name: &str, env: &[(String, String)]) -> Option<String> {
+    let search = env
+        .iter()
+        .find(|(key, _)| key == "PATH")
+        .map(|(_, value)| value.as_str())
+        .unwrap_or(DEFAULT_PATH);
+    search
+        .split(':')
+        .filter(|dir| !dir.is_empty())
+        .map(|dir| join("/", &format!("{dir}/{name}")))
+        .find(|candidate| {
+            root.metadata(relative(candidate))
+                .map(|meta| meta.is_file())
+                .unwrap_or(false)
+        })
+}
+
+/// `path` made absolute against `cwd`, as the module will see it.
+fn join(cwd: &str, path: &str) -> String {
+    if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("{}/{}", cwd.trim_end_matches('/'), path)
+    }
+}
+
+fn relative(path: &str) -> &str {
+    match path.trim_start_matches('/') {
+        "" => ".",
+        rest => rest,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn rootfs_with(files: &[(&str, &[u8])]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, bytes) in files {
+            let full = dir.path().join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+            std::fs::write(full, bytes).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn finds_absolute_relative_and_path_entrypoints() {
+        let wasm: &[u8] = b"\0asm\x01\0\0\0";
+        let root = rootfs_with(&[("/app/m.wasm", wasm), ("/usr/bin/tool", wasm)]);
+        let r = root.path();
+        assert_eq!(
+            resolve_wasm_entrypoint(r, &args(&["/app/m.wasm"]), &[], "/").unwrap(),
+            "/app/m.wasm"
+        );
+        assert_eq!(
+            resolve_wasm_entrypoint(r, &args(&["./m.wasm"]), &[], "/app").unwrap(),
+            "/app/./m.wasm"
+        );
+        assert_eq!(
+            resolve_wasm_entrypoint(r, &args(&["tool", "x"]), &[], "/").unwrap(),
+            "/usr/bin/tool"
+        );
+        let env = vec![("PATH".to_string(), "/app".to_string())];
+        assert!(matches!(
+            resolve_wasm_entrypoint(r, &args(&["tool"]), &env, "/"),
+            Err(Error::EntrypointNotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_missing_native_and_escaping_entrypoints() {
+        let root = rootfs_with(&[("/bin/sh", b"\x7fELF\x02\x01\x01\0")]);
+        let r = root.path();
+        assert!(matches!(
+            resolve_wasm_entrypoint(r, &args(&["/bin/sh"]), &[], "/"),
+            Err(Error::NotWasm { .. })
+        ));
+        assert!(matches!(
+            resolve_wasm_entrypoint(r, &args(&["/missing.wasm"]), &[], "/"),
+            Err(Error::EntrypointNotFound { .. })
+        ));
+        assert!(matches!(
+            resolve_wasm_entrypoint(r, &[], &[], "/"),
+            Err(Error::NoEntrypoint)
+        ));
+
+        let outside = rootfs_with(&[("/secret.wasm", b"\0asm\x01\0\0\0")]);
+        std::os::unix::fs::symlink(outside.path().join("secret.wasm"), r.join("link.wasm"))
+            .unwrap();
+        assert!(matches!(
+            resolve_wasm_entrypoint(r, &args(&["/link.wasm"]), &[], "/"),
+            Err(Error::EntrypointNotFound { .. })
+        ));
+        assert!(matches!(
+            resolve_wasm_entrypoint(r, &args(&["/../secret.wasm"]), &[], "/"),
+            Err(Error::EntrypointNotFound { .. })
+        ));
+    }
+}

@@ -1,0 +1,20 @@
+//! Wedge: a containerd shim v2 that runs WebAssembly modules as containers.
+//!
+//! The binary `containerd-shim-wedge-v1` serves containerd's Task API; each wasm container
+//! runs in a runner process of its own, started from the same binary.
+
+pub mod container;
+pub mod engine;
+pub mod error;
+pub mod exits;
+pub mod image;
+pub mod logging;
+pub mod rootfs;
+pub mod runner;
+pub mod shim;
+pub mod spec;
+pub mod stdio;
+pub mod task_service;
+
+pub use error::{Error, Result};
+pub use shim::RUNTIME_ID;

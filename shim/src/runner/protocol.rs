@@ -1,0 +1,122 @@
+//! Typed messages between the shim and one container's runner process.
+//!
+//! They travel as JSON lines over a socketpair that the runner finds at [`CONTROL_FD`]. The
+//! exchange mirrors `runc create` / `runc start`: the runner prepares everything at Create and
+//! reports, then waits for the word to start the module.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The runner's end of the control socket.
+pub const CONTROL_FD: i32 = 3;
+
+/// The name the runner process shows in `ps`, and the cue for the binary to act as a runner.
+pub const RUNNER_ARG0: &str = "wedge-runner";
+
+/// What the runner needs to know to run one container's module.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub container_id: String,
+    /// Host path of the mounted root filesystem.
+    pub rootfs: PathBuf,
+    /// The module's path inside the root filesystem, absolute.
+    pub module_path: String,
+    /// argv as the module sees it; argv[0] is the module path as the spec gave it.
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the root filesystem, absolute.
+    pub cwd: String,
+    pub readonly_root: bool,
+}
+
+/// Shim → runner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShimMessage {
+    Prepare(RunSpec),
+    Start,
+}
+
+/// Runner → shim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunnerMessage {
+    /// The module is compiled, linked and ready to start.
+    Ready,
+    /// The module cannot run; `reason` is for the user.
+    Rejected { reason: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("control channel: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("control channel closed")]
+    Closed,
+    #[error("malformed control message: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
+
+pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, ProtocolError> {
+    let mut line = serde_json::to_vec(message)?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(line: &[u8]) -> Result<T, ProtocolError> {
+    Ok(serde_json::from_slice(line)?)
+}
+
+/// Blocking send, for the runner side.
+pub fn send<T: Serialize>(writer: &mut impl Write, message: &T) -> Result<(), ProtocolError> {
+    writer.write_all(&encode(message)?)?;
+    writer.flush()?;
+    Ok(())
+}
+
+/// Blocking receive, for the runner side.
+pub fn receive<T: for<'de> Deserialize<'de>>(
+    reader: &mut impl BufRead,
+) -> Result<T, ProtocolError> {
+    let mut line = Vec::new();
+    if reader.read_until(b'\n', &mut line)? == 0 {
+        return Err(ProtocolError::Closed);
+    }
+    decode(&line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_as_lines() {
+        let spec = RunSpec {
+            container_id: "c1".into(),
+            rootfs: "/run/bundle/rootfs".into(),
+            module_path: "/app.wasm".into(),
+            args: vec!["/app.wasm".into(), "a b".into()],
+            env: vec![("K".into(), "v=1".into())],
+            cwd: "/".into(),
+            readonly_root: true,
+        };
+        let mut wire = Vec::new();
+        send(&mut wire, &ShimMessage::Prepare(spec.clone())).unwrap();
+        send(&mut wire, &ShimMessage::Start).unwrap();
+        let mut reader = std::io::BufReader::new(&wire[..]);
+        assert_eq!(
+            receive::<ShimMessage>(&mut reader).unwrap(),
+            ShimMessage::Prepare(spec)
+        );
+        assert_eq!(
+            receive::<ShimMessage>(&mut reader).unwrap(),
+            ShimMessage::Start
+        );
+        assert!(matches!(
+            receive::<ShimMessage>(&mut reader),
+            Err(ProtocolError::Closed)
+        ));
+    }
+}

@@ -1,0 +1,546 @@
+//! containerd's Task API, served over ttrpc: each RPC checks its request, does its work
+//! through `container`, `runner` and friends, and maps errors to ttrpc codes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use containerd_shim::api::{self, Status as ApiStatus};
+use containerd_shim::asynchronous::publisher::RemotePublisher;
+use containerd_shim::asynchronous::ExitSignal;
+use containerd_shim::event::Event;
+use containerd_shim::{Task, TtrpcContext, TtrpcResult};
+use containerd_shim_protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim_protos::protobuf::MessageField;
+use containerd_shim_protos::ttrpc::context::Context;
+use containerd_shim_protos::types::task::ProcessInfo;
+use nix::sys::signal::Signal;
+use tokio::sync::{oneshot, watch};
+use tracing::{info, instrument, warn};
+
+use crate::container::{wait_for_exit, Container, NewContainer, Status, StdioPaths};
+use crate::error::{Error, Result};
+use crate::exits::{ExitRouter, ExitStatus};
+use crate::runner::protocol::RunSpec;
+use crate::runner::spawn::{spawn_runner, Runner};
+use crate::{image, rootfs, spec, stdio};
+
+/// Name of the file in the bundle that records the runner's pid, for `shim delete` after a
+/// shim crash.
+pub const RUNNER_PID_FILE: &str = "wedge-runner.pid";
+
+pub struct TaskService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    namespace: String,
+    publisher: RemotePublisher,
+    exits: Arc<ExitRouter>,
+    containers: Mutex<HashMap<String, Container>>,
+    shutdown: Arc<ExitSignal>,
+}
+
+impl TaskService {
+    pub async fn new(
+        namespace: &str,
+        publisher: RemotePublisher,
+        shutdown: Arc<ExitSignal>,
+    ) -> Result<Self> {
+        Ok(TaskService {
+            inner: Arc::new(Inner {
+                namespace: namespace.to_string(),
+                publisher,
+                exits: ExitRouter::start().await?,
+                containers: Mutex::new(HashMap::new()),
+                shutdown,
+            }),
+        })
+    }
+}
+
+impl Inner {
+    fn containers(&self) -> MutexGuard<'_, HashMap<String, Container>> {
+        self.containers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn with_container<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut Container) -> Result<T>,
+    ) -> Result<T> {
+        let mut containers = self.containers();
+        let container = containers
+            .get_mut(id)
+            .ok_or_else(|| Error::ContainerNotFound(id.to_string()))?;
+        f(container)
+    }
+
+    async fn publish<E: Event>(&self, event: E) {
+        let topic = event.topic();
+        if let Err(err) = self
+            .publisher
+            .publish(Context::default(), &topic, &self.namespace, Box::new(event))
+            .await
+        {
+            warn!(%topic, error = %err, "failed to publish event");
+        }
+    }
+
+    async fn create(self: &Arc<Self>, req: &api::CreateTaskRequest) -> Result<i32> {
+        if self.containers().contains_key(&req.id) {
+            return Err(Error::ContainerExists(req.id.clone()));
+        }
+        if req.terminal {
+            return Err(Error::TerminalUnsupported);
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        let spec = spec::ContainerSpec::load(&bundle)?;
+        if spec.terminal {
+            return Err(Error::TerminalUnsupported);
+        }
+
+        let mounted = rootfs::mount(&req.rootfs, &spec.rootfs).await?;
+        match self.launch(req, &bundle, spec.clone(), mounted).await {
+            Ok(pid) => Ok(pid),
+            Err(err) => {
+                if mounted {
+                    rootfs::unmount(&spec.rootfs);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Everything of Create after the root filesystem is mounted; on error the caller
+    /// unmounts, and this function leaves no runner behind.
+    async fn launch(
+        self: &Arc<Self>,
+        req: &api::CreateTaskRequest,
+        bundle: &Path,
+        spec: spec::ContainerSpec,
+        rootfs_mounted: bool,
+    ) -> Result<i32> {
+        let module_path =
+            image::resolve_wasm_entrypoint(&spec.rootfs, &spec.args, &spec.env, &spec.cwd)?;
+        let io = stdio::open(&req.stdin, &req.stdout, &req.stderr)?;
+        let (mut runner, exited) = self.exits.spawn_watched(|| {
+            let runner = spawn_runner(&req.id, bundle, io.runner)?;
+            let pid = runner.pid;
+            Ok((runner, pid))
+        })?;
+        let pid = runner.pid;
+        let run_spec = RunSpec {
+            container_id: req.id.clone(),
+            rootfs: spec.rootfs.clone(),
+            module_path,
+            args: spec.args,
+            env: spec.env,
+            cwd: spec.cwd,
+            readonly_root: spec.readonly_root,
+        };
+        if let Err(err) = runner.prepare(run_spec).await {
+            abandon(runner, exited).await;
+            return Err(err);
+        }
+        if let Err(err) = std::fs::write(bundle.join(RUNNER_PID_FILE), pid.to_string()) {
+            warn!(error = %err, "cannot record the runner pid in the bundle");
+        }
+
+        let (exit_sender, exit_watch) = watch::channel(None);
+        let container = Container::new(NewContainer {
+            id: req.id.clone(),
+            bundle: bundle.to_path_buf(),
+            rootfs: spec.rootfs,
+            rootfs_mounted,
+            stdio: StdioPaths {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+            },
+            runner,
+            exit: exit_watch,
+            stdin_keepalive: io.stdin_keepalive,
+        });
+        self.containers().insert(req.id.clone(), container);
+        tokio::spawn(Arc::clone(self).on_exit(req.id.clone(), pid, exited, exit_sender));
+        Ok(pid)
+    }
+
+    /// Publishes TaskExit when the runner ends, then releases Wait and Delete.
+    async fn on_exit(
+        self: Arc<Self>,
+        id: String,
+        pid: i32,
+        exited: oneshot::Receiver<ExitStatus>,
+        exit_sender: watch::Sender<Option<ExitStatus>>,
+    ) {
+        let Ok(status) = exited.await else {
+            return;
+        };
+        info!(id = %id, pid, code = status.code, "container exited");
+        if let Ok(mut containers) = self.containers.lock() {
+            if let Some(container) = containers.get_mut(&id) {
+                container.close_stdin();
+            }
+        }
+        self.publish(TaskExit {
+            container_id: id.clone(),
+            id,
+            pid: pid as u32,
+            exit_status: status.code,
+            exited_at: MessageField::some(status.at.clone()),
+            ..Default::default()
+        })
+        .await;
+        let _ = exit_sender.send(Some(status));
+    }
+
+    async fn start(&self, id: &str) -> Result<i32> {
+        let (runner, pid) = self.with_container(id, |container| {
+            Ok((container.take_runner_for_start()?, container.pid))
+        })?;
+        runner.start().await?;
+        Ok(pid)
+    }
+
+    async fn delete(&self, id: &str) -> Result<(i32, ExitStatus)> {
+        let exit = self.with_container(id, |container| match container.status() {
+            Status::Running => Err(container.wrong_state(Status::Running, "delete", "stopped")),
+            // A created container was never started: end its waiting runner first.
+            Status::Created => {
+                container.signal(Signal::SIGKILL).or_else(|err| match err {
+                    Error::ProcessFinished => Ok(()),
+                    other => Err(other),
+                })?;
+                Ok(container.exit_watch())
+            }
+            Status::Stopped => Ok(container.exit_watch()),
+        })?;
+        let exit_status = wait_for_exit(exit).await.ok_or_else(|| Error::Runner {
+            id: id.to_string(),
+            reason: "exit status lost".into(),
+        })?;
+        let container = self
+            .containers()
+            .remove(id)
+            .ok_or_else(|| Error::ContainerNotFound(id.to_string()))?;
+        if container.rootfs_mounted {
+            rootfs::unmount(&container.rootfs);
+        }
+        let _ = std::fs::remove_file(container.bundle.join(RUNNER_PID_FILE));
+        Ok((container.pid, exit_status))
+    }
+}
+
+/// Ends a runner that will not become a container and waits until it is reaped.
+async fn abandon(runner: Runner, exited: oneshot::Receiver<ExitStatus>) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(runner.pid), Signal::SIGKILL);
+    drop(runner);
+    let _ = exited.await;
+}
+
+fn no_exec(exec_id: &str, id: &str) -> Result<()> {
+    if exec_id.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::ExecUnsupported(id.to_string()))
+    }
+}
+
+fn api_status(status: Status) -> ApiStatus {
+    match status {
+        Status::Created => ApiStatus::CREATED,
+        Status::Running => ApiStatus::RUNNING,
+        Status::Stopped => ApiStatus::STOPPED,
+    }
+}
+
+#[async_trait]
+impl Task for TaskService {
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        let pid = self.inner.create(&req).await.inspect_err(|err| {
+            warn!(error = %err, "create failed");
+        })?;
+        info!(pid, "container created");
+        self.inner
+            .publish(TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: MessageField::some(TaskIO {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                    ..Default::default()
+                }),
+                checkpoint: req.checkpoint.clone(),
+                pid: pid as u32,
+                ..Default::default()
+            })
+            .await;
+        Ok(api::CreateTaskResponse {
+            pid: pid as u32,
+            ..Default::default()
+        })
+    }
+
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
+        no_exec(&req.exec_id, &req.id)?;
+        let pid = self.inner.start(&req.id).await?;
+        info!(pid, "container started");
+        self.inner
+            .publish(TaskStart {
+                container_id: req.id.clone(),
+                pid: pid as u32,
+                ..Default::default()
+            })
+            .await;
+        Ok(api::StartResponse {
+            pid: pid as u32,
+            ..Default::default()
+        })
+    }
+
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
+        no_exec(&req.exec_id, &req.id)?;
+        let response = self.inner.with_container(&req.id, |container| {
+            let exit = container.exit_status();
+            Ok(api::StateResponse {
+                id: container.id.clone(),
+                bundle: container.bundle.display().to_string(),
+                pid: container.pid as u32,
+                status: api_status(container.status()).into(),
+                stdin: container.stdio.stdin.clone(),
+                stdout: container.stdio.stdout.clone(),
+                stderr: container.stdio.stderr.clone(),
+                terminal: false,
+                exit_status: exit.as_ref().map(|e| e.code).unwrap_or_default(),
+                exited_at: exit.map(|e| e.at).into(),
+                ..Default::default()
+            })
+        })?;
+        Ok(response)
+    }
+
+    #[instrument(skip_all, fields(id = %req.id, signal = req.signal))]
+    async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        no_exec(&req.exec_id, &req.id)?;
+        let signal = Signal::try_from(req.signal as i32)
+            .map_err(|_| Error::InvalidRequest(format!("invalid signal {}", req.signal)))?;
+        // A wasm container has exactly one process, so `all` changes nothing.
+        self.inner
+            .with_container(&req.id, |container| container.signal(signal))?;
+        info!("signal delivered");
+        Ok(api::Empty::new())
+    }
+
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
+        no_exec(&req.exec_id, &req.id)?;
+        let (pid, exit) = self.inner.delete(&req.id).await?;
+        info!(pid, code = exit.code, "container deleted");
+        self.inner
+            .publish(TaskDelete {
+                container_id: req.id.clone(),
+                id: req.id.clone(),
+                pid: pid as u32,
+                exit_status: exit.code,
+                exited_at: MessageField::some(exit.at.clone()),
+                ..Default::default()
+            })
+            .await;
+        Ok(api::DeleteResponse {
+            pid: pid as u32,
+            exit_status: exit.code,
+            exited_at: MessageField::some(exit.at),
+            ..Default::default()
+        })
+    }
+
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn wait(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::WaitRequest,
+    ) -> TtrpcResult<api::WaitResponse> {
+        no_exec(&req.exec_id, &req.id)?;
+        let exit = self
+            .inner
+            .with_container(&req.id, |container| Ok(container.exit_watch()))?;
+        let status = wait_for_exit(exit)
+            .await
+            .ok_or_else(|| Error::ContainerNotFound(req.id.clone()))?;
+        Ok(api::WaitResponse {
+            exit_status: status.code,
+            exited_at: MessageField::some(status.at),
+            ..Default::default()
+        })
+    }
+
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn pids(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::PidsRequest,
+    ) -> TtrpcResult<api::PidsResponse> {
+        let processes = self.inner.with_container(&req.id, |container| {
+            Ok(match container.status() {
+                Status::Stopped => Vec::new(),
+                _ => vec![ProcessInfo {
+                    pid: container.pid as u32,
+                    ..Default::default()
+                }],
+            })
+        })?;
+        Ok(api::PidsResponse {
+            processes,
+            ..Default::default()
+        })
+    }
+
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn close_io(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CloseIORequest,
+    ) -> TtrpcResult<api::Empty> {
+        no_exec(&req.exec_id, &req.id)?;
+        if req.stdin {
+            self.inner.with_container(&req.id, |container| {
+                container.close_stdin();
+                Ok(())
+            })?;
+        }
+        Ok(api::Empty::new())
+    }
+
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        let task_pid = self
+            .inner
+            .with_container(&req.id, |container| Ok(container.pid))
+            .unwrap_or_default();
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid: task_pid as u32,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        })
+    }
+
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn shutdown(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ShutdownRequest,
+    ) -> TtrpcResult<api::Empty> {
+        // One shim may serve a whole pod: it stays while any container remains.
+        if self.inner.containers().is_empty() {
+            info!(requested_by = %req.id, "no containers left; shim exits");
+            self.inner.shutdown.signal();
+        }
+        Ok(api::Empty::new())
+    }
+
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn exec(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ExecProcessRequest,
+    ) -> TtrpcResult<api::Empty> {
+        Err(Error::ExecUnsupported(req.id).into())
+    }
+
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let _ = req;
+        Err(Error::TerminalUnsupported.into())
+    }
+
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        let _ = req;
+        Err(Error::Unsupported { operation: "pause" }.into())
+    }
+
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn resume(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResumeRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let _ = req;
+        Err(Error::Unsupported {
+            operation: "resume",
+        }
+        .into())
+    }
+
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CheckpointTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let _ = req;
+        Err(Error::Unsupported {
+            operation: "checkpoint",
+        }
+        .into())
+    }
+
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn update(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::UpdateTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let _ = req;
+        Err(Error::Unsupported {
+            operation: "update",
+        }
+        .into())
+    }
+
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        let _ = req;
+        Err(Error::Unsupported { operation: "stats" }.into())
+    }
+}
