@@ -3,7 +3,6 @@
 //! The state is derived, not stored twice: a container is created while its runner waits
 //! for Start, running once started, stopped once its exit status is known.
 
-use std::fs::File;
 use std::path::PathBuf;
 
 use nix::sys::signal::{kill, Signal};
@@ -50,7 +49,6 @@ pub struct Container {
     /// Present until Start hands the module its go.
     runner: Option<Runner>,
     exit: watch::Receiver<Option<ExitStatus>>,
-    stdin_keepalive: Option<File>,
 }
 
 /// What Create has put together for a new container.
@@ -62,7 +60,6 @@ pub struct NewContainer {
     pub stdio: StdioPaths,
     pub runner: Runner,
     pub exit: watch::Receiver<Option<ExitStatus>>,
-    pub stdin_keepalive: Option<File>,
 }
 
 impl Container {
@@ -76,7 +73,6 @@ impl Container {
             pid: parts.runner.pid,
             runner: Some(parts.runner),
             exit: parts.exit,
-            stdin_keepalive: parts.stdin_keepalive,
         }
     }
 
@@ -120,11 +116,6 @@ impl Container {
                 source,
             }),
         }
-    }
-
-    /// The client has no more input: let the module read EOF.
-    pub fn close_stdin(&mut self) {
-        self.stdin_keepalive = None;
     }
 
     pub fn wrong_state(

@@ -1,32 +1,32 @@
 //! Opening the stdio paths containerd hands to Create.
 //!
 //! The runner writes straight into containerd's fifos: no copy loop in the shim, no buffers
-//! per container.
+//! per container. A stdin fifo is left to the runner (see `runner::stdin`), which can afford
+//! to wait for the client to attach.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::path::Path;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::runner::spawn::RunnerStdio;
 
-/// The container's stdio plus what the shim must keep open on its behalf.
+/// The container's stdio as the runner gets it.
 pub struct ContainerIo {
     pub runner: RunnerStdio,
-    /// A writer on the stdin fifo, held so the module does not read EOF before the client
-    /// has attached; dropped on CloseIO or exit.
-    pub stdin_keepalive: Option<File>,
+    /// A stdin fifo for the runner to open itself; its fd 0 is /dev/null until then.
+    pub stdin_fifo: Option<PathBuf>,
 }
 
 pub fn open(stdin: &str, stdout: &str, stderr: &str) -> Result<ContainerIo> {
-    let (stdin, stdin_keepalive) = open_stdin(stdin)?;
+    let (stdin, stdin_fifo) = open_stdin(stdin)?;
     Ok(ContainerIo {
         runner: RunnerStdio {
             stdin,
             stdout: open_output(stdout)?,
             stderr: open_output(stderr)?,
         },
-        stdin_keepalive,
+        stdin_fifo,
     })
 }
 
@@ -56,30 +56,18 @@ fn is_fifo(path: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn open_stdin(uri: &str) -> Result<(File, Option<File>)> {
+fn open_stdin(uri: &str) -> Result<(File, Option<PathBuf>)> {
     let path = match parse(uri)? {
         Target::Null => return Ok((open_null(false)?, None)),
         Target::Path(path) => path,
     };
-    if !is_fifo(path) {
-        let file = File::open(path).map_err(|err| Error::io("cannot open stdin", path, err))?;
-        return Ok((file, None));
+    if is_fifo(path) {
+        // Opening the read side here would race the client: a fifo read before its writer
+        // has opened returns EOF.
+        return Ok((open_null(false)?, Some(PathBuf::from(path))));
     }
-    // A non-blocking open never waits for a writer; once we hold the read side, the
-    // keepalive writer opens at once too. Then the read side goes back to blocking, as the
-    // module expects.
-    let reader = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|err| Error::io("cannot open stdin", path, err))?;
-    let keepalive = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|err| Error::io("cannot open stdin", path, err))?;
-    set_blocking(&reader).map_err(|err| Error::io("cannot configure stdin", path, err))?;
-    Ok((reader, Some(keepalive)))
+    let file = File::open(path).map_err(|err| Error::io("cannot open stdin", path, err))?;
+    Ok((file, None))
 }
 
 fn open_output(uri: &str) -> Result<File> {
@@ -104,18 +92,10 @@ fn open_null(write: bool) -> Result<File> {
         .map_err(|err| Error::io("cannot open", Path::new("/dev/null"), err))
 }
 
-fn set_blocking(file: &File) -> std::io::Result<()> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let flags = fcntl(file, FcntlArg::F_GETFL)?;
-    let flags = OFlag::from_bits_truncate(flags) & !OFlag::O_NONBLOCK;
-    fcntl(file, FcntlArg::F_SETFL(flags))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
+    use std::io::Write;
 
     #[test]
     fn uris_are_classified() {
@@ -135,19 +115,14 @@ mod tests {
     }
 
     #[test]
-    fn fifo_stdin_waits_for_its_writer_and_ends_on_close() {
+    fn a_stdin_fifo_is_left_to_the_runner() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("stdin");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
-        let fifo = fifo.to_str().unwrap();
-        let (mut reader, keepalive) = open_stdin(fifo).unwrap();
-        let mut client = OpenOptions::new().write(true).open(fifo).unwrap();
-        client.write_all(b"ping").unwrap();
-        drop(client);
-        drop(keepalive);
-        let mut text = String::new();
-        reader.read_to_string(&mut text).unwrap();
-        assert_eq!(text, "ping");
+        let (_null, left) = open_stdin(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(left, Some(fifo));
+        let (_null, none) = open_stdin("").unwrap();
+        assert_eq!(none, None);
     }
 
     #[test]

@@ -141,6 +141,7 @@ impl Inner {
             env: spec.env,
             cwd: spec.cwd,
             readonly_root: spec.readonly_root,
+            stdin_fifo: io.stdin_fifo,
         };
         if let Err(err) = runner.prepare(run_spec).await {
             abandon(runner, exited).await;
@@ -163,7 +164,6 @@ impl Inner {
             },
             runner,
             exit: exit_watch,
-            stdin_keepalive: io.stdin_keepalive,
         });
         self.containers().insert(req.id.clone(), container);
         tokio::spawn(Arc::clone(self).on_exit(req.id.clone(), pid, exited, exit_sender));
@@ -182,11 +182,6 @@ impl Inner {
             return;
         };
         info!(id = %id, pid, code = status.code, "container exited");
-        if let Ok(mut containers) = self.containers.lock() {
-            if let Some(container) = containers.get_mut(&id) {
-                container.close_stdin();
-            }
-        }
         self.publish(TaskExit {
             container_id: id.clone(),
             id,
@@ -429,12 +424,9 @@ impl Task for TaskService {
         req: api::CloseIORequest,
     ) -> TtrpcResult<api::Empty> {
         no_exec(&req.exec_id, &req.id)?;
-        if req.stdin {
-            self.inner.with_container(&req.id, |container| {
-                container.close_stdin();
-                Ok(())
-            })?;
-        }
+        // The runner reads the stdin fifo itself and sees EOF when the client closes its
+        // end; there is nothing the shim holds open.
+        self.inner.with_container(&req.id, |_| Ok(()))?;
         Ok(api::Empty::new())
     }
 

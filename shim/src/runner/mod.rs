@@ -6,6 +6,7 @@
 
 pub mod protocol;
 pub mod spawn;
+mod stdin;
 
 use std::io::{BufReader, Write};
 use std::os::fd::FromRawFd;
@@ -39,6 +40,13 @@ fn run() -> i32 {
         Ok(ShimMessage::Prepare(spec)) => spec,
         _ => return SETUP_FAILED_EXIT_CODE,
     };
+    if let Some(fifo) = spec.stdin_fifo.clone() {
+        if let Err(err) = stdin::relay_fifo_to_stdin(fifo) {
+            let reason = format!("cannot attach stdin: {err}");
+            let _ = protocol::send(&mut writer, &RunnerMessage::Rejected { reason });
+            return SETUP_FAILED_EXIT_CODE;
+        }
+    }
     let ready = match prepare(&spec) {
         Ok(ready) => ready,
         Err(Rejected(reason)) => {

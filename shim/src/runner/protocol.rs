@@ -29,6 +29,8 @@ pub struct RunSpec {
     /// Working directory inside the root filesystem, absolute.
     pub cwd: String,
     pub readonly_root: bool,
+    /// containerd's stdin fifo, opened by the runner once the client attaches.
+    pub stdin_fifo: Option<PathBuf>,
 }
 
 /// Shim → runner.
@@ -101,6 +103,7 @@ mod tests {
             env: vec![("K".into(), "v=1".into())],
             cwd: "/".into(),
             readonly_root: true,
+            stdin_fifo: Some("/run/x/stdin".into()),
         };
         let mut wire = Vec::new();
         send(&mut wire, &ShimMessage::Prepare(spec.clone())).unwrap();
