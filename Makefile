@@ -43,8 +43,8 @@ bench: build
 
 ## install: the shim and the CLI into $(PREFIX)/bin, where containerd finds the shim.
 install: build
-	install -D -m 0755 $(BIN_DIR)/containerd-shim-wedge-v1 $(DESTDIR)$(PREFIX)/bin/containerd-shim-wedge-v1
-	install -D -m 0755 $(BIN_DIR)/wedge $(DESTDIR)$(PREFIX)/bin/wedge
+	install -D -s -m 0755 $(BIN_DIR)/containerd-shim-wedge-v1 $(DESTDIR)$(PREFIX)/bin/containerd-shim-wedge-v1
+	install -D -s -m 0755 $(BIN_DIR)/wedge $(DESTDIR)$(PREFIX)/bin/wedge
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/containerd-shim-wedge-v1 $(DESTDIR)$(PREFIX)/bin/wedge

@@ -76,6 +76,23 @@ fn hello_world_prints_and_exits_zero() -> Result<()> {
 }
 
 #[test]
+fn an_image_from_another_tool_runs_with_its_entrypoint_found_in_path() -> Result<()> {
+    let case = Case::new()?;
+    let module = programs::compile_c(programs::ECHO_C, case.work.path(), "echo")?;
+    let (archive, image) = images::docker_save_archive(case.work.path(), "echo", &module)?;
+    case.containerd.import(&archive)?;
+    let out = case.containerd.run_wasm(&image, "docker-style", &[])?;
+    assert!(
+        stdout(&out).starts_with("arg[0]=echo.wasm\n"),
+        "stdout: {} stderr: {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(out.status.code(), Some(0));
+    case.finish()
+}
+
+#[test]
 fn args_env_and_stderr_reach_the_c_program() -> Result<()> {
     let case = Case::new()?;
     let image = case.echo_image()?;
