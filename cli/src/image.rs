@@ -1,9 +1,10 @@
 //! Writes container images as OCI image-layout tar archives, the format
 //! `ctr images import` reads.
 //!
-//! The image is one uncompressed layer holding the given files. Its index names one image
-//! for several platforms: a wasm module runs on any of them, and each importer unpacks the
-//! one that matches its node.
+//! The root-filesystem form is one uncompressed layer holding the given files. Its index
+//! names one image for several platforms: a wasm module runs on any of them, and each
+//! importer unpacks the one that matches its node. (Images whose layer *is* the module are
+//! `module_image`'s.)
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -31,6 +32,8 @@ pub enum ImageError {
     Metadata(#[from] oci_spec::OciSpecError),
     #[error("cannot encode OCI metadata: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("cannot read the component's interface: {0}")]
+    Wasm(String),
     #[error("cannot write the image archive: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -112,32 +115,44 @@ pub fn normalize_reference(reference: &str) -> Result<(String, String), ImageErr
     Ok((full, tag))
 }
 
-/// Writes `spec` as an OCI image-layout tar archive to `out`.
+/// An image as a set of blobs and the descriptor of its top (an index or a manifest), ready
+/// to be written as an OCI layout or pushed to a registry.
+pub struct ImageContent {
+    /// `NAME:TAG`, tag explicit.
+    pub reference: String,
+    pub tag: String,
+    pub blobs: Blobs,
+    pub top: Descriptor,
+    /// The layer that carries the program (the rootfs tar, or the module itself).
+    pub layer_digest: String,
+}
+
+/// Writes `spec` (the root-filesystem form) as an OCI image-layout tar archive to `out`.
 pub fn write_oci_archive(spec: &ImageSpec, out: impl Write) -> Result<BuiltImage, ImageError> {
+    write_layout(&rootfs_image(spec)?, out)
+}
+
+/// The root-filesystem form: the files in one tar layer, one manifest per platform, all
+/// under an image index.
+pub fn rootfs_image(spec: &ImageSpec) -> Result<ImageContent, ImageError> {
     let (reference, tag) = normalize_reference(&spec.reference)?;
     let mut blobs = Blobs::default();
 
     let layer = layer_tar(&spec.files)?;
     let layer_digest = blobs.add(layer);
-    let layer_descriptor = descriptor(
-        MediaType::ImageLayer,
-        &layer_digest,
-        blobs.size(&layer_digest),
-    )?;
+    let layer_descriptor = blobs.descriptor(MediaType::ImageLayer, &layer_digest)?;
 
     let mut manifests = Vec::new();
     for platform in &spec.platforms {
         let config = ImageConfigurationBuilder::default()
             .architecture(Arch::from(platform.architecture.as_str()))
             .os(Os::from(platform.os.as_str()))
-            .config(
-                ConfigBuilder::default()
-                    .entrypoint(spec.entrypoint.clone())
-                    .cmd(spec.cmd.clone())
-                    .env(spec.env.clone())
-                    .working_dir(spec.workdir.clone().unwrap_or_else(|| "/".into()))
-                    .build()?,
-            )
+            .config(process_config(
+                &spec.entrypoint,
+                &spec.cmd,
+                &spec.env,
+                &spec.workdir,
+            )?)
             .rootfs(
                 RootFsBuilder::default()
                     .typ("layers")
@@ -150,19 +165,12 @@ pub fn write_oci_archive(spec: &ImageSpec, out: impl Write) -> Result<BuiltImage
         let manifest = ImageManifestBuilder::default()
             .schema_version(2u32)
             .media_type(MediaType::ImageManifest)
-            .config(descriptor(
-                MediaType::ImageConfig,
-                &config_digest,
-                blobs.size(&config_digest),
-            )?)
+            .config(blobs.descriptor(MediaType::ImageConfig, &config_digest)?)
             .layers(vec![layer_descriptor.clone()])
             .build()?;
         let manifest_digest = blobs.add(serde_json::to_vec(&manifest)?);
-        let mut manifest_descriptor = descriptor(
-            MediaType::ImageManifest,
-            &manifest_digest,
-            blobs.size(&manifest_digest),
-        )?;
+        let mut manifest_descriptor =
+            blobs.descriptor(MediaType::ImageManifest, &manifest_digest)?;
         manifest_descriptor.set_platform(Some(
             PlatformBuilder::default()
                 .os(Os::from(platform.os.as_str()))
@@ -178,14 +186,38 @@ pub fn write_oci_archive(spec: &ImageSpec, out: impl Write) -> Result<BuiltImage
         .manifests(manifests)
         .build()?;
     let image_index_digest = blobs.add(serde_json::to_vec(&image_index)?);
-    let mut named = descriptor(
-        MediaType::ImageIndex,
-        &image_index_digest,
-        blobs.size(&image_index_digest),
-    )?;
+    let top = blobs.descriptor(MediaType::ImageIndex, &image_index_digest)?;
+    Ok(ImageContent {
+        reference,
+        tag,
+        blobs,
+        top,
+        layer_digest: format!("sha256:{layer_digest}"),
+    })
+}
+
+/// The OCI image config's process part: what containerd turns into `process.args` etc.
+pub fn process_config(
+    entrypoint: &[String],
+    cmd: &[String],
+    env: &[String],
+    workdir: &Option<String>,
+) -> Result<oci_spec::image::Config, ImageError> {
+    Ok(ConfigBuilder::default()
+        .entrypoint(entrypoint.to_vec())
+        .cmd(cmd.to_vec())
+        .env(env.to_vec())
+        .working_dir(workdir.clone().unwrap_or_else(|| "/".into()))
+        .build()?)
+}
+
+/// Writes `content` as an OCI image-layout tar archive: `index.json` names the top
+/// descriptor with the annotations `ctr images import` reads the image name from.
+pub fn write_layout(content: &ImageContent, out: impl Write) -> Result<BuiltImage, ImageError> {
+    let mut named = content.top.clone();
     named.set_annotations(Some(HashMap::from([
-        (CONTAINERD_IMAGE_NAME.to_string(), reference.clone()),
-        (OCI_REF_NAME.to_string(), tag),
+        (CONTAINERD_IMAGE_NAME.to_string(), content.reference.clone()),
+        (OCI_REF_NAME.to_string(), content.tag.clone()),
     ])));
     let layout_index = ImageIndexBuilder::default()
         .schema_version(2u32)
@@ -208,25 +240,25 @@ pub fn write_oci_archive(spec: &ImageSpec, out: impl Write) -> Result<BuiltImage
     )?;
     append_dir(&mut archive, "blobs/")?;
     append_dir(&mut archive, "blobs/sha256/")?;
-    for (hex, bytes) in &blobs.0 {
+    for (hex, bytes) in &content.blobs.0 {
         append(&mut archive, &format!("blobs/sha256/{hex}"), bytes, 0o644)?;
     }
     archive.into_inner()?.flush()?;
 
     Ok(BuiltImage {
-        reference,
-        index_digest: format!("sha256:{image_index_digest}"),
-        layer_digest: format!("sha256:{layer_digest}"),
+        reference: content.reference.clone(),
+        index_digest: content.top.digest().to_string(),
+        layer_digest: content.layer_digest.clone(),
     })
 }
 
 /// Content-addressed blobs, kept in insertion order for a reproducible archive.
 #[derive(Default)]
-struct Blobs(Vec<(String, Vec<u8>)>);
+pub struct Blobs(Vec<(String, Vec<u8>)>);
 
 impl Blobs {
     /// Stores `bytes` and returns their sha256 in hex.
-    fn add(&mut self, bytes: Vec<u8>) -> String {
+    pub fn add(&mut self, bytes: Vec<u8>) -> String {
         let hex = sha256_hex(&bytes);
         if !self.0.iter().any(|(existing, _)| *existing == hex) {
             self.0.push((hex.clone(), bytes));
@@ -234,12 +266,26 @@ impl Blobs {
         hex
     }
 
-    fn size(&self, hex: &str) -> u64 {
+    pub fn get(&self, hex: &str) -> Option<&[u8]> {
         self.0
             .iter()
             .find(|(existing, _)| existing == hex)
-            .map(|(_, bytes)| bytes.len() as u64)
-            .unwrap_or_default()
+            .map(|(_, bytes)| bytes.as_slice())
+    }
+
+    /// A descriptor of a stored blob.
+    pub fn descriptor(&self, media_type: MediaType, hex: &str) -> Result<Descriptor, ImageError> {
+        let size = self
+            .get(hex)
+            .map(|bytes| bytes.len() as u64)
+            .unwrap_or_default();
+        descriptor(media_type, hex, size)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.0
+            .iter()
+            .map(|(hex, bytes)| (hex.as_str(), bytes.as_slice()))
     }
 }
 

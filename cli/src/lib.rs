@@ -1,4 +1,7 @@
-//! The library behind the `wedge` command: image building today, node operations later.
+//! The library behind the `wedge` command: image building and pushing today, node operations
+//! later.
 
 pub mod image;
+pub mod module_image;
+pub mod push;
 pub mod wasm_image;

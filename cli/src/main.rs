@@ -3,7 +3,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use wedge_cli::image::Platform;
-use wedge_cli::wasm_image::{self, WasmImageRequest};
+use wedge_cli::module_image::ModuleForm;
+use wedge_cli::push;
+use wedge_cli::wasm_image::{self, ImageFormat, WasmImageRequest};
 
 /// Build wasm container images and operate the Wedge runtime.
 #[derive(Parser)]
@@ -22,14 +24,47 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ImageCommand {
-    /// Pack a .wasm module into an OCI image archive for `ctr images import`.
+    /// Pack a .wasm module or component into an OCI image archive for `ctr images import`.
     Build(BuildArgs),
+    /// Push an image archive written by `build` to an OCI registry.
+    Push(PushArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    /// The module as a file in a root filesystem (any containerd).
+    Rootfs,
+    /// The module as the image's layer, with an OCI image config (containerd >= 1.7.7).
+    Layer,
+    /// The CNCF wasm OCI artifact (config application/vnd.wasm.config.v0+json, layer
+    /// application/wasm); run through CRI.
+    Artifact,
+}
+
+#[derive(Args)]
+struct PushArgs {
+    /// An OCI image archive, as `wedge image build` writes it.
+    archive: PathBuf,
+    /// Where to push: REGISTRY/REPOSITORY[:TAG].
+    reference: String,
+    /// Speak plain HTTP to the registry (always done for localhost and 127.0.0.1).
+    #[arg(long)]
+    plain_http: bool,
 }
 
 #[derive(Args)]
 struct BuildArgs {
-    /// The WebAssembly module (WASI preview1 command).
+    /// The WebAssembly module (WASI preview1 command) or component (wasi:cli/run).
     module: PathBuf,
+    /// Image form.
+    #[arg(long, value_enum, default_value = "rootfs")]
+    format: Format,
+    /// Same as `--format artifact`.
+    #[arg(long, conflicts_with = "format")]
+    artifact: bool,
+    /// Media type of the module layer in the `layer` form (default: by module kind).
+    #[arg(long, value_name = "MEDIA_TYPE")]
+    layer_media_type: Option<String>,
     /// Image name, NAME[:TAG]; the tag defaults to `latest`.
     #[arg(short, long)]
     tag: String,
@@ -59,7 +94,24 @@ struct BuildArgs {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Image(ImageCommand::Build(args)) => build(args),
+        Command::Image(ImageCommand::Push(args)) => push(args),
     }
+}
+
+fn push(args: PushArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let pushed = runtime.block_on(push::push_archive(
+        &args.archive,
+        &args.reference,
+        args.plain_http,
+    ))?;
+    println!(
+        "{} {} ({} blobs)",
+        pushed.reference, pushed.digest, pushed.blobs
+    );
+    Ok(())
 }
 
 fn build(args: BuildArgs) -> Result<()> {
@@ -67,6 +119,11 @@ fn build(args: BuildArgs) -> Result<()> {
         .output
         .clone()
         .unwrap_or_else(|| args.module.with_extension("tar"));
+    let format = match (args.artifact, args.format) {
+        (true, _) | (_, Format::Artifact) => ImageFormat::Module(ModuleForm::Artifact),
+        (_, Format::Layer) => ImageFormat::Module(ModuleForm::Layer(args.layer_media_type)),
+        (_, Format::Rootfs) => ImageFormat::Rootfs,
+    };
     let request = WasmImageRequest {
         module: args.module,
         reference: args.tag,
@@ -76,6 +133,7 @@ fn build(args: BuildArgs) -> Result<()> {
         env: args.env,
         workdir: args.workdir,
         platforms: args.platforms,
+        format,
     };
     let built = wasm_image::build(&request, &output)?;
     println!(

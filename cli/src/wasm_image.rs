@@ -1,9 +1,20 @@
-//! `wedge image build`: a wasm module (and any extra files) as a plain container image whose
-//! entrypoint is the module.
+//! `wedge image build`: a wasm module as a container image, in one of three forms: a plain
+//! image whose root filesystem holds the module (and any extra files) as its entrypoint, or
+//! an image whose layer is the module (`layer`, or the CNCF `artifact`).
 
 use std::path::{Path, PathBuf};
 
-use crate::image::{self, BuiltImage, ImageError, ImageSpec, LayerFile, Platform};
+use crate::image::{self, BuiltImage, ImageContent, ImageError, ImageSpec, LayerFile, Platform};
+use crate::module_image::{module_image, ModuleForm, ModuleImageSpec};
+
+/// Which form of image to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageFormat {
+    /// The module as a file in an ordinary root filesystem (works with any containerd).
+    Rootfs,
+    /// The module as the image's layer (containerd >= 1.7.7 / 1.6.25).
+    Module(ModuleForm),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -15,6 +26,10 @@ pub enum BuildError {
     },
     #[error("{0} is not a WebAssembly binary (it does not start with \\0asm)")]
     NotWasm(PathBuf),
+    #[error(
+        "--file and --platform apply to the rootfs form only; a {0} image holds just the module"
+    )]
+    RootfsOnlyOption(&'static str),
     #[error("invalid --file {0:?}: expected SOURCE:DEST with DEST an absolute path")]
     InvalidFileMapping(String),
     #[error("cannot write {path}: {source}")]
@@ -40,10 +55,11 @@ pub struct WasmImageRequest {
     pub env: Vec<String>,
     pub workdir: Option<String>,
     pub platforms: Vec<Platform>,
+    pub format: ImageFormat,
 }
 
 pub fn build(request: &WasmImageRequest, output: &Path) -> Result<BuiltImage, BuildError> {
-    let spec = image_spec(request)?;
+    let content = image_content(request)?;
     // Write to a temporary file beside the target and rename, so a failed build never leaves
     // a truncated archive under the requested name.
     let dir = output
@@ -55,25 +71,56 @@ pub fn build(request: &WasmImageRequest, output: &Path) -> Result<BuiltImage, Bu
         source,
     };
     let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(write_error)?;
-    let built = image::write_oci_archive(&spec, temp.as_file_mut())?;
+    let built = image::write_layout(&content, temp.as_file_mut())?;
     temp.persist(output).map_err(|err| write_error(err.error))?;
     Ok(built)
 }
 
-fn image_spec(request: &WasmImageRequest) -> Result<ImageSpec, BuildError> {
-    let module = read(&request.module)?;
-    if !module.starts_with(b"\0asm") {
-        return Err(BuildError::NotWasm(request.module.clone()));
+fn image_content(request: &WasmImageRequest) -> Result<ImageContent, BuildError> {
+    let form = match &request.format {
+        ImageFormat::Rootfs => return Ok(image::rootfs_image(&image_spec(request)?)?),
+        ImageFormat::Module(form) => form.clone(),
+    };
+    if !request.files.is_empty() || !request.platforms.is_empty() {
+        return Err(BuildError::RootfsOnlyOption(match form {
+            ModuleForm::Artifact => "artifact",
+            ModuleForm::Layer(_) => "layer",
+        }));
     }
-    let file_name = request
-        .module
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "module.wasm".into());
-    let module_path = request
-        .module_path
-        .clone()
-        .unwrap_or_else(|| format!("/{file_name}"));
+    let module = read_module(&request.module)?;
+    Ok(module_image(&ModuleImageSpec {
+        reference: request.reference.clone(),
+        module,
+        form,
+        entrypoint: vec![module_path(request)],
+        cmd: request.args.clone(),
+        env: request.env.clone(),
+        workdir: request.workdir.clone(),
+    })?)
+}
+
+fn read_module(path: &Path) -> Result<Vec<u8>, BuildError> {
+    let module = read(path)?;
+    if !module.starts_with(b"\0asm") {
+        return Err(BuildError::NotWasm(path.to_path_buf()));
+    }
+    Ok(module)
+}
+
+fn module_path(request: &WasmImageRequest) -> String {
+    request.module_path.clone().unwrap_or_else(|| {
+        let file_name = request
+            .module
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "module.wasm".into());
+        format!("/{file_name}")
+    })
+}
+
+fn image_spec(request: &WasmImageRequest) -> Result<ImageSpec, BuildError> {
+    let module = read_module(&request.module)?;
+    let module_path = module_path(request);
 
     let mut files = vec![LayerFile {
         path: module_path.clone(),
@@ -128,6 +175,7 @@ mod tests {
             env: vec![],
             workdir: None,
             platforms: vec![],
+            format: ImageFormat::Rootfs,
         }
     }
 
@@ -149,6 +197,13 @@ mod tests {
             Err(BuildError::NotWasm(_))
         ));
         assert!(!failed.exists());
+        let mut artifact = request(dir.path().join("hello.wasm"));
+        artifact.format = ImageFormat::Module(ModuleForm::Artifact);
+        artifact.files = vec!["x:/x".into()];
+        assert!(matches!(
+            build(&artifact, &failed),
+            Err(BuildError::RootfsOnlyOption("artifact"))
+        ));
         let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(leftovers, 3, "only hello.wasm, hello.tar and sh remain");
     }

@@ -9,17 +9,52 @@ use anyhow::{bail, ensure, Context, Result};
 
 use crate::binaries;
 
+/// File name of the harness's engine config in the temp dir.
+const ENGINE_CONFIG: &str = "wedge.toml";
+
 /// containerd's runtime type for the Wedge shim.
 pub const WEDGE_RUNTIME: &str = "io.containerd.wedge.v1";
+
+/// Where `scripts/install-deps.sh` unpacks containerd 1.7 beside the system's 1.6.
+pub const CONTAINERD_1_7_DIR: &str = "/opt/wedge-test/containerd-1.7/usr/bin";
+
+/// Which containerd to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// The one on PATH (Debian bookworm: 1.6.20).
+    System,
+    /// 1.7 from [`CONTAINERD_1_7_DIR`] (or `$WEDGE_CONTAINERD_1_7_DIR`): images whose layers
+    /// are wasm need containerd >= 1.7.7.
+    V1_7,
+}
+
+impl Release {
+    fn bin_dir(self) -> Option<PathBuf> {
+        match self {
+            Release::System => None,
+            Release::V1_7 => Some(
+                std::env::var_os("WEDGE_CONTAINERD_1_7_DIR")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from(CONTAINERD_1_7_DIR)),
+            ),
+        }
+    }
+}
 
 pub struct Containerd {
     dir: tempfile::TempDir,
     daemon: Option<Child>,
+    bin_dir: Option<PathBuf>,
 }
 
 impl Containerd {
-    /// Starts containerd and waits until it answers.
+    /// Starts the system's containerd and waits until it answers.
     pub fn start() -> Result<Self> {
+        Self::start_release(Release::System)
+    }
+
+    /// Starts the given containerd release and waits until it answers.
+    pub fn start_release(release: Release) -> Result<Self> {
         ensure!(
             nix::unistd::geteuid().is_root(),
             "the end-to-end tests start containerd and must run as root"
@@ -28,15 +63,37 @@ impl Containerd {
         let dir = tempfile::Builder::new()
             .prefix("wedge-e2e-")
             .tempdir_in("/tmp")?;
+        let bin_dir = release.bin_dir();
+        let binary = |name: &str| match &bin_dir {
+            Some(bin) => bin.join(name),
+            None => PathBuf::from(name),
+        };
+        if let Some(bin) = &bin_dir {
+            ensure!(
+                bin.join("containerd").exists(),
+                "{} is missing: run scripts/install-deps.sh",
+                bin.join("containerd").display()
+            );
+        }
         let config = dir.path().join("config.toml");
-        std::fs::write(&config, private_config(dir.path())?)?;
+        std::fs::write(&config, private_config(&binary("containerd"), dir.path())?)?;
+        std::fs::write(
+            dir.path().join(ENGINE_CONFIG),
+            format!(
+                "[cache]\ndir = \"{}\"\n",
+                dir.path().join("cache").display()
+            ),
+        )?;
         let log = std::fs::File::create(dir.path().join("containerd.log"))?;
-        let path = format!(
-            "{}:{}",
-            binaries::dir()?.display(),
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+        // The shim under test first; then this release's own shims (runc).
+        let mut path = format!("{}:", binaries::dir()?.display());
+        if let Some(bin) = &bin_dir {
+            path.push_str(&format!("{}:", bin.display()));
+        }
+        path.push_str(
+            &std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
         );
-        let daemon = Command::new("containerd")
+        let daemon = Command::new(binary("containerd"))
             .arg("--config")
             .arg(&config)
             .env("PATH", path)
@@ -48,6 +105,7 @@ impl Containerd {
         let containerd = Containerd {
             dir,
             daemon: Some(daemon),
+            bin_dir,
         };
         containerd.wait_ready(Duration::from_secs(20))?;
         Ok(containerd)
@@ -82,10 +140,37 @@ impl Containerd {
         std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
     }
 
-    /// A `ctr` command aimed at this containerd.
+    /// The engine config every Wedge container of this containerd gets: its compiled-module
+    /// cache lives under the temp dir, not on the host.
+    pub fn engine_config(&self) -> PathBuf {
+        self.dir.path().join(ENGINE_CONFIG)
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    /// A `ctr` command aimed at this containerd. A `run` on the Wedge runtime gets
+    /// `--runtime-config-path` with [`Self::engine_config`].
     pub fn ctr_command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new("ctr");
-        command.arg("--address").arg(self.socket()).args(args);
+        let ctr = match &self.bin_dir {
+            Some(bin) => bin.join("ctr"),
+            None => PathBuf::from("ctr"),
+        };
+        let mut command = Command::new(ctr);
+        command.arg("--address").arg(self.socket());
+        match args {
+            ["run", rest @ ..] if rest.contains(&WEDGE_RUNTIME) => {
+                command
+                    .arg("run")
+                    .arg("--runtime-config-path")
+                    .arg(self.engine_config())
+                    .args(rest);
+            }
+            _ => {
+                command.args(args);
+            }
+        }
         command
     }
 
@@ -110,7 +195,7 @@ impl Containerd {
 
     pub fn import(&self, archive: &Path) -> Result<()> {
         let archive = archive.to_str().context("archive path is not UTF-8")?;
-        self.ctr_ok(&["images", "import", archive])?;
+        self.ctr_ok(&["images", "import", "--all-platforms", archive])?;
         Ok(())
     }
 
@@ -219,8 +304,8 @@ impl Drop for Containerd {
 
 /// `containerd config default` with every path moved under `dir` and the CRI plugin off
 /// (these tests talk to containerd directly).
-fn private_config(dir: &Path) -> Result<String> {
-    let out = Command::new("containerd")
+fn private_config(containerd: &Path, dir: &Path) -> Result<String> {
+    let out = Command::new(containerd)
         .args(["config", "default"])
         .output()
         .context("cannot run `containerd config default`")?;
@@ -264,7 +349,9 @@ fn processes_mentioning(marker: &str) -> Vec<(i32, String)> {
             continue;
         };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(marker) && !cmdline.starts_with("ctr ") {
+        let program = cmdline.split(' ').next().unwrap_or_default();
+        let is_ctr = program.rsplit('/').next() == Some("ctr");
+        if cmdline.contains(marker) && !is_ctr {
             found.push((pid, cmdline));
         }
     }

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use wedge_cli::image::{write_oci_archive, ImageSpec, LayerFile, Platform};
 
 use crate::binaries;
@@ -11,6 +11,17 @@ use crate::binaries;
 /// Writes `module` to `work/<name>.wasm`, packs it with `wedge image build` as image
 /// `wedge.test/<name>:latest`, and returns the archive path and the image reference.
 pub fn wasm_image(work: &Path, name: &str, module: &[u8]) -> Result<(PathBuf, String)> {
+    built_image(work, name, module, &[])
+}
+
+/// Like [`wasm_image`], with extra `wedge image build` options (`--format layer`,
+/// `--artifact`, `--layer-media-type T`, `--arg`, ...).
+pub fn built_image(
+    work: &Path,
+    name: &str,
+    module: &[u8],
+    options: &[&str],
+) -> Result<(PathBuf, String)> {
     let module_file = work.join(format!("{name}.wasm"));
     std::fs::write(&module_file, module)?;
     let archive = work.join(format!("{name}.tar"));
@@ -18,6 +29,7 @@ pub fn wasm_image(work: &Path, name: &str, module: &[u8]) -> Result<(PathBuf, St
     let out = Command::new(binaries::path(binaries::CLI)?)
         .args(["image", "build", "--tag", &reference, "--output"])
         .arg(&archive)
+        .args(options)
         .arg(&module_file)
         .output()?;
     ensure!(
@@ -25,6 +37,92 @@ pub fn wasm_image(work: &Path, name: &str, module: &[u8]) -> Result<(PathBuf, St
         "wedge image build failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    Ok((archive, reference))
+}
+
+/// `wedge image push ARCHIVE REFERENCE`.
+pub fn push(archive: &Path, reference: &str) -> Result<()> {
+    let out = Command::new(binaries::path(binaries::CLI)?)
+        .args(["image", "push"])
+        .arg(archive)
+        .arg(reference)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "wedge image push failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// An image whose manifest has two wasm layers, which Wedge refuses to guess between.
+pub fn two_layer_image(
+    work: &Path,
+    name: &str,
+    first: &[u8],
+    second: &[u8],
+) -> Result<(PathBuf, String)> {
+    use oci_spec::image::{ImageManifestBuilder, MediaType};
+    use wedge_cli::image::{write_layout, Blobs, ImageContent};
+    use wedge_cli::module_image::{module_image, ModuleForm, ModuleImageSpec, MODULE_LAYER};
+
+    let reference = format!("wedge.test/{name}:latest");
+    let single = module_image(&ModuleImageSpec {
+        reference: reference.clone(),
+        module: first.to_vec(),
+        form: ModuleForm::Layer(None),
+        entrypoint: vec!["/first.wasm".into()],
+        cmd: vec![],
+        env: vec![],
+        workdir: None,
+    })?;
+    let manifest: serde_json::Value = serde_json::from_slice(
+        single
+            .blobs
+            .get(
+                single
+                    .top
+                    .digest()
+                    .to_string()
+                    .trim_start_matches("sha256:"),
+            )
+            .context("manifest blob")?,
+    )?;
+    let mut blobs = Blobs::default();
+    let config_hex = manifest["config"]["digest"]
+        .as_str()
+        .context("config digest")?
+        .trim_start_matches("sha256:")
+        .to_string();
+    blobs.add(
+        single
+            .blobs
+            .get(&config_hex)
+            .context("config blob")?
+            .to_vec(),
+    );
+    let first_hex = blobs.add(first.to_vec());
+    let second_hex = blobs.add(second.to_vec());
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(blobs.descriptor(MediaType::ImageConfig, &config_hex)?)
+        .layers(vec![
+            blobs.descriptor(MediaType::from(MODULE_LAYER), &first_hex)?,
+            blobs.descriptor(MediaType::from(MODULE_LAYER), &second_hex)?,
+        ])
+        .build()?;
+    let manifest_hex = blobs.add(serde_json::to_vec(&manifest)?);
+    let top = blobs.descriptor(MediaType::ImageManifest, &manifest_hex)?;
+    let content = ImageContent {
+        reference: reference.clone(),
+        tag: "latest".into(),
+        blobs,
+        top,
+        layer_digest: format!("sha256:{first_hex}"),
+    };
+    let archive = work.join(format!("{name}.tar"));
+    write_layout(&content, std::fs::File::create(&archive)?)?;
     Ok((archive, reference))
 }
 

@@ -5,5 +5,7 @@ pub mod binaries;
 pub mod containerd;
 pub mod images;
 pub mod programs;
+pub mod registry;
 
-pub use containerd::{Containerd, WEDGE_RUNTIME};
+pub use containerd::{Containerd, Release, WEDGE_RUNTIME};
+pub use registry::Registry;

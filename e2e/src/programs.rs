@@ -66,6 +66,75 @@ int main(int argc, char **argv) {
 }
 "#;
 
+/// A C command for the component tests: prints its argv and one env var, exits with the
+/// status given as its first argument.
+pub const STATUS_C: &str = r#"#include <stdio.h>
+#include <stdlib.h>
+int main(int argc, char **argv) {
+    const char *who = getenv("WHO");
+    printf("hi %s\n", who ? who : "nobody");
+    for (int i = 1; i < argc; i++) printf("arg%d=%s\n", i, argv[i]);
+    return argc > 1 ? atoi(argv[1]) : 0;
+}
+"#;
+
+/// A core module with a second entry point: `_start` prints "start", `status` returns 7
+/// after `_initialize` ran.
+pub const TWO_ENTRIES_WAT: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $ready (mut i32) (i32.const 0))
+  (data (i32.const 16) "start\n")
+  (func (export "_initialize") (global.set $ready (i32.const 7)))
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 6))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))
+  (func (export "status") (result i32) (global.get $ready)))"#;
+
+/// A component that exports a plain function and no `wasi:cli/run`.
+pub const NOT_A_COMMAND_COMPONENT_WAT: &str = r#"(component
+  (core module $m (func (export "f")))
+  (core instance $i (instantiate $m))
+  (func $f (canon lift (core func $i "f")))
+  (export "say-hello" (func $f)))"#;
+
+/// Turns a WASI preview1 command into a WASI preview2 command component with the preview1
+/// adapter, as `wasm-tools component new --adapt` does.
+pub fn componentize(core_module: &[u8]) -> Result<Vec<u8>> {
+    wit_component::ComponentEncoder::default()
+        .module(core_module)?
+        .adapter(
+            "wasi_snapshot_preview1",
+            wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
+        )?
+        .validate(true)
+        .encode()
+        .context("cannot encode the component")
+}
+
+/// A large, valid command module: `functions` functions of arithmetic that `_start` never
+/// calls, so it starts instantly once compiled but takes real work to compile.
+pub fn large_module(functions: usize) -> Result<Vec<u8>> {
+    let mut source = String::from("(module (memory (export \"memory\") 1)\n");
+    for index in 0..functions {
+        source.push_str(&format!(
+            "(func $f{index} (param i32) (result i32) local.get 0"
+        ));
+        for step in 0..24 {
+            source.push_str(&format!(
+                " i32.const {} i32.mul i32.const {} i32.xor",
+                index + step + 3,
+                step * 7 + 1
+            ));
+        }
+        source.push_str(")\n");
+    }
+    source.push_str("(func (export \"_start\")))");
+    wat(&source)
+}
+
 pub fn wat(source: &str) -> Result<Vec<u8>> {
     wat::parse_str(source).context("invalid WAT")
 }

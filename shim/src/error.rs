@@ -61,6 +61,19 @@ pub enum Error {
     #[error("unsupported stdio URI {0}: only fifos, files and file:// URIs are supported")]
     UnsupportedStdio(String),
 
+    #[error("image {image} cannot run as wasm: {reason}")]
+    ImageLayout { image: String, reason: String },
+
+    #[error("cannot {what} {subject} through containerd's API: {reason}")]
+    ContentStore {
+        what: &'static str,
+        subject: String,
+        reason: String,
+    },
+
+    #[error("{0}")]
+    EngineConfig(#[from] wedge_runtime_config::ConfigError),
+
     #[error("wasm module rejected: {0}")]
     ModuleRejected(String),
 
@@ -114,7 +127,10 @@ impl Error {
             | Error::NoEntrypoint
             | Error::TerminalUnsupported
             | Error::UnsupportedStdio(_)
-            | Error::ModuleRejected(_) => Code::INVALID_ARGUMENT,
+            | Error::ModuleRejected(_)
+            | Error::ImageLayout { .. }
+            | Error::EngineConfig(_) => Code::INVALID_ARGUMENT,
+            Error::ContentStore { .. } => Code::UNAVAILABLE,
             Error::EntrypointNotFound { .. } => Code::NOT_FOUND,
             Error::Mount { .. }
             | Error::Io { .. }

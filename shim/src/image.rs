@@ -1,5 +1,5 @@
 //! Decides what a container runs: finds the entrypoint in the root filesystem and checks
-//! that it is WebAssembly.
+//! that it is WebAssembly. (Images that carry the module as a layer are `content`'s job.)
 
 use std::io::Read;
 use std::path::Path;
@@ -12,7 +12,33 @@ use crate::error::{Error, Result};
 /// Search path when the spec sets no `PATH`, the same default runc's images assume.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Resolves `args[0]` to an absolute path inside the root filesystem and checks that the file
+/// `process.args[0]`, split into the module path and an optional `#name` of the export to
+/// run instead of `_start` (`/app.wasm#serve`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entrypoint {
+    pub path: String,
+    pub export: Option<String>,
+}
+
+impl Entrypoint {
+    pub fn parse(args: &[String]) -> Option<Self> {
+        let arg0 = args.first()?;
+        Some(match arg0.rsplit_once('#') {
+            Some((path, name)) if !path.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Entrypoint {
+                    path: path.to_string(),
+                    export: Some(name.to_string()),
+                }
+            }
+            _ => Entrypoint {
+                path: arg0.to_string(),
+                export: None,
+            },
+        })
+    }
+}
+
+/// Resolves the entrypoint path to an absolute path inside the root filesystem and checks that the file
 /// there is a WebAssembly binary.
 ///
 /// Lookup follows execve's rules: a name with a `/` is a path (relative to `cwd`), a bare
@@ -20,11 +46,10 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// filesystem, so a symlink in the image cannot point the shim at a host file.
 pub fn resolve_wasm_entrypoint(
     rootfs: &Path,
-    args: &[String],
+    arg0: &str,
     env: &[(String, String)],
     cwd: &str,
 ) -> Result<String> {
-    let arg0 = args.first().ok_or(Error::NoEntrypoint)?;
     let root = Dir::open_ambient_dir(rootfs, cap_std::ambient_authority())
         .map_err(|err| Error::io("cannot open the root filesystem", rootfs, err))?;
 
@@ -32,7 +57,7 @@ pub fn resolve_wasm_entrypoint(
         join(cwd, arg0)
     } else {
         search_path(&root, arg0, env).ok_or_else(|| Error::EntrypointNotFound {
-            path: arg0.clone(),
+            path: arg0.to_string(),
             source: std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 "not found in any directory of PATH",
@@ -106,25 +131,41 @@ mod tests {
     }
 
     #[test]
+    fn export_names_follow_a_hash() {
+        let parse = |arg: &str| Entrypoint::parse(&args(&[arg, "x"])).unwrap();
+        assert_eq!(
+            parse("/app.wasm#serve"),
+            Entrypoint {
+                path: "/app.wasm".into(),
+                export: Some("serve".into())
+            }
+        );
+        assert_eq!(parse("/app.wasm").export, None);
+        assert_eq!(parse("/a#b/app.wasm").path, "/a#b/app.wasm");
+        assert_eq!(parse("/app.wasm#").path, "/app.wasm#");
+        assert_eq!(Entrypoint::parse(&[]), None);
+    }
+
+    #[test]
     fn finds_absolute_relative_and_path_entrypoints() {
         let wasm: &[u8] = b"\0asm\x01\0\0\0";
         let root = rootfs_with(&[("/app/m.wasm", wasm), ("/usr/bin/tool", wasm)]);
         let r = root.path();
         assert_eq!(
-            resolve_wasm_entrypoint(r, &args(&["/app/m.wasm"]), &[], "/").unwrap(),
+            resolve_wasm_entrypoint(r, "/app/m.wasm", &[], "/").unwrap(),
             "/app/m.wasm"
         );
         assert_eq!(
-            resolve_wasm_entrypoint(r, &args(&["./m.wasm"]), &[], "/app").unwrap(),
+            resolve_wasm_entrypoint(r, "./m.wasm", &[], "/app").unwrap(),
             "/app/./m.wasm"
         );
         assert_eq!(
-            resolve_wasm_entrypoint(r, &args(&["tool", "x"]), &[], "/").unwrap(),
+            resolve_wasm_entrypoint(r, "tool", &[], "/").unwrap(),
             "/usr/bin/tool"
         );
         let env = vec![("PATH".to_string(), "/app".to_string())];
         assert!(matches!(
-            resolve_wasm_entrypoint(r, &args(&["tool"]), &env, "/"),
+            resolve_wasm_entrypoint(r, "tool", &env, "/"),
             Err(Error::EntrypointNotFound { .. })
         ));
     }
@@ -134,27 +175,23 @@ mod tests {
         let root = rootfs_with(&[("/bin/sh", b"\x7fELF\x02\x01\x01\0")]);
         let r = root.path();
         assert!(matches!(
-            resolve_wasm_entrypoint(r, &args(&["/bin/sh"]), &[], "/"),
+            resolve_wasm_entrypoint(r, "/bin/sh", &[], "/"),
             Err(Error::NotWasm { .. })
         ));
         assert!(matches!(
-            resolve_wasm_entrypoint(r, &args(&["/missing.wasm"]), &[], "/"),
+            resolve_wasm_entrypoint(r, "/missing.wasm", &[], "/"),
             Err(Error::EntrypointNotFound { .. })
-        ));
-        assert!(matches!(
-            resolve_wasm_entrypoint(r, &[], &[], "/"),
-            Err(Error::NoEntrypoint)
         ));
 
         let outside = rootfs_with(&[("/secret.wasm", b"\0asm\x01\0\0\0")]);
         std::os::unix::fs::symlink(outside.path().join("secret.wasm"), r.join("link.wasm"))
             .unwrap();
         assert!(matches!(
-            resolve_wasm_entrypoint(r, &args(&["/link.wasm"]), &[], "/"),
+            resolve_wasm_entrypoint(r, "/link.wasm", &[], "/"),
             Err(Error::EntrypointNotFound { .. })
         ));
         assert!(matches!(
-            resolve_wasm_entrypoint(r, &args(&["/../secret.wasm"]), &[], "/"),
+            resolve_wasm_entrypoint(r, "/../secret.wasm", &[], "/"),
             Err(Error::EntrypointNotFound { .. })
         ));
     }

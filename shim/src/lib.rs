@@ -4,11 +4,13 @@
 //! runs in a runner process of its own, started from the same binary.
 
 pub mod container;
+pub mod content;
 pub mod engine;
 pub mod error;
 pub mod exits;
 pub mod image;
 pub mod logging;
+pub mod options;
 pub mod rootfs;
 pub mod runner;
 pub mod shim;

@@ -197,9 +197,14 @@ async fn serve(flags: &Flags) -> Result<(), ShimError> {
         setup_error("cannot connect to containerd's event service")(err.to_string())
     })?;
     let shutdown = Arc::new(ExitSignal::default());
-    let service = TaskService::new(&flags.namespace, publisher, Arc::clone(&shutdown))
-        .await
-        .map_err(|err| setup_error("cannot start the task service")(err.to_string()))?;
+    let service = TaskService::new(
+        &flags.namespace,
+        &flags.address,
+        publisher,
+        Arc::clone(&shutdown),
+    )
+    .await
+    .map_err(|err| setup_error("cannot start the task service")(err.to_string()))?;
     let service: Arc<dyn Task + Send + Sync> = Arc::new(service);
 
     let mut services = create_task(Arc::clone(&service));

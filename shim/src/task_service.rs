@@ -20,11 +20,14 @@ use tokio::sync::{oneshot, watch};
 use tracing::{info, instrument, warn};
 
 use crate::container::{wait_for_exit, Container, NewContainer, Status, StdioPaths};
+use crate::content::ContentStore;
 use crate::error::{Error, Result};
 use crate::exits::{ExitRouter, ExitStatus};
-use crate::runner::protocol::RunSpec;
+use crate::image::Entrypoint;
+use crate::runner::module_fd::sealed_memfd;
+use crate::runner::protocol::{CacheSettings, ModuleSource, RunSpec};
 use crate::runner::spawn::{spawn_runner, Runner};
-use crate::{image, rootfs, spec, stdio};
+use crate::{image, options, rootfs, spec, stdio};
 
 /// Name of the file in the bundle that records the runner's pid, for `shim delete` after a
 /// shim crash.
@@ -36,6 +39,7 @@ pub struct TaskService {
 
 struct Inner {
     namespace: String,
+    content: ContentStore,
     publisher: RemotePublisher,
     exits: Arc<ExitRouter>,
     containers: Mutex<HashMap<String, Container>>,
@@ -43,14 +47,20 @@ struct Inner {
 }
 
 impl TaskService {
+    /// `containerd_address` is containerd's gRPC socket, for reading image content.
     pub async fn new(
         namespace: &str,
+        containerd_address: &str,
         publisher: RemotePublisher,
         shutdown: Arc<ExitSignal>,
     ) -> Result<Self> {
         Ok(TaskService {
             inner: Arc::new(Inner {
                 namespace: namespace.to_string(),
+                content: ContentStore::new(
+                    containerd_address.trim_start_matches("unix://"),
+                    namespace,
+                ),
                 publisher,
                 exits: ExitRouter::start().await?,
                 containers: Mutex::new(HashMap::new()),
@@ -124,28 +134,46 @@ impl Inner {
         spec: spec::ContainerSpec,
         rootfs_mounted: bool,
     ) -> Result<i32> {
-        let module_path =
-            image::resolve_wasm_entrypoint(&spec.rootfs, &spec.args, &spec.env, &spec.cwd)?;
+        let engine_config = options::engine_config(req.options.as_ref())?;
+        let entrypoint = Entrypoint::parse(&spec.args);
+        let (module, module_fd) = self
+            .locate_module(&req.id, &spec, entrypoint.as_ref())
+            .await?;
         let io = stdio::open(&req.stdin, &req.stdout, &req.stderr)?;
         let (mut runner, exited) = self.exits.spawn_watched(|| {
-            let runner = spawn_runner(&req.id, bundle, io.runner)?;
+            let runner = spawn_runner(&req.id, bundle, io.runner, module_fd)?;
             let pid = runner.pid;
             Ok((runner, pid))
         })?;
         let pid = runner.pid;
+        let mut args = spec.args;
+        if let (Some(arg0), Some(entrypoint)) = (args.first_mut(), &entrypoint) {
+            // The module sees its path as argv[0], without the `#name` that chose the export.
+            arg0.clone_from(&entrypoint.path);
+        }
         let run_spec = RunSpec {
             container_id: req.id.clone(),
             rootfs: spec.rootfs.clone(),
-            module_path,
-            args: spec.args,
+            module,
+            export: entrypoint.and_then(|entrypoint| entrypoint.export),
+            args,
             env: spec.env,
             cwd: spec.cwd,
             readonly_root: spec.readonly_root,
             stdin_fifo: io.stdin_fifo,
+            cache: engine_config.cache.enabled.then(|| CacheSettings {
+                dir: engine_config.cache.dir.clone(),
+                max_bytes: engine_config.cache.max_size_bytes(),
+            }),
         };
-        if let Err(err) = runner.prepare(run_spec).await {
-            abandon(runner, exited).await;
-            return Err(err);
+        match runner.prepare(run_spec).await {
+            Ok(program) => {
+                info!(origin = program.label(), detail = ?program, "module ready");
+            }
+            Err(err) => {
+                abandon(runner, exited).await;
+                return Err(err);
+            }
         }
         if let Err(err) = std::fs::write(bundle.join(RUNNER_PID_FILE), pid.to_string()) {
             warn!(error = %err, "cannot record the runner pid in the bundle");
@@ -168,6 +196,42 @@ impl Inner {
         self.containers().insert(req.id.clone(), container);
         tokio::spawn(Arc::clone(self).on_exit(req.id.clone(), pid, exited, exit_sender));
         Ok(pid)
+    }
+
+    /// Finds the module: a wasm file at the entrypoint in the root filesystem, else the
+    /// wasm layer of the container's image (then its bytes go to the runner as a memfd).
+    async fn locate_module(
+        &self,
+        id: &str,
+        spec: &spec::ContainerSpec,
+        entrypoint: Option<&Entrypoint>,
+    ) -> Result<(ModuleSource, Option<std::os::fd::OwnedFd>)> {
+        let in_rootfs = match entrypoint {
+            Some(entrypoint) => {
+                image::resolve_wasm_entrypoint(&spec.rootfs, &entrypoint.path, &spec.env, &spec.cwd)
+            }
+            None => Err(Error::NoEntrypoint),
+        };
+        let not_in_rootfs = match in_rootfs {
+            Ok(path) => return Ok((ModuleSource::Rootfs { path }, None)),
+            // A native binary: no image layer is going to change that.
+            Err(err @ Error::NotWasm { .. }) => return Err(err),
+            Err(err) => err,
+        };
+        match self.content.wasm_layer(id).await? {
+            Some(layer) => {
+                info!(digest = %layer.digest, media_type = %layer.media_type,
+                      size = layer.bytes.len(), "module from image layer");
+                let fd = sealed_memfd(&layer.bytes)?;
+                Ok((
+                    ModuleSource::Layer {
+                        digest: layer.digest,
+                    },
+                    Some(fd),
+                ))
+            }
+            None => Err(not_in_rootfs),
+        }
     }
 
     /// Publishes TaskExit when the runner ends, then releases Wait and Delete.

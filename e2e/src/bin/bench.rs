@@ -1,5 +1,6 @@
 //! `make bench`: cold start of `ctr run --rm` on Wedge against runc, on the same private
-//! containerd in the same run, with medians and ratios.
+//! containerd in the same run, with medians and ratios; then the first (compiling) and the
+//! cached start of a large module.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -15,8 +16,13 @@ struct Subject {
     label: &'static str,
     runtime: &'static str,
     image: String,
+    /// What stdout must contain.
+    expect: &'static str,
     samples: Vec<Duration>,
 }
+
+/// Size the large module must reach: big enough that compiling it is real work.
+const LARGE_MODULE_MIN_BYTES: usize = 5 * 1024 * 1024;
 
 fn median(samples: &[Duration]) -> Duration {
     let mut sorted = samples.to_vec();
@@ -40,7 +46,7 @@ fn run_once(containerd: &Containerd, subject: &Subject, id: &str) -> Result<Dura
     ])?;
     let elapsed = started.elapsed();
     ensure!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("hello"),
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(subject.expect),
         "{} run failed: {}",
         subject.label,
         String::from_utf8_lossy(&out.stderr)
@@ -76,18 +82,21 @@ fn main() -> Result<()> {
             label: "runc: static busybox echo",
             runtime: RUNC_RUNTIME,
             image: busybox,
+            expect: "hello",
             samples: vec![],
         },
         Subject {
             label: "wedge: WASI hello (C, wasi-libc)",
             runtime: WEDGE_RUNTIME,
             image: wasm_c,
+            expect: "hello",
             samples: vec![],
         },
         Subject {
             label: "wedge: WASI hello (WAT)",
             runtime: WEDGE_RUNTIME,
             image: wasm_wat,
+            expect: "hello",
             samples: vec![],
         },
     ];
@@ -105,8 +114,6 @@ fn main() -> Result<()> {
             subject.samples.push(elapsed);
         }
     }
-    containerd.assert_clean()?;
-
     let runc = median(&subjects[0].samples);
     println!("\ncold start of `ctr run --rm` (median of {runs} runs, same containerd, same run)");
     println!(
@@ -127,5 +134,73 @@ fn main() -> Result<()> {
         );
     }
     println!("target: wedge ≤ 0.50x runc");
+
+    let hello = median(&subjects[2].samples);
+    large_module(&containerd, work.path(), runs, hello)?;
+    containerd.assert_clean()
+}
+
+/// First start (compiles, cache emptied before each run) against cached start of a module
+/// of several megabytes.
+fn large_module(containerd: &Containerd, work: &Path, runs: usize, hello: Duration) -> Result<()> {
+    let mut functions = 20_000;
+    let module = loop {
+        let module = programs::large_module(functions)?;
+        if module.len() >= LARGE_MODULE_MIN_BYTES {
+            break module;
+        }
+        functions = functions * 3 / 2;
+    };
+    let (archive, image) = images::wasm_image(work, "large", &module)?;
+    containerd.import(&archive)?;
+    let subject = Subject {
+        label: "large",
+        runtime: WEDGE_RUNTIME,
+        image,
+        expect: "",
+        samples: vec![],
+    };
+    let first_runs = runs.clamp(1, 3);
+    let mut first = Vec::new();
+    for run in 0..first_runs {
+        clear(&containerd.cache_dir())?;
+        first.push(run_once(
+            containerd,
+            &subject,
+            &format!("large-first-{run}"),
+        )?);
+    }
+    let mut cached = Vec::new();
+    for run in 0..runs.clamp(1, 7) {
+        cached.push(run_once(
+            containerd,
+            &subject,
+            &format!("large-cached-{run}"),
+        )?);
+    }
+    let (first, cached) = (median(&first), median(&cached));
+    println!(
+        "\nlarge module: {:.1} MB, {functions} functions (median; first = compile, cache emptied)",
+        module.len() as f64 / (1024.0 * 1024.0)
+    );
+    println!("{:<36} {:>10.1} ms", "first start (compiles)", ms(first));
+    println!("{:<36} {:>10.1} ms", "cached start", ms(cached));
+    println!(
+        "{:<36} {:>10.1}x",
+        "first / cached",
+        first.as_secs_f64() / cached.as_secs_f64()
+    );
+    println!(
+        "{:<36} {:>10.2}x",
+        "cached large / WAT hello",
+        cached.as_secs_f64() / hello.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn clear(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        std::fs::remove_file(entry.path())?;
+    }
     Ok(())
 }

@@ -4,16 +4,22 @@
 //! touches only its own container, and compilation of untrusted wasm happens in a process
 //! the container's limits can later apply to.
 
+pub mod module_fd;
 pub mod protocol;
 pub mod spawn;
 mod stdin;
 
-use std::io::{BufReader, Write};
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
 
-use crate::engine::{self, CommandContext, Outcome, PreparedCommand, ReadyCommand, Rejected};
-use protocol::{RunSpec, RunnerMessage, ShimMessage, CONTROL_FD};
+use crate::engine::cache::{sha256_hex, ModuleCache};
+use crate::engine::{
+    self, load_program, CommandContext, Outcome, PreparedCommand, ProgramOrigin, ReadyCommand,
+    Rejected,
+};
+use protocol::{ModuleSource, RunSpec, RunnerMessage, ShimMessage, CONTROL_FD, MODULE_FD};
 
 /// Exit status when the runner cannot even talk to the shim; the shim reports the details.
 const SETUP_FAILED_EXIT_CODE: i32 = 125;
@@ -47,14 +53,14 @@ fn run() -> i32 {
             return SETUP_FAILED_EXIT_CODE;
         }
     }
-    let ready = match prepare(&spec) {
-        Ok(ready) => ready,
+    let (ready, program) = match prepare(&spec) {
+        Ok(prepared) => prepared,
         Err(Rejected(reason)) => {
             let _ = protocol::send(&mut writer, &RunnerMessage::Rejected { reason });
             return SETUP_FAILED_EXIT_CODE;
         }
     };
-    if protocol::send(&mut writer, &RunnerMessage::Ready).is_err() {
+    if protocol::send(&mut writer, &RunnerMessage::Ready { program }).is_err() {
         return SETUP_FAILED_EXIT_CODE;
     }
     match protocol::receive::<ShimMessage>(&mut reader) {
@@ -72,20 +78,58 @@ fn run() -> i32 {
     outcome.exit_code()
 }
 
-fn prepare(spec: &RunSpec) -> Result<ReadyCommand, Rejected> {
-    let bytes = read_module(spec)?;
+fn prepare(spec: &RunSpec) -> Result<(ReadyCommand, ProgramOrigin), Rejected> {
+    let (bytes, sha256) = read_module(spec)?;
     let engine = engine::new_engine()?;
-    PreparedCommand::compile(&engine, &bytes)?.with_context(&CommandContext {
-        args: &spec.args,
-        env: &spec.env,
-        rootfs: &spec.rootfs,
-        readonly_root: spec.readonly_root,
-    })
+    let cache = match &spec.cache {
+        None => Err("the cache is disabled in the engine config".to_string()),
+        Some(settings) => ModuleCache::open(&settings.dir, settings.max_bytes)
+            .map_err(|err| format!("cache unavailable: {err}")),
+    };
+    let (program, origin) = load_program(
+        &engine,
+        &bytes,
+        &sha256,
+        cache.as_ref().map_err(Clone::clone),
+    )?;
+    drop(bytes);
+    let ready = PreparedCommand::new(&engine, program, spec.export.as_deref())?.with_context(
+        &CommandContext {
+            args: &spec.args,
+            env: &spec.env,
+            rootfs: &spec.rootfs,
+            readonly_root: spec.readonly_root,
+        },
+    )?;
+    Ok((ready, origin))
+}
+
+/// The module's bytes and their hex sha256.
+fn read_module(spec: &RunSpec) -> Result<(Vec<u8>, String), Rejected> {
+    match &spec.module {
+        ModuleSource::Rootfs { path } => {
+            let bytes = read_from_rootfs(spec, path)?;
+            let sha256 = sha256_hex(&bytes);
+            Ok((bytes, sha256))
+        }
+        ModuleSource::Layer { digest } => {
+            let sha256 = digest
+                .strip_prefix("sha256:")
+                .ok_or_else(|| Rejected(format!("unsupported layer digest {digest}")))?;
+            // SAFETY: the shim hands fd 4 to this process as the sealed memfd holding the
+            // layer (see `spawn::spawn_runner`); nothing else in this process owns it.
+            let mut file = unsafe { File::from_raw_fd(MODULE_FD) };
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes)
+                .map_err(|err| Rejected(format!("cannot read layer {digest}: {err}")))?;
+            Ok((bytes, sha256.to_string()))
+        }
+    }
 }
 
 /// Reads the module through a capability on the root filesystem, so that symlinks inside
 /// the image cannot lead the runner outside it.
-fn read_module(spec: &RunSpec) -> Result<Vec<u8>, Rejected> {
+fn read_from_rootfs(spec: &RunSpec, path: &str) -> Result<Vec<u8>, Rejected> {
     let root = cap_std::fs::Dir::open_ambient_dir(&spec.rootfs, cap_std::ambient_authority())
         .map_err(|err| {
             Rejected(format!(
@@ -93,8 +137,8 @@ fn read_module(spec: &RunSpec) -> Result<Vec<u8>, Rejected> {
                 spec.rootfs.display()
             ))
         })?;
-    root.read(spec.module_path.trim_start_matches('/'))
-        .map_err(|err| Rejected(format!("cannot read {}: {err}", spec.module_path)))
+    root.read(path.trim_start_matches('/'))
+        .map_err(|err| Rejected(format!("cannot read {path}: {err}")))
 }
 
 /// Traps and host failures are the container's business: they go to its stderr, where

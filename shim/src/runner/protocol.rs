@@ -9,8 +9,14 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::ProgramOrigin;
+
 /// The runner's end of the control socket.
 pub const CONTROL_FD: i32 = 3;
+
+/// Where the runner finds the module bytes when they come from an image layer: a sealed
+/// memfd the shim filled from containerd's content store.
+pub const MODULE_FD: i32 = 4;
 
 /// The name the runner process shows in `ps`, and the cue for the binary to act as a runner.
 pub const RUNNER_ARG0: &str = "wedge-runner";
@@ -21,8 +27,9 @@ pub struct RunSpec {
     pub container_id: String,
     /// Host path of the mounted root filesystem.
     pub rootfs: PathBuf,
-    /// The module's path inside the root filesystem, absolute.
-    pub module_path: String,
+    pub module: ModuleSource,
+    /// The `#name` of the entrypoint: run this export of a core module instead of `_start`.
+    pub export: Option<String>,
     /// argv as the module sees it; argv[0] is the module path as the spec gave it.
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
@@ -31,6 +38,24 @@ pub struct RunSpec {
     pub readonly_root: bool,
     /// containerd's stdin fifo, opened by the runner once the client attaches.
     pub stdin_fifo: Option<PathBuf>,
+    /// The compiled-module cache; None when the engine config disables it.
+    pub cache: Option<CacheSettings>,
+}
+
+/// Where the module's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModuleSource {
+    /// A file of the root filesystem, by its absolute path there.
+    Rootfs { path: String },
+    /// An image layer, already read and verified by the shim, at [`MODULE_FD`].
+    Layer { digest: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheSettings {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
 }
 
 /// Shim → runner.
@@ -45,8 +70,8 @@ pub enum ShimMessage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunnerMessage {
-    /// The module is compiled, linked and ready to start.
-    Ready,
+    /// The module is compiled (or loaded from the cache), linked and ready to start.
+    Ready { program: ProgramOrigin },
     /// The module cannot run; `reason` is for the user.
     Rejected { reason: String },
 }
@@ -98,12 +123,19 @@ mod tests {
         let spec = RunSpec {
             container_id: "c1".into(),
             rootfs: "/run/bundle/rootfs".into(),
-            module_path: "/app.wasm".into(),
+            module: ModuleSource::Layer {
+                digest: "sha256:00".into(),
+            },
+            export: Some("run".into()),
             args: vec!["/app.wasm".into(), "a b".into()],
             env: vec![("K".into(), "v=1".into())],
             cwd: "/".into(),
             readonly_root: true,
             stdin_fifo: Some("/run/x/stdin".into()),
+            cache: Some(CacheSettings {
+                dir: "/var/lib/wedge/cache".into(),
+                max_bytes: 1 << 30,
+            }),
         };
         let mut wire = Vec::new();
         send(&mut wire, &ShimMessage::Prepare(spec.clone())).unwrap();

@@ -1,7 +1,7 @@
 //! The shim's side of a runner: starting the process and talking to it.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -10,7 +10,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 
-use super::protocol::{self, RunSpec, RunnerMessage, ShimMessage, CONTROL_FD, RUNNER_ARG0};
+use super::protocol::{
+    self, RunSpec, RunnerMessage, ShimMessage, CONTROL_FD, MODULE_FD, RUNNER_ARG0,
+};
+use crate::engine::ProgramOrigin;
 use crate::error::{Error, Result};
 
 /// The container's stdio, already opened by the shim.
@@ -29,14 +32,25 @@ pub struct Runner {
 }
 
 /// Starts the runner for container `id`: this very binary, re-executed under the name
-/// [`RUNNER_ARG0`], with the container's stdio as fds 0-2 and the control socket as fd 3.
+/// [`RUNNER_ARG0`], with the container's stdio as fds 0-2, the control socket as fd 3 and,
+/// for a module from an image layer, the module's memfd as fd 4.
 ///
 /// Exec (rather than a bare fork) gives the runner a clean single-threaded process: the
 /// shim runs a tokio runtime, and a fork of it could only call async-signal-safe functions.
-pub fn spawn_runner(id: &str, bundle: &Path, stdio: RunnerStdio) -> Result<Runner> {
+pub fn spawn_runner(
+    id: &str,
+    bundle: &Path,
+    stdio: RunnerStdio,
+    module: Option<OwnedFd>,
+) -> Result<Runner> {
     let (shim_end, runner_end) = std::os::unix::net::UnixStream::pair()
         .map_err(|err| Error::io("cannot create the control socket for", bundle, err))?;
+    // Above the fds the child's dup2s write to, so that neither dup2 clobbers the other's
+    // source.
+    let runner_end = above_inherited_fds(OwnedFd::from(runner_end))?;
+    let module = module.map(above_inherited_fds).transpose()?;
     let runner_fd = runner_end.as_raw_fd();
+    let module_fd = module.as_ref().map(AsRawFd::as_raw_fd);
 
     let mut command = Command::new("/proc/self/exe");
     command
@@ -52,12 +66,12 @@ pub fn spawn_runner(id: &str, bundle: &Path, stdio: RunnerStdio) -> Result<Runne
     // SAFETY: the closure runs between fork and exec and calls only dup2 and fcntl, which are
     // async-signal-safe; it touches no memory the parent may hold locks on.
     unsafe {
-        command.pre_exec(move || move_to_control_fd(runner_fd));
+        command.pre_exec(move || move_to_inherited_fds(runner_fd, module_fd));
     }
     let child = command
         .spawn()
         .map_err(|err| Error::io("cannot start the wasm runner", "/proc/self/exe", err))?;
-    drop(runner_end);
+    drop((runner_end, module));
     // The shim's reaper collects the exit status by pid; the Child handle is not waited on.
     let pid = child.id() as i32;
 
@@ -75,25 +89,43 @@ pub fn spawn_runner(id: &str, bundle: &Path, stdio: RunnerStdio) -> Result<Runne
     })
 }
 
-/// Puts the runner's end of the control socket at [`CONTROL_FD`], inheritable.
-fn move_to_control_fd(fd: i32) -> std::io::Result<()> {
+/// Lowest fd the parent keeps the child's fds at before the child moves them down.
+const FIRST_FREE_FD: RawFd = 10;
+
+fn above_inherited_fds(fd: OwnedFd) -> Result<OwnedFd> {
+    nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(FIRST_FREE_FD))
+        .map(|raw| {
+            // SAFETY: F_DUPFD_CLOEXEC just returned this new descriptor; nothing else owns it.
+            unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
+        })
+        .map_err(|source| Error::Sys {
+            context: "cannot duplicate a runner descriptor",
+            source,
+        })
+}
+
+/// Puts the control socket at [`CONTROL_FD`] and the module memfd at [`MODULE_FD`],
+/// inheritable (dup2 clears close-on-exec). Both sources are at or above
+/// [`FIRST_FREE_FD`], so the order of the dup2 calls does not matter.
+fn move_to_inherited_fds(control: RawFd, module: Option<RawFd>) -> std::io::Result<()> {
     // SAFETY: plain syscalls on file descriptors, async-signal-safe (see the caller).
     unsafe {
-        if fd == CONTROL_FD {
-            // dup2 onto itself would leave close-on-exec set.
-            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+        if libc::dup2(control, CONTROL_FD) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if let Some(module) = module {
+            if libc::dup2(module, MODULE_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-        } else if libc::dup2(fd, CONTROL_FD) < 0 {
-            return Err(std::io::Error::last_os_error());
         }
     }
     Ok(())
 }
 
 impl Runner {
-    /// Hands over the spec and waits until the module is compiled and linked, or rejected.
-    pub async fn prepare(&mut self, spec: RunSpec) -> Result<()> {
+    /// Hands over the spec and waits until the module is compiled (or loaded from the
+    /// cache) and linked, or rejected.
+    pub async fn prepare(&mut self, spec: RunSpec) -> Result<ProgramOrigin> {
         self.send(&ShimMessage::Prepare(spec)).await?;
         let mut line = Vec::new();
         let read = self
@@ -107,7 +139,7 @@ impl Runner {
         match protocol::decode::<RunnerMessage>(&line)
             .map_err(|err| self.failure(err.to_string()))?
         {
-            RunnerMessage::Ready => Ok(()),
+            RunnerMessage::Ready { program } => Ok(program),
             RunnerMessage::Rejected { reason } => Err(Error::ModuleRejected(reason)),
         }
     }

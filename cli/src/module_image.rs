@@ -1,0 +1,233 @@
+//! Images whose one layer *is* the wasm binary, in two forms:
+//!
+//! - **artifact**: the CNCF wasm OCI artifact — config `application/vnd.wasm.config.v0+json`
+//!   (architecture `wasm`, os `wasip1`/`wasip2`, the layer digests and, for a component, its
+//!   imports and exports), layer `application/wasm`. What registries and wasm tooling share;
+//!   containerd runs it through CRI.
+//! - **layer**: an ordinary OCI image config (architecture `wasm`) with the module as a layer
+//!   of a wasm media type, which `ctr run` accepts too.
+//!
+//! Both configs carry the OCI `config` block (Entrypoint, Cmd, Env, WorkingDir) so that
+//! containerd builds `process.args` for a pod that sets no command.
+
+use oci_spec::image::{
+    Arch, ImageConfigurationBuilder, ImageManifestBuilder, MediaType, Os, PlatformBuilder,
+    RootFsBuilder,
+};
+use serde_json::json;
+
+use crate::image::{normalize_reference, process_config, Blobs, ImageContent, ImageError};
+
+pub const WASM_ARTIFACT_CONFIG: &str = "application/vnd.wasm.config.v0+json";
+pub const WASM_ARTIFACT_LAYER: &str = "application/wasm";
+pub const COMPONENT_LAYER: &str = "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm";
+pub const MODULE_LAYER: &str = "application/vnd.w3c.wasm.module.v1+wasm";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModuleForm {
+    Artifact,
+    /// The layer media type; None picks one by the binary's kind.
+    Layer(Option<String>),
+}
+
+#[derive(Debug, Clone)]
+pub struct ModuleImageSpec {
+    pub reference: String,
+    pub module: Vec<u8>,
+    pub form: ModuleForm,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+}
+
+/// What the tooling records about a component's interface.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ComponentInterface {
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+}
+
+pub fn is_component(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes.starts_with(b"\0asm") && bytes[6..8] == [1, 0]
+}
+
+pub fn module_image(spec: &ModuleImageSpec) -> Result<ImageContent, ImageError> {
+    let (reference, tag) = normalize_reference(&spec.reference)?;
+    let component = is_component(&spec.module);
+    let os = if component { "wasip2" } else { "wasip1" };
+    let mut blobs = Blobs::default();
+    let layer_media_type = match &spec.form {
+        ModuleForm::Artifact => WASM_ARTIFACT_LAYER.to_string(),
+        ModuleForm::Layer(Some(media_type)) => media_type.clone(),
+        ModuleForm::Layer(None) if component => COMPONENT_LAYER.to_string(),
+        ModuleForm::Layer(None) => MODULE_LAYER.to_string(),
+    };
+    let layer_digest = blobs.add(spec.module.clone());
+    let layer = blobs.descriptor(MediaType::from(layer_media_type.as_str()), &layer_digest)?;
+    let process = process_config(&spec.entrypoint, &spec.cmd, &spec.env, &spec.workdir)?;
+
+    let (config_media_type, config_bytes) = match spec.form {
+        ModuleForm::Artifact => {
+            let mut config = json!({
+                "architecture": "wasm",
+                "os": os,
+                "layerDigests": [format!("sha256:{layer_digest}")],
+                "config": process,
+            });
+            if component {
+                let interface = component_interface(&spec.module)?;
+                config["component"] = json!({
+                    "imports": interface.imports,
+                    "exports": interface.exports,
+                });
+            }
+            (
+                MediaType::from(WASM_ARTIFACT_CONFIG),
+                serde_json::to_vec(&config)?,
+            )
+        }
+        ModuleForm::Layer(_) => {
+            let config = ImageConfigurationBuilder::default()
+                .architecture(Arch::Wasm)
+                .os(Os::from(os))
+                .config(process)
+                // No layer is a filesystem diff: containerd unpacks an empty root.
+                .rootfs(
+                    RootFsBuilder::default()
+                        .typ("layers")
+                        .diff_ids(Vec::<String>::new())
+                        .build()?,
+                )
+                .build()?;
+            (MediaType::ImageConfig, serde_json::to_vec(&config)?)
+        }
+    };
+    let config_digest = blobs.add(config_bytes);
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(blobs.descriptor(config_media_type, &config_digest)?)
+        .layers(vec![layer])
+        .build()?;
+    let manifest_digest = blobs.add(serde_json::to_vec(&manifest)?);
+    // The manifest is the image's top: containerd then takes it as is, whatever platform
+    // the node has.
+    let mut top = blobs.descriptor(MediaType::ImageManifest, &manifest_digest)?;
+    top.set_platform(Some(
+        PlatformBuilder::default()
+            .architecture(Arch::Wasm)
+            .os(Os::from(os))
+            .build()?,
+    ));
+    Ok(ImageContent {
+        reference,
+        tag,
+        blobs,
+        top,
+        layer_digest: format!("sha256:{layer_digest}"),
+    })
+}
+
+/// The names a component imports and exports at its top level.
+pub fn component_interface(bytes: &[u8]) -> Result<ComponentInterface, ImageError> {
+    let mut interface = ComponentInterface::default();
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        let payload = payload.map_err(|err| ImageError::Wasm(err.to_string()))?;
+        match payload {
+            wasmparser::Payload::ModuleSection { .. }
+            | wasmparser::Payload::ComponentSection { .. } => depth += 1,
+            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
+            wasmparser::Payload::ComponentImportSection(imports) if depth == 0 => {
+                for import in imports {
+                    let import = import.map_err(|err| ImageError::Wasm(err.to_string()))?;
+                    interface.imports.push(import.name.name.to_string());
+                }
+            }
+            wasmparser::Payload::ComponentExportSection(exports) if depth == 0 => {
+                for export in exports {
+                    let export = export.map_err(|err| ImageError::Wasm(err.to_string()))?;
+                    interface.exports.push(export.name.name.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(interface)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COMPONENT: &str = r#"(component
+        (import "wasi:cli/environment@0.2.0" (instance))
+        (core module $m (func (export "f")))
+        (core instance $i (instantiate $m))
+        (func $f (canon lift (core func $i "f")))
+        (export "run" (func $f)))"#;
+
+    fn spec(module: Vec<u8>, form: ModuleForm) -> ModuleImageSpec {
+        ModuleImageSpec {
+            reference: "registry.local/wasm/app:v1".into(),
+            module,
+            form,
+            entrypoint: vec!["/app.wasm".into()],
+            cmd: vec![],
+            env: vec![],
+            workdir: None,
+        }
+    }
+
+    fn blob(content: &ImageContent, digest: &str) -> serde_json::Value {
+        let bytes = content
+            .blobs
+            .get(digest.trim_start_matches("sha256:"))
+            .unwrap();
+        serde_json::from_slice(bytes).unwrap()
+    }
+
+    #[test]
+    fn artifact_of_a_component_records_its_interface() {
+        let bytes = wat::parse_str(COMPONENT).unwrap();
+        let content = module_image(&spec(bytes.clone(), ModuleForm::Artifact)).unwrap();
+        let manifest = blob(&content, &content.top.digest().to_string());
+        assert_eq!(manifest["config"]["mediaType"], WASM_ARTIFACT_CONFIG);
+        assert_eq!(manifest["layers"][0]["mediaType"], WASM_ARTIFACT_LAYER);
+        assert_eq!(manifest["layers"].as_array().unwrap().len(), 1);
+        let config = blob(&content, manifest["config"]["digest"].as_str().unwrap());
+        assert_eq!(config["architecture"], "wasm");
+        assert_eq!(config["os"], "wasip2");
+        assert_eq!(config["layerDigests"][0], content.layer_digest.as_str());
+        assert_eq!(config["component"]["exports"][0], "run");
+        assert_eq!(
+            config["component"]["imports"][0],
+            "wasi:cli/environment@0.2.0"
+        );
+        assert_eq!(config["config"]["Entrypoint"][0], "/app.wasm");
+        let layer = content
+            .blobs
+            .get(content.layer_digest.trim_start_matches("sha256:"));
+        assert_eq!(layer, Some(&bytes[..]));
+    }
+
+    #[test]
+    fn layer_form_uses_an_oci_config_and_the_chosen_media_type() {
+        let module = wat::parse_str("(module)").unwrap();
+        let content = module_image(&spec(module.clone(), ModuleForm::Layer(None))).unwrap();
+        let manifest = blob(&content, &content.top.digest().to_string());
+        assert_eq!(manifest["layers"][0]["mediaType"], MODULE_LAYER);
+        let config = blob(&content, manifest["config"]["digest"].as_str().unwrap());
+        assert_eq!(config["os"], "wasip1");
+        assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 0);
+
+        let custom = ModuleForm::Layer(Some("application/vnd.wasm.content.layer.v1+wasm".into()));
+        let content = module_image(&spec(module, custom)).unwrap();
+        let manifest = blob(&content, &content.top.digest().to_string());
+        assert_eq!(
+            manifest["layers"][0]["mediaType"],
+            "application/vnd.wasm.content.layer.v1+wasm"
+        );
+    }
+}

@@ -1,0 +1,364 @@
+//! Wasm layers from containerd's content store: for images that ship the module as a layer
+//! (CNCF wasm artifacts and friends) rather than as a file in a root filesystem.
+//!
+//! The shim asks containerd, over the socket and in the namespace it was started with, which
+//! image the container was made from, walks that image's index and manifest, and reads the
+//! wasm layer, checking its digest.
+
+use std::path::PathBuf;
+
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::content_client::ContentClient;
+use containerd_client::services::v1::images_client::ImagesClient;
+use containerd_client::services::v1::{GetContainerRequest, GetImageRequest, ReadContentRequest};
+use containerd_client::tonic::transport::Channel;
+use containerd_client::tonic::Request;
+use oci_spec::image::{Arch, Descriptor, ImageIndex, ImageManifest, MediaType, Os};
+use sha2::{Digest, Sha256};
+use tracing::debug;
+
+use crate::error::{Error, Result};
+
+/// Layer media types that carry a wasm module or component as the layer's bytes.
+pub const WASM_LAYER_MEDIA_TYPES: [&str; 4] = [
+    "application/wasm",
+    "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm",
+    "application/vnd.w3c.wasm.module.v1+wasm",
+    "application/vnd.wasm.content.layer.v1+wasm",
+];
+
+/// Manifests and indexes are small; anything bigger is not one.
+const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+/// Bigger than any module a runner could sensibly compile.
+const MAX_LAYER_BYTES: u64 = 1 << 30;
+/// An index may point at an index (an OCI layout's nested image index); no deeper.
+const MAX_INDEX_DEPTH: usize = 2;
+
+/// A wasm layer read from the content store, its digest verified.
+pub struct WasmLayer {
+    pub digest: String,
+    pub media_type: String,
+    pub bytes: Vec<u8>,
+}
+
+/// containerd's API as the shim sees it: the daemon's socket and the namespace of its tasks.
+pub struct ContentStore {
+    address: PathBuf,
+    namespace: String,
+}
+
+impl ContentStore {
+    pub fn new(address: impl Into<PathBuf>, namespace: &str) -> Self {
+        ContentStore {
+            address: address.into(),
+            namespace: namespace.to_string(),
+        }
+    }
+
+    /// The wasm layer of the image container `id` was created from, or None when the
+    /// container has no image or the image has no wasm layer.
+    pub async fn wasm_layer(&self, id: &str) -> Result<Option<WasmLayer>> {
+        let channel = containerd_client::connect(&self.address)
+            .await
+            .map_err(|err| Error::ContentStore {
+                what: "connect to",
+                subject: self.address.display().to_string(),
+                reason: err.to_string(),
+            })?;
+        let session = Session {
+            channel,
+            namespace: &self.namespace,
+        };
+        let Some(image) = session.container_image(id).await? else {
+            return Ok(None);
+        };
+        let target = session.image_target(&image).await?;
+        let Some(manifest) = session.manifest(&image, target, 0).await? else {
+            return Ok(None);
+        };
+        let wasm_layers: Vec<&Descriptor> = manifest
+            .layers()
+            .iter()
+            .filter(|layer| is_wasm_layer(layer.media_type()))
+            .collect();
+        let layer = match wasm_layers[..] {
+            [] => return Ok(None),
+            [layer] => layer,
+            [..] => {
+                return Err(Error::ImageLayout {
+                    image,
+                    reason: format!(
+                        "it has {} wasm layers; Wedge runs images with exactly one wasm \
+                         layer (linking several modules is not supported)",
+                        wasm_layers.len()
+                    ),
+                })
+            }
+        };
+        if layer.size() > MAX_LAYER_BYTES {
+            return Err(Error::ImageLayout {
+                image,
+                reason: format!("its wasm layer is {} bytes, over the limit", layer.size()),
+            });
+        }
+        let bytes = session.read_verified(&image, layer).await?;
+        debug!(%image, digest = %layer.digest(), size = bytes.len(), "read wasm layer");
+        Ok(Some(WasmLayer {
+            digest: layer.digest().to_string(),
+            media_type: layer.media_type().to_string(),
+            bytes,
+        }))
+    }
+}
+
+pub fn is_wasm_layer(media_type: &MediaType) -> bool {
+    WASM_LAYER_MEDIA_TYPES.contains(&media_type.to_string().as_str())
+}
+
+struct Session<'a> {
+    channel: Channel,
+    namespace: &'a str,
+}
+
+impl Session<'_> {
+    fn request<T>(&self, message: T) -> Result<Request<T>> {
+        let mut request = Request::new(message);
+        let namespace = self.namespace.parse().map_err(|_| Error::ContentStore {
+            what: "use namespace",
+            subject: self.namespace.to_string(),
+            reason: "not valid in a gRPC header".into(),
+        })?;
+        request
+            .metadata_mut()
+            .insert("containerd-namespace", namespace);
+        Ok(request)
+    }
+
+    async fn container_image(&self, id: &str) -> Result<Option<String>> {
+        let request = self.request(GetContainerRequest { id: id.to_string() })?;
+        let response = ContainersClient::new(self.channel.clone())
+            .get(request)
+            .await
+            .map_err(|status| api_error("look up container", id, status))?;
+        Ok(response
+            .into_inner()
+            .container
+            .map(|container| container.image)
+            .filter(|image| !image.is_empty()))
+    }
+
+    async fn image_target(&self, image: &str) -> Result<Descriptor> {
+        let request = self.request(GetImageRequest {
+            name: image.to_string(),
+        })?;
+        let response = ImagesClient::new(self.channel.clone())
+            .get(request)
+            .await
+            .map_err(|status| api_error("look up image", image, status))?;
+        let target = response
+            .into_inner()
+            .image
+            .and_then(|image| image.target)
+            .ok_or_else(|| Error::ImageLayout {
+                image: image.to_string(),
+                reason: "containerd has no target descriptor for it".into(),
+            })?;
+        let digest: oci_spec::image::Digest =
+            target.digest.parse().map_err(|_| Error::ImageLayout {
+                image: image.to_string(),
+                reason: format!("malformed target digest {:?}", target.digest),
+            })?;
+        let size = u64::try_from(target.size).unwrap_or_default();
+        Ok(Descriptor::new(
+            MediaType::from(target.media_type.as_str()),
+            size,
+            digest,
+        ))
+    }
+
+    /// The image manifest that may hold a wasm layer: `descriptor` itself, or the best
+    /// platform of an index (a `wasm` architecture first, then this node's, then the first).
+    async fn manifest(
+        &self,
+        image: &str,
+        descriptor: Descriptor,
+        depth: usize,
+    ) -> Result<Option<ImageManifest>> {
+        let malformed = |what: &str, err: &dyn std::fmt::Display| Error::ImageLayout {
+            image: image.to_string(),
+            reason: format!("malformed {what} {}: {err}", descriptor.digest()),
+        };
+        if descriptor.size() > MAX_MANIFEST_BYTES {
+            return Ok(None);
+        }
+        if is_index(descriptor.media_type()) {
+            if depth >= MAX_INDEX_DEPTH {
+                return Ok(None);
+            }
+            let bytes = self.read_verified(image, &descriptor).await?;
+            let index =
+                ImageIndex::from_reader(&bytes[..]).map_err(|err| malformed("index", &err))?;
+            let Some(chosen) = choose_manifest(index.manifests()) else {
+                return Ok(None);
+            };
+            return Box::pin(self.manifest(image, chosen.clone(), depth + 1)).await;
+        }
+        if !is_manifest(descriptor.media_type()) {
+            return Ok(None);
+        }
+        let bytes = self.read_verified(image, &descriptor).await?;
+        let manifest =
+            ImageManifest::from_reader(&bytes[..]).map_err(|err| malformed("manifest", &err))?;
+        Ok(Some(manifest))
+    }
+
+    /// Reads a blob and checks that it is what its descriptor says.
+    async fn read_verified(&self, image: &str, descriptor: &Descriptor) -> Result<Vec<u8>> {
+        let digest = descriptor.digest().to_string();
+        let request = self.request(ReadContentRequest {
+            digest: digest.clone(),
+            offset: 0,
+            size: 0,
+        })?;
+        let mut stream = ContentClient::new(self.channel.clone())
+            .read(request)
+            .await
+            .map_err(|status| api_error("read blob", &digest, status))?
+            .into_inner();
+        let mut bytes = Vec::with_capacity(descriptor.size() as usize);
+        while let Some(chunk) = stream
+            .message()
+            .await
+            .map_err(|status| api_error("read blob", &digest, status))?
+        {
+            bytes.extend_from_slice(&chunk.data);
+            if bytes.len() as u64 > descriptor.size() {
+                break;
+            }
+        }
+        verify_blob(&bytes, &digest, descriptor.size()).map_err(|reason| Error::ImageLayout {
+            image: image.to_string(),
+            reason,
+        })?;
+        Ok(bytes)
+    }
+}
+
+fn is_index(media_type: &MediaType) -> bool {
+    matches!(media_type, MediaType::ImageIndex)
+        || media_type.to_string() == "application/vnd.docker.distribution.manifest.list.v2+json"
+}
+
+fn is_manifest(media_type: &MediaType) -> bool {
+    matches!(media_type, MediaType::ImageManifest)
+        || media_type.to_string() == "application/vnd.docker.distribution.manifest.v2+json"
+}
+
+/// Checks length and sha256 of a blob against its descriptor.
+pub fn verify_blob(bytes: &[u8], digest: &str, size: u64) -> std::result::Result<(), String> {
+    let Some(expected) = digest.strip_prefix("sha256:") else {
+        return Err(format!("unsupported digest algorithm in {digest}"));
+    };
+    if bytes.len() as u64 != size {
+        return Err(format!(
+            "blob {digest} is {} bytes, its descriptor says {size}",
+            bytes.len()
+        ));
+    }
+    let actual = crate::engine::cache::hex(&Sha256::digest(bytes));
+    if actual != expected {
+        return Err(format!(
+            "blob {digest} does not match its digest (content hashes to sha256:{actual})"
+        ));
+    }
+    Ok(())
+}
+
+fn choose_manifest(manifests: &[Descriptor]) -> Option<&Descriptor> {
+    let arch = |d: &Descriptor| d.platform().as_ref().map(|p| p.architecture().clone());
+    let os = |d: &Descriptor| d.platform().as_ref().map(|p| p.os().clone());
+    manifests
+        .iter()
+        .find(|d| arch(d) == Some(Arch::Wasm))
+        .or_else(|| {
+            manifests
+                .iter()
+                .find(|d| os(d) == Some(Os::Linux) && arch(d) == Some(Arch::default()))
+        })
+        .or_else(|| manifests.first())
+}
+
+fn api_error(what: &'static str, subject: &str, status: containerd_client::tonic::Status) -> Error {
+    if status.code() == containerd_client::tonic::Code::NotFound {
+        return Error::ImageLayout {
+            image: subject.to_string(),
+            reason: format!("containerd cannot {what}: {}", status.message()),
+        };
+    }
+    Error::ContentStore {
+        what,
+        subject: subject.to_string(),
+        reason: status.message().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::image::{DescriptorBuilder, PlatformBuilder};
+
+    fn descriptor(arch: Arch, os: Os) -> Descriptor {
+        DescriptorBuilder::default()
+            .media_type(MediaType::ImageManifest)
+            .size(1u64)
+            .digest(
+                "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+                    .parse::<oci_spec::image::Digest>()
+                    .unwrap(),
+            )
+            .platform(
+                PlatformBuilder::default()
+                    .architecture(arch)
+                    .os(os)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn wasm_platform_wins_then_the_node() {
+        let linux = descriptor(Arch::default(), Os::Linux);
+        let arm = descriptor(Arch::ARM64, Os::Linux);
+        let wasm = descriptor(Arch::Wasm, Os::Other("wasip1".into()));
+        let list = [arm.clone(), linux.clone(), wasm.clone()];
+        assert_eq!(choose_manifest(&list), Some(&wasm));
+        let list = [arm.clone(), linux.clone()];
+        assert_eq!(choose_manifest(&list), Some(&linux));
+        assert_eq!(choose_manifest(&[arm.clone()]), Some(&arm));
+        assert_eq!(choose_manifest(&[]), None);
+    }
+
+    #[test]
+    fn blobs_are_checked_against_size_and_digest() {
+        let digest = format!("sha256:{}", crate::engine::cache::sha256_hex(b"abc"));
+        assert!(verify_blob(b"abc", &digest, 3).is_ok());
+        assert!(verify_blob(b"abc", &digest, 4).unwrap_err().contains("4"));
+        assert!(verify_blob(b"abd", &digest, 3)
+            .unwrap_err()
+            .contains("does not match"));
+        assert!(verify_blob(b"abc", "sha512:00", 3)
+            .unwrap_err()
+            .contains("unsupported"));
+    }
+
+    #[test]
+    fn the_four_wasm_media_types_are_recognised() {
+        for media_type in WASM_LAYER_MEDIA_TYPES {
+            assert!(is_wasm_layer(&MediaType::from(media_type)), "{media_type}");
+        }
+        assert!(!is_wasm_layer(&MediaType::ImageLayer));
+        assert!(!is_wasm_layer(&MediaType::ImageLayerGzip));
+    }
+}

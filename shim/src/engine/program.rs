@@ -1,0 +1,214 @@
+//! Turning wasm bytes into a loaded program: from the compiled-module cache when a verified
+//! entry exists, else by compiling here, in the runner, and storing the result.
+
+use serde::{Deserialize, Serialize};
+use wasmtime::component::Component;
+use wasmtime::{Engine, Module};
+
+use super::cache::{CacheKey, Lookup, ModuleCache};
+use super::{wasm_kind, Rejected, WasmKind, CODEGEN_OPTIONS};
+
+/// A compiled core module or component.
+pub enum Program {
+    Core(Module),
+    Component(Component),
+}
+
+impl Program {
+    pub fn kind(&self) -> WasmKind {
+        match self {
+            Program::Core(_) => WasmKind::CoreModule,
+            Program::Component(_) => WasmKind::Component,
+        }
+    }
+}
+
+/// Where a program came from; the runner reports it to the shim, which logs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "origin")]
+pub enum ProgramOrigin {
+    /// Loaded from a verified cache entry: nothing was compiled.
+    Cached,
+    /// Compiled and stored in the cache.
+    Compiled,
+    /// A cache entry was found but could not be trusted; it was removed and the program
+    /// compiled again.
+    Recompiled { reason: String },
+    /// Compiled without the cache (disabled, unusable or full of errors).
+    Uncached { reason: String },
+}
+
+impl ProgramOrigin {
+    pub fn label(&self) -> &'static str {
+        match self {
+            ProgramOrigin::Cached => "cached",
+            ProgramOrigin::Compiled => "compiled",
+            ProgramOrigin::Recompiled { .. } => "recompiled",
+            ProgramOrigin::Uncached { .. } => "uncached",
+        }
+    }
+}
+
+/// Loads `bytes` (whose sha256 is `sha256`) through `cache`, or compiles them when the cache
+/// is `Err` (the reason it is unavailable) or has no usable entry.
+pub fn load_program(
+    engine: &Engine,
+    bytes: &[u8],
+    sha256: &str,
+    cache: Result<&ModuleCache, String>,
+) -> Result<(Program, ProgramOrigin), Rejected> {
+    let kind = wasm_kind(bytes).ok_or_else(|| {
+        Rejected("the entrypoint is not a WebAssembly binary (bad magic or version)".into())
+    })?;
+    let cache = match cache {
+        Ok(cache) => cache,
+        Err(reason) => {
+            return Ok((
+                compile(engine, kind, bytes)?,
+                ProgramOrigin::Uncached { reason },
+            ));
+        }
+    };
+    let key = CacheKey::new(engine, sha256, kind, CODEGEN_OPTIONS);
+    let removed = match cache.lookup(&key) {
+        Lookup::Hit(entry) => match deserialize(engine, kind, entry) {
+            Ok(program) => return Ok((program, ProgramOrigin::Cached)),
+            Err(reason) => {
+                cache.remove(&key);
+                Some(reason)
+            }
+        },
+        Lookup::Miss => None,
+        Lookup::Removed { reason } => Some(reason),
+    };
+    let program = compile(engine, kind, bytes)?;
+    let stored = serialize(&program).and_then(|artifact| {
+        cache
+            .store(&key, &artifact)
+            .map_err(|err| format!("cannot store the compiled module: {err}"))
+    });
+    let origin = match (removed, stored) {
+        (_, Err(reason)) => ProgramOrigin::Uncached { reason },
+        (Some(reason), Ok(())) => ProgramOrigin::Recompiled { reason },
+        (None, Ok(())) => ProgramOrigin::Compiled,
+    };
+    Ok((program, origin))
+}
+
+fn compile(engine: &Engine, kind: WasmKind, bytes: &[u8]) -> Result<Program, Rejected> {
+    match kind {
+        WasmKind::CoreModule => Module::new(engine, bytes)
+            .map(Program::Core)
+            .map_err(|err| Rejected::from_wasmtime("invalid wasm module", &err)),
+        WasmKind::Component => Component::new(engine, bytes)
+            .map(Program::Component)
+            .map_err(|err| Rejected::from_wasmtime("invalid wasm component", &err)),
+    }
+}
+
+fn serialize(program: &Program) -> Result<Vec<u8>, String> {
+    match program {
+        Program::Core(module) => module.serialize(),
+        Program::Component(component) => component.serialize(),
+    }
+    .map_err(|err| format!("cannot serialise the compiled module: {err:#}"))
+}
+
+fn deserialize(
+    engine: &Engine,
+    kind: WasmKind,
+    entry: super::cache::CacheEntry,
+) -> Result<Program, String> {
+    let result = match kind {
+        // SAFETY: the artifact was written by this runtime into a root-only directory and its
+        // sha256 and length were checked against the record written with it just now
+        // (`ModuleCache::lookup`); wasmtime itself checks that it was compiled by a
+        // compatible engine.
+        WasmKind::CoreModule => {
+            unsafe { Module::deserialize_open_file(engine, entry.file) }.map(Program::Core)
+        }
+        // SAFETY: as above; components can only be deserialised from a path, which is the
+        // verified entry in the root-only directory.
+        WasmKind::Component => {
+            unsafe { Component::deserialize_file(engine, &entry.path) }.map(Program::Component)
+        }
+    };
+    result.map_err(|err| format!("wasmtime refused the cached artifact: {err:#}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::cache::sha256_hex;
+    use super::super::new_engine;
+    use super::*;
+
+    const WAT: &str = r#"(module (memory (export "memory") 1) (func (export "_start")))"#;
+
+    #[test]
+    fn second_load_comes_from_the_cache_and_bad_entries_are_recompiled() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ModuleCache::open(dir.path(), 1 << 30).unwrap();
+        let engine = new_engine().unwrap();
+        let bytes = wat::parse_str(WAT).unwrap();
+        let digest = sha256_hex(&bytes);
+
+        let (_, origin) = load_program(&engine, &bytes, &digest, Ok(&cache)).unwrap();
+        assert_eq!(origin, ProgramOrigin::Compiled);
+        let (_, origin) = load_program(&engine, &bytes, &digest, Ok(&cache)).unwrap();
+        assert_eq!(origin, ProgramOrigin::Cached);
+
+        // Corrupt the artifact but keep its length: the checksum catches it.
+        let artifact = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "cwasm"))
+            .unwrap();
+        let mut content = std::fs::read(&artifact).unwrap();
+        let middle = content.len() / 2;
+        content[middle] ^= 0xff;
+        std::fs::write(&artifact, &content).unwrap();
+        let (_, origin) = load_program(&engine, &bytes, &digest, Ok(&cache)).unwrap();
+        assert!(
+            matches!(origin, ProgramOrigin::Recompiled { .. }),
+            "{origin:?}"
+        );
+        let (_, origin) = load_program(&engine, &bytes, &digest, Ok(&cache)).unwrap();
+        assert_eq!(origin, ProgramOrigin::Cached);
+    }
+
+    #[test]
+    fn an_artifact_of_another_engine_is_refused_by_wasmtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ModuleCache::open(dir.path(), 1 << 30).unwrap();
+        let engine = new_engine().unwrap();
+        let bytes = wat::parse_str(WAT).unwrap();
+        let digest = sha256_hex(&bytes);
+        // A well-formed entry under the right key whose content is not a wasmtime artifact.
+        let key = CacheKey::new(&engine, &digest, WasmKind::CoreModule, CODEGEN_OPTIONS);
+        cache.store(&key, b"not an ELF artifact").unwrap();
+        let (_, origin) = load_program(&engine, &bytes, &digest, Ok(&cache)).unwrap();
+        match origin {
+            ProgramOrigin::Recompiled { reason } => {
+                assert!(reason.contains("wasmtime refused"), "{reason}")
+            }
+            other => panic!("expected a recompile, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn without_a_cache_it_compiles() {
+        let engine = new_engine().unwrap();
+        let bytes = wat::parse_str(WAT).unwrap();
+        let (_, origin) = load_program(&engine, &bytes, "x", Err("disabled".into())).unwrap();
+        assert_eq!(
+            origin,
+            ProgramOrigin::Uncached {
+                reason: "disabled".into()
+            }
+        );
+        let err = load_program(&engine, b"\x7fELF....", "x", Err("off".into()))
+            .err()
+            .unwrap();
+        assert!(err.0.contains("not a WebAssembly binary"), "{err}");
+    }
+}
