@@ -22,7 +22,7 @@ need_containerd17=false
 
 if ((${#missing[@]})) || $need_containerd17; then
   if [ "$(id -u)" -ne 0 ]; then
-    echo "missing: ${missing[*]} ${need_containerd17/false/} (run as root, or install them)" >&2
+    echo "missing: ${missing[*]} $($need_containerd17 && echo "containerd 1.7 in $containerd17_dir") (run as root)" >&2
     exit 1
   fi
 fi

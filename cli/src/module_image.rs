@@ -192,7 +192,7 @@ mod tests {
     fn artifact_of_a_component_records_its_interface() {
         let bytes = wat::parse_str(COMPONENT).unwrap();
         let content = module_image(&spec(bytes.clone(), ModuleForm::Artifact)).unwrap();
-        let manifest = blob(&content, &content.top.digest().to_string());
+        let manifest = blob(&content, content.top.digest().as_ref());
         assert_eq!(manifest["config"]["mediaType"], WASM_ARTIFACT_CONFIG);
         assert_eq!(manifest["layers"][0]["mediaType"], WASM_ARTIFACT_LAYER);
         assert_eq!(manifest["layers"].as_array().unwrap().len(), 1);
@@ -216,7 +216,7 @@ mod tests {
     fn layer_form_uses_an_oci_config_and_the_chosen_media_type() {
         let module = wat::parse_str("(module)").unwrap();
         let content = module_image(&spec(module.clone(), ModuleForm::Layer(None))).unwrap();
-        let manifest = blob(&content, &content.top.digest().to_string());
+        let manifest = blob(&content, content.top.digest().as_ref());
         assert_eq!(manifest["layers"][0]["mediaType"], MODULE_LAYER);
         let config = blob(&content, manifest["config"]["digest"].as_str().unwrap());
         assert_eq!(config["os"], "wasip1");
@@ -224,7 +224,7 @@ mod tests {
 
         let custom = ModuleForm::Layer(Some("application/vnd.wasm.content.layer.v1+wasm".into()));
         let content = module_image(&spec(module, custom)).unwrap();
-        let manifest = blob(&content, &content.top.digest().to_string());
+        let manifest = blob(&content, content.top.digest().as_ref());
         assert_eq!(
             manifest["layers"][0]["mediaType"],
             "application/vnd.wasm.content.layer.v1+wasm"

@@ -202,7 +202,7 @@ impl Pusher<'_> {
                 digest.clone(),
             )
         };
-        let content_type = http::HeaderValue::from_str(&descriptor.media_type().to_string())
+        let content_type = http::HeaderValue::from_str(descriptor.media_type().as_ref())
             .map_err(|err| malformed("media type of", &err))?;
         self.client
             .push_manifest_raw(&target, bytes, content_type)

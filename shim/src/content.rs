@@ -336,7 +336,7 @@ mod tests {
         assert_eq!(choose_manifest(&list), Some(&wasm));
         let list = [arm.clone(), linux.clone()];
         assert_eq!(choose_manifest(&list), Some(&linux));
-        assert_eq!(choose_manifest(&[arm.clone()]), Some(&arm));
+        assert_eq!(choose_manifest(std::slice::from_ref(&arm)), Some(&arm));
         assert_eq!(choose_manifest(&[]), None);
     }
 

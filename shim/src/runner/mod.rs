@@ -43,7 +43,7 @@ fn run() -> i32 {
     let mut writer = control;
 
     let spec = match protocol::receive::<ShimMessage>(&mut reader) {
-        Ok(ShimMessage::Prepare(spec)) => spec,
+        Ok(ShimMessage::Prepare(spec)) => *spec,
         _ => return SETUP_FAILED_EXIT_CODE,
     };
     if let Some(fifo) = spec.stdin_fifo.clone() {

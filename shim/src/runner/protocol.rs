@@ -62,7 +62,7 @@ pub struct CacheSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ShimMessage {
-    Prepare(RunSpec),
+    Prepare(Box<RunSpec>),
     Start,
 }
 
@@ -138,12 +138,12 @@ mod tests {
             }),
         };
         let mut wire = Vec::new();
-        send(&mut wire, &ShimMessage::Prepare(spec.clone())).unwrap();
+        send(&mut wire, &ShimMessage::Prepare(Box::new(spec.clone()))).unwrap();
         send(&mut wire, &ShimMessage::Start).unwrap();
         let mut reader = std::io::BufReader::new(&wire[..]);
         assert_eq!(
             receive::<ShimMessage>(&mut reader).unwrap(),
-            ShimMessage::Prepare(spec)
+            ShimMessage::Prepare(Box::new(spec))
         );
         assert_eq!(
             receive::<ShimMessage>(&mut reader).unwrap(),

@@ -126,7 +126,7 @@ impl Runner {
     /// Hands over the spec and waits until the module is compiled (or loaded from the
     /// cache) and linked, or rejected.
     pub async fn prepare(&mut self, spec: RunSpec) -> Result<ProgramOrigin> {
-        self.send(&ShimMessage::Prepare(spec)).await?;
+        self.send(&ShimMessage::Prepare(Box::new(spec))).await?;
         let mut line = Vec::new();
         let read = self
             .reader
