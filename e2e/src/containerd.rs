@@ -80,8 +80,9 @@ impl Containerd {
         std::fs::write(
             dir.path().join(ENGINE_CONFIG),
             format!(
-                "[cache]\ndir = \"{}\"\n",
-                dir.path().join("cache").display()
+                "[cache]\ndir = \"{}\"\n[runc]\nroot = \"{}\"\n",
+                dir.path().join("cache").display(),
+                dir.path().join("runc").display()
             ),
         )?;
         let log = std::fs::File::create(dir.path().join("containerd.log"))?;
@@ -243,20 +244,38 @@ impl Containerd {
         found
     }
 
-    /// Fails unless every container is gone without a trace: no shim or runner process,
-    /// no mount, no bundle. Shims exit shortly after their last Delete, so this waits a little.
+    /// runc state directories of native containers still present.
+    pub fn runc_containers(&self) -> Vec<PathBuf> {
+        let root = self.dir.path().join("runc");
+        let mut found = Vec::new();
+        for namespace in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            found.extend(
+                std::fs::read_dir(namespace.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|entry| entry.path()),
+            );
+        }
+        found
+    }
+
+    /// Fails unless every container is gone without a trace: no shim, runner or container
+    /// process, no mount, no bundle, no runc state. Shims exit shortly after their last
+    /// Delete, so this waits a little.
     pub fn assert_clean(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let processes = self.container_processes();
             let mounts = self.mounts();
             let bundles = self.bundles();
-            if processes.is_empty() && mounts.is_empty() && bundles.is_empty() {
+            let runc = self.runc_containers();
+            if processes.is_empty() && mounts.is_empty() && bundles.is_empty() && runc.is_empty() {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 bail!(
-                    "left behind:\n processes: {processes:?}\n mounts: {mounts:?}\n bundles: {bundles:?}"
+                    "left behind:\n processes: {processes:?}\n mounts: {mounts:?}\n                      bundles: {bundles:?}\n runc state: {runc:?}"
                 );
             }
             std::thread::sleep(Duration::from_millis(50));

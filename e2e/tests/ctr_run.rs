@@ -337,29 +337,138 @@ fn a_missing_entrypoint_is_named() -> Result<()> {
     let case = Case::new()?;
     let image = case.image("hello", &programs::wat(programs::HELLO_WAT)?)?;
     let message = create_error(&case, &image, "missing", &["/missing.wasm"])?;
+    // Neither a wasm file nor a wasm layer: the container goes to runc, which names it.
     assert!(
-        message.contains("entrypoint /missing.wasm not found"),
+        message.contains("/missing.wasm") && message.contains("no such file"),
         "{message}"
     );
     case.finish()
 }
 
 #[test]
-fn a_native_entrypoint_says_native_is_not_supported_yet() -> Result<()> {
+fn a_native_image_runs_under_runc_beside_wasm() -> Result<()> {
     let case = Case::new()?;
     let (archive, image) = images::native_image(
         case.work.path(),
         "busybox",
         std::path::Path::new("/bin/busybox"),
         "/bin/busybox",
-        &["/bin/busybox", "echo", "hi"],
+        &["/bin/busybox", "echo", "hi from runc"],
     )?;
     case.containerd.import(&archive)?;
-    let message = create_error(&case, &image, "native", &[])?;
-    assert!(
-        message.contains("/bin/busybox is not a WebAssembly module")
-            && message.contains("native Linux containers are not supported"),
-        "{message}"
-    );
+    let cd = &case.containerd;
+
+    let out = cd.run_wasm(&image, "native-echo", &[])?;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "hi from runc\n");
+
+    let out = cd.run_wasm(
+        &image,
+        "native-exit",
+        &["/bin/busybox", "sh", "-c", "exit 3"],
+    )?;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+
+    // Signals reach the container's init through runc; the shim sees its exit.
+    let sleeper = cd
+        .ctr_command(&[
+            "run",
+            "--rm",
+            "--runtime",
+            WEDGE_RUNTIME,
+            &image,
+            "native-sleep",
+        ])
+        .args(["/bin/busybox", "sleep", "600"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    wait_until_running(cd, "native-sleep")?;
+    let pids = stdout(&cd.ctr_ok(&["tasks", "ps", "native-sleep"])?);
+    assert!(pids.lines().count() >= 2, "{pids}");
+    cd.ctr_ok(&["tasks", "kill", "--signal", "SIGKILL", "native-sleep"])?;
+    assert_eq!(sleeper.wait_with_output()?.status.code(), Some(137));
+
+    let hello = case.image("hello", &programs::wat(programs::HELLO_WAT)?)?;
+    let out = cd.run_wasm(&hello, "wasm-beside", &[])?;
+    assert_eq!(stdout(&out), "hello from wasm\n");
+    case.finish()
+}
+
+/// pids of processes whose command line is exactly `cmdline` (words joined by spaces).
+fn pids_running(cmdline: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+            let raw = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let words: Vec<String> = raw
+                .split(|byte| *byte == 0)
+                .filter(|word| !word.is_empty())
+                .map(|word| String::from_utf8_lossy(word).into_owned())
+                .collect();
+            (words.join(" ") == cmdline).then_some(pid)
+        })
+        .collect()
+}
+
+#[test]
+fn a_killed_shim_leaves_no_container_behind() -> Result<()> {
+    let case = Case::new()?;
+    let cd = &case.containerd;
+    let (archive, native) = images::native_image(
+        case.work.path(),
+        "busybox",
+        std::path::Path::new("/bin/busybox"),
+        "/bin/busybox",
+        &["/bin/busybox", "sleep", "6061"],
+    )?;
+    cd.import(&archive)?;
+    let spin = case.image("spin", &programs::wat(programs::LOOP_WAT)?)?;
+    cd.ctr_ok(&[
+        "run",
+        "--detach",
+        "--runtime",
+        WEDGE_RUNTIME,
+        &native,
+        "orphan-native",
+    ])?;
+    cd.ctr_ok(&[
+        "run",
+        "--detach",
+        "--runtime",
+        WEDGE_RUNTIME,
+        &spin,
+        "orphan-wasm",
+    ])?;
+    wait_until_running(cd, "orphan-native")?;
+    wait_until_running(cd, "orphan-wasm")?;
+    assert_eq!(pids_running("/bin/busybox sleep 6061").len(), 1);
+
+    // The serving shims die; containerd runs `containerd-shim-wedge-v1 delete`, which must
+    // end the runc container and the runner and unmount their root filesystems.
+    for (pid, cmdline) in cd.container_processes() {
+        if cmdline.contains("containerd-shim-wedge-v1") {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )?;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let tasks = stdout(&cd.ctr_ok(&["tasks", "ls"])?);
+        let gone = !tasks.contains("orphan-");
+        if gone && pids_running("/bin/busybox sleep 6061").is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("after the shim died: tasks {tasks}; log:\n{}", cd.log());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cd.ctr_ok(&["containers", "rm", "orphan-native", "orphan-wasm"])?;
     case.finish()
 }

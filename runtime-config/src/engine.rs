@@ -13,6 +13,10 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/wedge/config.toml";
 /// Default home of compiled modules.
 pub const DEFAULT_CACHE_DIR: &str = "/var/lib/wedge/cache";
 
+/// Default state root of runc for native containers (beside containerd's own runc shim's
+/// `/run/containerd/runc`, never inside it).
+pub const DEFAULT_RUNC_ROOT: &str = "/run/wedge/runc";
+
 /// Default cap on the cache's total size.
 pub const DEFAULT_CACHE_MAX_SIZE_MB: u64 = 1024;
 
@@ -20,6 +24,26 @@ pub const DEFAULT_CACHE_MAX_SIZE_MB: u64 = 1024;
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
     pub cache: CacheConfig,
+    pub runc: RuncConfig,
+}
+
+/// How native (non-wasm) containers are handed to runc.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuncConfig {
+    /// The runc binary: a path, or a name looked up in the shim's PATH.
+    pub path: PathBuf,
+    /// runc's state root; one directory per containerd namespace below it.
+    pub root: PathBuf,
+}
+
+impl Default for RuncConfig {
+    fn default() -> Self {
+        RuncConfig {
+            path: PathBuf::from("runc"),
+            root: PathBuf::from(DEFAULT_RUNC_ROOT),
+        }
+    }
 }
 
 /// The compiled-module cache.
@@ -114,6 +138,12 @@ impl EngineConfig {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if !self.runc.root.is_absolute() {
+            return Err(format!(
+                "runc.root must be an absolute path, not {:?}",
+                self.runc.root
+            ));
+        }
         if !self.cache.dir.is_absolute() {
             return Err(format!(
                 "cache.dir must be an absolute path, not {:?}",
@@ -157,6 +187,9 @@ mod tests {
         assert_eq!(config.cache.dir, Path::new("/tmp/c"));
         assert_eq!(config.cache.max_size_bytes(), 5 * 1024 * 1024);
         assert!(!config.cache.enabled);
+        let config = EngineConfig::parse("[runc]\npath = \"/opt/runc\"\n", "t").unwrap();
+        assert_eq!(config.runc.path, Path::new("/opt/runc"));
+        assert_eq!(config.runc.root, Path::new(DEFAULT_RUNC_ROOT));
     }
 
     #[test]

@@ -4,4 +4,4 @@
 
 pub mod engine;
 
-pub use engine::{CacheConfig, ConfigError, ConfigSource, EngineConfig};
+pub use engine::{CacheConfig, ConfigError, ConfigSource, EngineConfig, RuncConfig};

@@ -1,7 +1,8 @@
 //! One container's life: created → running → stopped → deleted.
 //!
-//! The state is derived, not stored twice: a container is created while its runner waits
-//! for Start, running once started, stopped once its exit status is known.
+//! The state is derived, not stored twice: a container is created until Start (a wasm
+//! runner still waiting for its go, a runc container not yet started), running after,
+//! stopped once its exit status is known.
 
 use std::path::PathBuf;
 
@@ -11,7 +12,16 @@ use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::exits::ExitStatus;
+use crate::native::Runc;
 use crate::runner::spawn::Runner;
+
+/// What runs the container.
+pub enum Engine {
+    /// A wasm runner; the control channel is present until Start hands the module its go.
+    Wasm { runner: Option<Runner> },
+    /// A Linux container under runc.
+    Native { runc: Runc, started: bool },
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -46,8 +56,7 @@ pub struct Container {
     pub rootfs_mounted: bool,
     pub stdio: StdioPaths,
     pub pid: i32,
-    /// Present until Start hands the module its go.
-    runner: Option<Runner>,
+    engine: Engine,
     exit: watch::Receiver<Option<ExitStatus>>,
 }
 
@@ -58,7 +67,8 @@ pub struct NewContainer {
     pub rootfs: PathBuf,
     pub rootfs_mounted: bool,
     pub stdio: StdioPaths,
-    pub runner: Runner,
+    pub pid: i32,
+    pub engine: Engine,
     pub exit: watch::Receiver<Option<ExitStatus>>,
 }
 
@@ -70,19 +80,31 @@ impl Container {
             rootfs: parts.rootfs,
             rootfs_mounted: parts.rootfs_mounted,
             stdio: parts.stdio,
-            pid: parts.runner.pid,
-            runner: Some(parts.runner),
+            pid: parts.pid,
+            engine: parts.engine,
             exit: parts.exit,
         }
     }
 
     pub fn status(&self) -> Status {
+        let waiting_for_start = match &self.engine {
+            Engine::Wasm { runner } => runner.is_some(),
+            Engine::Native { started, .. } => !started,
+        };
         if self.exit.borrow().is_some() {
             Status::Stopped
-        } else if self.runner.is_some() {
+        } else if waiting_for_start {
             Status::Created
         } else {
             Status::Running
+        }
+    }
+
+    /// The runc of a native container, None for wasm.
+    pub fn runc(&self) -> Option<&Runc> {
+        match &self.engine {
+            Engine::Native { runc, .. } => Some(runc),
+            Engine::Wasm { .. } => None,
         }
     }
 
@@ -95,15 +117,26 @@ impl Container {
         self.exit.clone()
     }
 
-    /// Takes the runner's control channel for Start; fails unless the container is created.
-    pub fn take_runner_for_start(&mut self) -> Result<Runner> {
+    /// What Start needs, taken under the lock; fails unless the container is created. A
+    /// native container counts as started from here on (runc start follows at once).
+    pub fn begin_start(&mut self) -> Result<Starting> {
         let status = self.status();
-        match (status, self.runner.take()) {
-            (Status::Created, Some(runner)) => Ok(runner),
-            _ => Err(self.wrong_state(status, "start", "created")),
+        if status != Status::Created {
+            return Err(self.wrong_state(status, "start", "created"));
+        }
+        match &mut self.engine {
+            Engine::Wasm { runner } => runner
+                .take()
+                .map(Starting::Wasm)
+                .ok_or(Error::ProcessFinished),
+            Engine::Native { runc, started } => {
+                *started = true;
+                Ok(Starting::Native(runc.clone()))
+            }
         }
     }
 
+    /// Signals the process directly (wasm runners; runc containers go through `runc kill`).
     pub fn signal(&self, signal: Signal) -> Result<()> {
         if self.status() == Status::Stopped {
             return Err(Error::ProcessFinished);
@@ -131,6 +164,12 @@ impl Container {
             wanted,
         }
     }
+}
+
+/// What [`Container::begin_start`] hands out.
+pub enum Starting {
+    Wasm(Runner),
+    Native(Runc),
 }
 
 /// Waits until the exit status is known.

@@ -95,6 +95,13 @@ pub enum Error {
         source: nix::Error,
     },
 
+    #[error("runc {operation} of container {id} failed: {reason}")]
+    Native {
+        id: String,
+        operation: &'static str,
+        reason: String,
+    },
+
     #[error("wasm runner of container {id} failed: {reason}")]
     Runner { id: String, reason: String },
 
@@ -136,6 +143,7 @@ impl Error {
             | Error::Io { .. }
             | Error::Sys { .. }
             | Error::Runner { .. }
+            | Error::Native { .. }
             | Error::Publish { .. } => Code::INTERNAL,
         }
     }

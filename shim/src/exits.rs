@@ -2,7 +2,12 @@
 //!
 //! The containerd-shim crate reaps every child on SIGCHLD and announces `(pid, status)` on
 //! its monitor. A runner is registered under the same lock it is spawned under, so its
-//! exit can never arrive before someone is listening for it.
+//! exit can never arrive before someone is listening for it. A process the shim learns of
+//! only later (a container init that `runc create` started) may have exited already: recent
+//! exits nobody claimed are kept for that.
+//!
+//! Because the reaper waits for *every* child, the shim's helper commands (runc) cannot use
+//! `std::process::Child::wait`; [`ExitRouter::run`] gets their status from here instead.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -21,9 +26,27 @@ pub struct ExitStatus {
     pub at: Timestamp,
 }
 
+/// How many unclaimed exits are remembered; older ones are forgotten first.
+const UNCLAIMED_LIMIT: usize = 256;
+
 #[derive(Default)]
 pub struct ExitRouter {
-    waiting: Mutex<HashMap<i32, oneshot::Sender<ExitStatus>>>,
+    routes: Mutex<Routes>,
+}
+
+#[derive(Default)]
+struct Routes {
+    waiting: HashMap<i32, oneshot::Sender<ExitStatus>>,
+    /// Exits that arrived with nobody waiting, oldest first.
+    unclaimed: std::collections::VecDeque<(i32, ExitStatus)>,
+}
+
+/// What a helper command printed and how it ended.
+#[derive(Debug)]
+pub struct CommandOutput {
+    pub code: u32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
 }
 
 impl ExitRouter {
@@ -54,28 +77,113 @@ impl ExitRouter {
         &self,
         spawn: impl FnOnce() -> Result<(T, i32)>,
     ) -> Result<(T, oneshot::Receiver<ExitStatus>)> {
-        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
         let (child, pid) = spawn()?;
         let (sender, receiver) = oneshot::channel();
-        waiting.insert(pid, sender);
+        routes.waiting.insert(pid, sender);
         Ok((child, receiver))
     }
 
+    /// The exit of a process that some other program started for the shim (and that the
+    /// shim, as subreaper, will reap): delivered even if it already happened.
+    pub fn watch(&self, pid: i32) -> oneshot::Receiver<ExitStatus> {
+        let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        let (sender, receiver) = oneshot::channel();
+        match routes
+            .unclaimed
+            .iter()
+            .position(|(exited, _)| *exited == pid)
+        {
+            Some(index) => {
+                if let Some((_, status)) = routes.unclaimed.remove(index) {
+                    let _ = sender.send(status);
+                }
+            }
+            None => {
+                routes.waiting.insert(pid, sender);
+            }
+        }
+        receiver
+    }
+
+    /// Runs a helper command to completion: its stdout and stderr captured, its exit status
+    /// from the reaper.
+    pub async fn run(&self, mut command: std::process::Command) -> Result<CommandOutput> {
+        command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let (mut child, exited) = self.spawn_command(&mut command)?;
+        drop(command);
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        let captured = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut out = (Vec::new(), Vec::new());
+            if let Some(mut stdout) = stdout {
+                let _ = stdout.read_to_end(&mut out.0);
+            }
+            if let Some(mut stderr) = stderr {
+                let _ = stderr.read_to_end(&mut out.1);
+            }
+            out
+        })
+        .await
+        .unwrap_or_default();
+        Ok(CommandOutput {
+            code: lost_if_dropped(exited).await?.code,
+            stdout: captured.0,
+            stderr: captured.1,
+        })
+    }
+
+    /// Runs a helper command whose stdio the caller set (and which it does not read) to
+    /// completion; returns its exit code.
+    pub async fn run_inheriting(&self, mut command: std::process::Command) -> Result<u32> {
+        let (_child, exited) = self.spawn_command(&mut command)?;
+        // The command holds the parent's copies of the stdio it was given: close them now.
+        drop(command);
+        Ok(lost_if_dropped(exited).await?.code)
+    }
+
+    fn spawn_command(
+        &self,
+        command: &mut std::process::Command,
+    ) -> Result<(std::process::Child, oneshot::Receiver<ExitStatus>)> {
+        let program = command.get_program().to_string_lossy().into_owned();
+        self.spawn_watched(|| {
+            let child = command
+                .spawn()
+                .map_err(|err| Error::io("cannot run", program, err))?;
+            let pid = child.id() as i32;
+            Ok((child, pid))
+        })
+    }
+
     fn deliver(&self, pid: i32, code: i32) {
-        let sender = self
-            .waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&pid);
-        // Children that are not runners (mount helpers) have nobody waiting.
-        if let Some(sender) = sender {
-            let status = ExitStatus {
-                code: u32::try_from(code).unwrap_or(255),
-                at: now(),
-            };
-            let _ = sender.send(status);
+        let status = ExitStatus {
+            code: u32::try_from(code).unwrap_or(255),
+            at: now(),
+        };
+        let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        match routes.waiting.remove(&pid) {
+            Some(sender) => {
+                let _ = sender.send(status);
+            }
+            None => {
+                if routes.unclaimed.len() == UNCLAIMED_LIMIT {
+                    routes.unclaimed.pop_front();
+                }
+                routes.unclaimed.push_back((pid, status));
+            }
         }
     }
+}
+
+async fn lost_if_dropped(exited: oneshot::Receiver<ExitStatus>) -> Result<ExitStatus> {
+    exited.await.map_err(|_| Error::Runner {
+        id: String::new(),
+        reason: "the exit status of a helper command was lost".into(),
+    })
 }
 
 pub fn now() -> Timestamp {
@@ -102,5 +210,20 @@ mod tests {
         router.deliver(100, 0);
         assert_eq!(second.await.unwrap().code, 143);
         assert_eq!(first.await.unwrap().code, 0);
+    }
+
+    #[tokio::test]
+    async fn an_exit_before_the_watch_is_kept_for_it() {
+        let router = ExitRouter::default();
+        router.deliver(200, 7);
+        assert_eq!(router.watch(200).await.unwrap().code, 7);
+        let later = router.watch(201);
+        router.deliver(201, 9);
+        assert_eq!(later.await.unwrap().code, 9);
+        for pid in 0..(UNCLAIMED_LIMIT as i32 + 10) {
+            router.deliver(1000 + pid, 0);
+        }
+        let routes = router.routes.lock().unwrap();
+        assert_eq!(routes.unclaimed.len(), UNCLAIMED_LIMIT);
     }
 }

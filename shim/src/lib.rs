@@ -10,6 +10,7 @@ pub mod error;
 pub mod exits;
 pub mod image;
 pub mod logging;
+pub mod native;
 pub mod options;
 pub mod rootfs;
 pub mod runner;

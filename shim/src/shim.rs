@@ -28,6 +28,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
 use crate::exits::now;
+use crate::native::Runc;
 use crate::runner::protocol::RUNNER_ARG0;
 use crate::task_service::{TaskService, RUNNER_PID_FILE};
 use crate::{logging, rootfs, spec};
@@ -132,6 +133,13 @@ async fn delete(flags: &Flags) -> Result<(), ShimError> {
         PathBuf::from(&flags.bundle)
     };
     let pid = kill_stray_runner(&bundle);
+    if let Some(runc) = Runc::recorded_in(&bundle) {
+        match runc.force_delete_blocking(&flags.id, &bundle) {
+            Ok(true) => {}
+            Ok(false) => warn!(id = %flags.id, "runc delete --force failed"),
+            Err(err) => warn!(id = %flags.id, error = %err, "cannot run runc delete"),
+        }
+    }
     let rootfs = spec::ContainerSpec::load(&bundle)
         .map(|spec| spec.rootfs)
         .unwrap_or_else(|_| bundle.join("rootfs"));

@@ -30,6 +30,52 @@ pub fn open(stdin: &str, stdout: &str, stderr: &str) -> Result<ContainerIo> {
     })
 }
 
+/// A native container's stdio, inherited by its init process through `runc create`.
+pub struct NativeIo {
+    pub stdin: File,
+    pub stdout: File,
+    pub stderr: File,
+}
+
+/// Opens stdio for a runc container. A stdin fifo is relayed through a pipe by a small
+/// thread that waits for the client to attach (see [`relay_fifo`]).
+pub fn open_native(stdin: &str, stdout: &str, stderr: &str) -> Result<NativeIo> {
+    let (stdin, stdin_fifo) = open_stdin(stdin)?;
+    let stdin = match stdin_fifo {
+        None => stdin,
+        Some(fifo) => {
+            let (read_end, write_end) = nix::unistd::pipe().map_err(|source| Error::Sys {
+                context: "cannot create the stdin pipe",
+                source,
+            })?;
+            relay_fifo(fifo, File::from(write_end))
+                .map_err(|err| Error::io("cannot relay stdin from", "stdin fifo", err))?;
+            File::from(read_end)
+        }
+    };
+    Ok(NativeIo {
+        stdin,
+        stdout: open_output(stdout)?,
+        stderr: open_output(stderr)?,
+    })
+}
+
+/// Copies what the client writes into `fifo` to `pipe` on a thread of its own, opening the
+/// fifo only once the client is there (a blocking open), and closes `pipe` at the client's
+/// EOF so that the reader sees its end of input.
+pub fn relay_fifo(fifo: PathBuf, mut pipe: File) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("stdin-relay".into())
+        // The copy needs little stack; a small one keeps the footprint down.
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            if let Ok(mut client) = File::open(&fifo) {
+                let _ = std::io::copy(&mut client, &mut pipe);
+            }
+        })?;
+    Ok(())
+}
+
 /// Where a stdio string points.
 #[derive(Debug, PartialEq, Eq)]
 enum Target<'a> {

@@ -19,11 +19,15 @@ use nix::sys::signal::Signal;
 use tokio::sync::{oneshot, watch};
 use tracing::{info, instrument, warn};
 
-use crate::container::{wait_for_exit, Container, NewContainer, Status, StdioPaths};
+use crate::container::{
+    wait_for_exit, Container, Engine, NewContainer, Starting, Status, StdioPaths,
+};
 use crate::content::ContentStore;
 use crate::error::{Error, Result};
 use crate::exits::{ExitRouter, ExitStatus};
 use crate::image::Entrypoint;
+use crate::native::runc::InitStdio;
+use crate::native::Runc;
 use crate::runner::module_fd::sealed_memfd;
 use crate::runner::protocol::{CacheSettings, ModuleSource, RunSpec};
 use crate::runner::spawn::{spawn_runner, Runner};
@@ -136,9 +140,22 @@ impl Inner {
     ) -> Result<i32> {
         let engine_config = options::engine_config(req.options.as_ref())?;
         let entrypoint = Entrypoint::parse(&spec.args);
-        let (module, module_fd) = self
+        let (module, module_fd) = match self
             .locate_module(&req.id, &spec, entrypoint.as_ref())
-            .await?;
+            .await?
+        {
+            Plan::Wasm { module, module_fd } => (module, module_fd),
+            Plan::Native => {
+                let runc = Runc::new(
+                    &engine_config.runc.path,
+                    &engine_config.runc.root,
+                    &self.namespace,
+                );
+                return self
+                    .launch_native(req, bundle, spec, rootfs_mounted, runc)
+                    .await;
+            }
+        };
         let io = stdio::open(&req.stdin, &req.stdout, &req.stderr)?;
         let (mut runner, exited) = self.exits.spawn_watched(|| {
             let runner = spawn_runner(&req.id, bundle, io.runner, module_fd)?;
@@ -179,58 +196,124 @@ impl Inner {
             warn!(error = %err, "cannot record the runner pid in the bundle");
         }
 
+        let engine = Engine::Wasm {
+            runner: Some(runner),
+        };
+        self.register(
+            req,
+            bundle,
+            spec.rootfs,
+            rootfs_mounted,
+            pid,
+            engine,
+            exited,
+        );
+        Ok(pid)
+    }
+
+    /// Create for a Linux container: `runc create` with the container's stdio.
+    async fn launch_native(
+        self: &Arc<Self>,
+        req: &api::CreateTaskRequest,
+        bundle: &Path,
+        spec: spec::ContainerSpec,
+        rootfs_mounted: bool,
+        runc: Runc,
+    ) -> Result<i32> {
+        let io = stdio::open_native(&req.stdin, &req.stdout, &req.stderr)?;
+        let stdio = InitStdio {
+            stdin: io.stdin,
+            stdout: io.stdout,
+            stderr: io.stderr,
+        };
+        let pid = runc.create(&self.exits, &req.id, bundle, stdio).await?;
+        let exited = self.exits.watch(pid);
+        info!(pid, "native container created by runc");
+        let engine = Engine::Native {
+            runc,
+            started: false,
+        };
+        self.register(
+            req,
+            bundle,
+            spec.rootfs,
+            rootfs_mounted,
+            pid,
+            engine,
+            exited,
+        );
+        Ok(pid)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn register(
+        self: &Arc<Self>,
+        req: &api::CreateTaskRequest,
+        bundle: &Path,
+        rootfs: PathBuf,
+        rootfs_mounted: bool,
+        pid: i32,
+        engine: Engine,
+        exited: oneshot::Receiver<ExitStatus>,
+    ) {
         let (exit_sender, exit_watch) = watch::channel(None);
         let container = Container::new(NewContainer {
             id: req.id.clone(),
             bundle: bundle.to_path_buf(),
-            rootfs: spec.rootfs,
+            rootfs,
             rootfs_mounted,
             stdio: StdioPaths {
                 stdin: req.stdin.clone(),
                 stdout: req.stdout.clone(),
                 stderr: req.stderr.clone(),
             },
-            runner,
+            pid,
+            engine,
             exit: exit_watch,
         });
         self.containers().insert(req.id.clone(), container);
         tokio::spawn(Arc::clone(self).on_exit(req.id.clone(), pid, exited, exit_sender));
-        Ok(pid)
     }
 
-    /// Finds the module: a wasm file at the entrypoint in the root filesystem, else the
-    /// wasm layer of the container's image (then its bytes go to the runner as a memfd).
+    /// Decides wasm or native: a wasm file at the entrypoint in the root filesystem, else
+    /// the wasm layer of the container's image (its bytes go to the runner as a memfd), else
+    /// a Linux container for runc (which reports a missing entrypoint itself).
     async fn locate_module(
         &self,
         id: &str,
         spec: &spec::ContainerSpec,
         entrypoint: Option<&Entrypoint>,
-    ) -> Result<(ModuleSource, Option<std::os::fd::OwnedFd>)> {
+    ) -> Result<Plan> {
         let in_rootfs = match entrypoint {
             Some(entrypoint) => {
                 image::resolve_wasm_entrypoint(&spec.rootfs, &entrypoint.path, &spec.env, &spec.cwd)
             }
             None => Err(Error::NoEntrypoint),
         };
-        let not_in_rootfs = match in_rootfs {
-            Ok(path) => return Ok((ModuleSource::Rootfs { path }, None)),
+        match in_rootfs {
+            Ok(path) => {
+                return Ok(Plan::Wasm {
+                    module: ModuleSource::Rootfs { path },
+                    module_fd: None,
+                })
+            }
             // A native binary: no image layer is going to change that.
-            Err(err @ Error::NotWasm { .. }) => return Err(err),
-            Err(err) => err,
-        };
+            Err(Error::NotWasm { .. }) => return Ok(Plan::Native),
+            Err(_) => {}
+        }
         match self.content.wasm_layer(id).await? {
             Some(layer) => {
                 info!(digest = %layer.digest, media_type = %layer.media_type,
                       size = layer.bytes.len(), "module from image layer");
                 let fd = sealed_memfd(&layer.bytes)?;
-                Ok((
-                    ModuleSource::Layer {
+                Ok(Plan::Wasm {
+                    module: ModuleSource::Layer {
                         digest: layer.digest,
                     },
-                    Some(fd),
-                ))
+                    module_fd: Some(fd),
+                })
             }
-            None => Err(not_in_rootfs),
+            None => Ok(Plan::Native),
         }
     }
 
@@ -259,26 +342,59 @@ impl Inner {
     }
 
     async fn start(&self, id: &str) -> Result<i32> {
-        let (runner, pid) = self.with_container(id, |container| {
-            Ok((container.take_runner_for_start()?, container.pid))
+        let (starting, pid, bundle) = self.with_container(id, |container| {
+            Ok((
+                container.begin_start()?,
+                container.pid,
+                container.bundle.clone(),
+            ))
         })?;
-        runner.start().await?;
+        match starting {
+            Starting::Wasm(runner) => runner.start().await?,
+            Starting::Native(runc) => runc.start(&self.exits, id, &bundle).await?,
+        }
         Ok(pid)
     }
 
-    async fn delete(&self, id: &str) -> Result<(i32, ExitStatus)> {
-        let exit = self.with_container(id, |container| match container.status() {
-            Status::Running => Err(container.wrong_state(Status::Running, "delete", "stopped")),
-            // A created container was never started: end its waiting runner first.
-            Status::Created => {
-                container.signal(Signal::SIGKILL).or_else(|err| match err {
-                    Error::ProcessFinished => Ok(()),
-                    other => Err(other),
-                })?;
-                Ok(container.exit_watch())
+    async fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<()> {
+        let native = self.with_container(id, |container| {
+            match container.runc() {
+                // Through runc, which knows the container's processes (`all`) and its pid
+                // namespace; a stopped container has nothing to signal.
+                Some(runc) if container.status() != Status::Stopped => {
+                    Ok(Some((runc.clone(), container.bundle.clone())))
+                }
+                _ => container.signal(signal).map(|()| None),
             }
-            Status::Stopped => Ok(container.exit_watch()),
         })?;
+        if let Some((runc, bundle)) = native {
+            runc.kill(&self.exits, id, &bundle, signal, all).await?;
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, id: &str) -> Result<(i32, ExitStatus)> {
+        let (exit, runc, bundle) = self.with_container(id, |container| {
+            let runc = container.runc().cloned();
+            match container.status() {
+                Status::Running => {
+                    return Err(container.wrong_state(Status::Running, "delete", "stopped"))
+                }
+                // A created wasm container was never started: end its waiting runner first
+                // (runc's delete --force does that for a native one).
+                Status::Created if runc.is_none() => {
+                    container.signal(Signal::SIGKILL).or_else(|err| match err {
+                        Error::ProcessFinished => Ok(()),
+                        other => Err(other),
+                    })?;
+                }
+                Status::Created | Status::Stopped => {}
+            }
+            Ok((container.exit_watch(), runc, container.bundle.clone()))
+        })?;
+        if let Some(runc) = runc {
+            runc.delete(&self.exits, id, &bundle).await?;
+        }
         let exit_status = wait_for_exit(exit).await.ok_or_else(|| Error::Runner {
             id: id.to_string(),
             reason: "exit status lost".into(),
@@ -293,6 +409,15 @@ impl Inner {
         let _ = std::fs::remove_file(container.bundle.join(RUNNER_PID_FILE));
         Ok((container.pid, exit_status))
     }
+}
+
+/// What Create runs.
+enum Plan {
+    Wasm {
+        module: ModuleSource,
+        module_fd: Option<std::os::fd::OwnedFd>,
+    },
+    Native,
 }
 
 /// Ends a runner that will not become a container and waits until it is reaped.
@@ -406,9 +531,8 @@ impl Task for TaskService {
         no_exec(&req.exec_id, &req.id)?;
         let signal = Signal::try_from(req.signal as i32)
             .map_err(|_| Error::InvalidRequest(format!("invalid signal {}", req.signal)))?;
-        // A wasm container has exactly one process, so `all` changes nothing.
-        self.inner
-            .with_container(&req.id, |container| container.signal(signal))?;
+        // A wasm container has exactly one process, so `all` matters only under runc.
+        self.inner.kill(&req.id, signal, req.all).await?;
         info!("signal delivered");
         Ok(api::Empty::new())
     }

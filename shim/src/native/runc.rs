@@ -1,0 +1,207 @@
+//! The `runc` command line, run through the shim's exit router (the reaper waits for every
+//! child, so `Child::wait` cannot be used).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use nix::sys::signal::Signal;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::exits::ExitRouter;
+
+/// runc's error log in the bundle, read when a command fails.
+const LOG_FILE: &str = "runc-log.json";
+/// Where `runc create` writes the init pid.
+const PID_FILE: &str = "init.pid";
+/// Which runc and state root a native container was created with, for `shim delete` after
+/// the serving shim died: the binary path and the root on two lines.
+const RECORD_FILE: &str = "wedge-runc";
+
+/// One runc binary with its state root (per containerd namespace).
+#[derive(Debug, Clone)]
+pub struct Runc {
+    binary: PathBuf,
+    root: PathBuf,
+}
+
+/// The container's stdio for `runc create`: inherited by the init process.
+pub struct InitStdio {
+    pub stdin: File,
+    pub stdout: File,
+    pub stderr: File,
+}
+
+impl Runc {
+    pub fn new(binary: &Path, root: &Path, namespace: &str) -> Self {
+        Runc {
+            binary: binary.to_path_buf(),
+            root: root.join(namespace),
+        }
+    }
+
+    fn command(&self, bundle: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--log")
+            .arg(bundle.join(LOG_FILE))
+            .arg("--log-format")
+            .arg("json")
+            .args(args)
+            .current_dir(bundle);
+        command
+    }
+
+    /// `runc create`: sets the container up, its init waiting for `start`. Returns the pid.
+    pub async fn create(
+        &self,
+        exits: &ExitRouter,
+        id: &str,
+        bundle: &Path,
+        stdio: InitStdio,
+    ) -> Result<i32> {
+        std::fs::create_dir_all(&self.root)
+            .map_err(|err| Error::io("cannot create the runc root", &self.root, err))?;
+        let record = format!("{}\n{}\n", self.binary.display(), self.root.display());
+        std::fs::write(bundle.join(RECORD_FILE), record)
+            .map_err(|err| Error::io("cannot record runc in", bundle, err))?;
+        let pid_file = bundle.join(PID_FILE);
+        let mut command = self.command(bundle, &["create", "--bundle"]);
+        command.arg(bundle).arg("--pid-file").arg(&pid_file).arg(id);
+        // The init process inherits these; runc itself writes its errors to the log.
+        command
+            .stdin(Stdio::from(stdio.stdin))
+            .stdout(Stdio::from(stdio.stdout))
+            .stderr(Stdio::from(stdio.stderr));
+        let status = exits.run_inheriting(command).await?;
+        if status != 0 {
+            return Err(self.failure(bundle, id, "create", status));
+        }
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .ok_or_else(|| Error::Native {
+                id: id.to_string(),
+                operation: "create",
+                reason: format!("runc wrote no pid to {}", pid_file.display()),
+            })
+    }
+
+    pub async fn start(&self, exits: &ExitRouter, id: &str, bundle: &Path) -> Result<()> {
+        self.simple(exits, id, bundle, "start", &["start", id])
+            .await
+    }
+
+    pub async fn kill(
+        &self,
+        exits: &ExitRouter,
+        id: &str,
+        bundle: &Path,
+        signal: Signal,
+        all: bool,
+    ) -> Result<()> {
+        let number = (signal as i32).to_string();
+        let mut args = vec!["kill"];
+        if all {
+            args.push("--all");
+        }
+        args.extend([id, number.as_str()]);
+        self.simple(exits, id, bundle, "kill", &args).await
+    }
+
+    /// `runc delete --force`: removes the container's state, killing it if need be.
+    pub async fn delete(&self, exits: &ExitRouter, id: &str, bundle: &Path) -> Result<()> {
+        self.simple(exits, id, bundle, "delete", &["delete", "--force", id])
+            .await?;
+        let _ = std::fs::remove_file(bundle.join(PID_FILE));
+        let _ = std::fs::remove_file(bundle.join(LOG_FILE));
+        let _ = std::fs::remove_file(bundle.join(RECORD_FILE));
+        Ok(())
+    }
+
+    /// The runc a bundle's container was created with, if it is a native container.
+    pub fn recorded_in(bundle: &Path) -> Option<Runc> {
+        let record = std::fs::read_to_string(bundle.join(RECORD_FILE)).ok()?;
+        let mut lines = record.lines();
+        Some(Runc {
+            binary: PathBuf::from(lines.next()?),
+            root: PathBuf::from(lines.next()?),
+        })
+    }
+
+    /// `runc delete --force` without the serving shim (its reaper is gone, so a plain wait
+    /// works): for `shim delete` after a crash.
+    pub fn force_delete_blocking(&self, id: &str, bundle: &Path) -> std::io::Result<bool> {
+        let status = self
+            .command(bundle, &["delete", "--force", id])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        Ok(status.success())
+    }
+
+    async fn simple(
+        &self,
+        exits: &ExitRouter,
+        id: &str,
+        bundle: &Path,
+        operation: &'static str,
+        args: &[&str],
+    ) -> Result<()> {
+        let output = exits.run(self.command(bundle, args)).await?;
+        if output.code != 0 {
+            return Err(self.failure(bundle, id, operation, output.code));
+        }
+        Ok(())
+    }
+
+    fn failure(&self, bundle: &Path, id: &str, operation: &'static str, code: u32) -> Error {
+        let reason = last_error(&bundle.join(LOG_FILE))
+            .unwrap_or_else(|| format!("{} exited with {code}", self.binary.display()));
+        Error::Native {
+            id: id.to_string(),
+            operation,
+            reason,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct LogLine {
+    level: String,
+    msg: String,
+}
+
+/// The last error runc logged, which is what it would have printed.
+fn last_error(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .rev()
+        .filter_map(|line| serde_json::from_str::<LogLine>(line).ok())
+        .find(|line| line.level == "error")
+        .map(|line| line.msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_logged_error_is_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join(LOG_FILE);
+        std::fs::write(
+            &log,
+            "{\"level\":\"error\",\"msg\":\"first\",\"time\":\"t\"}\n\
+             {\"level\":\"info\",\"msg\":\"noise\",\"time\":\"t\"}\n\
+             {\"level\":\"error\",\"msg\":\"exec: \\\"/nope\\\": no such file\",\"time\":\"t\"}\n",
+        )
+        .unwrap();
+        assert_eq!(last_error(&log).unwrap(), "exec: \"/nope\": no such file");
+        assert_eq!(last_error(&dir.path().join("none")), None);
+    }
+}
