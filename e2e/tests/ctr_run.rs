@@ -386,12 +386,69 @@ fn a_native_image_runs_under_runc_beside_wasm() -> Result<()> {
     wait_until_running(cd, "native-sleep")?;
     let pids = stdout(&cd.ctr_ok(&["tasks", "ps", "native-sleep"])?);
     assert!(pids.lines().count() >= 2, "{pids}");
+
+    // Exec into it, as CRI's ExecSync does: output and exit status of the extra process.
+    let exec = |exec_id: &str, args: &[&str]| {
+        let mut all = vec!["tasks", "exec", "--exec-id", exec_id, "native-sleep"];
+        all.extend_from_slice(args);
+        cd.ctr(&all)
+    };
+    let out = exec("echo", &["/bin/busybox", "echo", "from exec"])?;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "from exec\n");
+    let out = exec("fail", &["/bin/busybox", "sh", "-c", "exit 5"])?;
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let out = exec("missing", &["/no/such/binary"])?;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("/no/such/binary"), "{}", stderr(&out));
+
+    // Pause and resume go to runc's freezer.
+    let state = |id: &str| -> Result<String> {
+        let tasks = stdout(&cd.ctr_ok(&["tasks", "ls"])?);
+        Ok(tasks
+            .lines()
+            .find(|line| line.starts_with(id))
+            .and_then(|line| line.split_whitespace().nth(2))
+            .unwrap_or_default()
+            .to_string())
+    };
+    cd.ctr_ok(&["tasks", "pause", "native-sleep"])?;
+    assert_eq!(state("native-sleep")?, "PAUSED");
+    cd.ctr_ok(&["tasks", "resume", "native-sleep"])?;
+    assert_eq!(state("native-sleep")?, "RUNNING");
+
     cd.ctr_ok(&["tasks", "kill", "--signal", "SIGKILL", "native-sleep"])?;
     assert_eq!(sleeper.wait_with_output()?.status.code(), Some(137));
 
     let hello = case.image("hello", &programs::wat(programs::HELLO_WAT)?)?;
     let out = cd.run_wasm(&hello, "wasm-beside", &[])?;
     assert_eq!(stdout(&out), "hello from wasm\n");
+
+    // A wasm container is one process: exec is refused with the reason.
+    let spin = case.image("spin", &programs::wat(programs::LOOP_WAT)?)?;
+    cd.ctr_ok(&[
+        "run",
+        "--detach",
+        "--runtime",
+        WEDGE_RUNTIME,
+        &spin,
+        "wasm-spin",
+    ])?;
+    wait_until_running(cd, "wasm-spin")?;
+    let out = cd.ctr(&["tasks", "exec", "--exec-id", "x", "wasm-spin", "/spin.wasm"])?;
+    assert!(
+        stderr(&out).contains("exec is not supported in wasm container"),
+        "{}",
+        stderr(&out)
+    );
+    cd.ctr_ok(&["tasks", "kill", "--signal", "SIGKILL", "wasm-spin"])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stdout(&cd.ctr_ok(&["tasks", "ls"])?).contains("RUNNING") {
+        assert!(Instant::now() < deadline, "wasm-spin did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cd.ctr_ok(&["tasks", "delete", "wasm-spin"])?;
+    cd.ctr_ok(&["containers", "rm", "wasm-spin"])?;
     case.finish()
 }
 

@@ -10,7 +10,10 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::sync::watch;
 
+use std::collections::HashMap;
+
 use crate::error::{Error, Result};
+use crate::exec::ExecProcess;
 use crate::exits::ExitStatus;
 use crate::native::Runc;
 use crate::runner::spawn::Runner;
@@ -20,13 +23,19 @@ pub enum Engine {
     /// A wasm runner; the control channel is present until Start hands the module its go.
     Wasm { runner: Option<Runner> },
     /// A Linux container under runc.
-    Native { runc: Runc, started: bool },
+    Native {
+        runc: Runc,
+        started: bool,
+        paused: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Created,
     Running,
+    /// Frozen by Pause (native containers).
+    Paused,
     Stopped,
 }
 
@@ -35,6 +44,7 @@ impl Status {
         match self {
             Status::Created => "created",
             Status::Running => "running",
+            Status::Paused => "paused",
             Status::Stopped => "stopped",
         }
     }
@@ -58,6 +68,8 @@ pub struct Container {
     pub pid: i32,
     engine: Engine,
     exit: watch::Receiver<Option<ExitStatus>>,
+    /// Exec processes by exec id (native containers only).
+    pub execs: HashMap<String, ExecProcess>,
 }
 
 /// What Create has put together for a new container.
@@ -83,20 +95,32 @@ impl Container {
             pid: parts.pid,
             engine: parts.engine,
             exit: parts.exit,
+            execs: HashMap::new(),
         }
     }
 
     pub fn status(&self) -> Status {
-        let waiting_for_start = match &self.engine {
-            Engine::Wasm { runner } => runner.is_some(),
-            Engine::Native { started, .. } => !started,
+        let (waiting_for_start, frozen) = match &self.engine {
+            Engine::Wasm { runner } => (runner.is_some(), false),
+            Engine::Native {
+                started, paused, ..
+            } => (!started, *paused),
         };
         if self.exit.borrow().is_some() {
             Status::Stopped
         } else if waiting_for_start {
             Status::Created
+        } else if frozen {
+            Status::Paused
         } else {
             Status::Running
+        }
+    }
+
+    /// Records a completed runc pause (true) or resume (false).
+    pub fn set_paused(&mut self, now_paused: bool) {
+        if let Engine::Native { paused, .. } = &mut self.engine {
+            *paused = now_paused;
         }
     }
 
@@ -129,7 +153,7 @@ impl Container {
                 .take()
                 .map(Starting::Wasm)
                 .ok_or(Error::ProcessFinished),
-            Engine::Native { runc, started } => {
+            Engine::Native { runc, started, .. } => {
                 *started = true;
                 Ok(Starting::Native(runc.clone()))
             }
@@ -163,6 +187,21 @@ impl Container {
             operation,
             wanted,
         }
+    }
+}
+
+impl Container {
+    pub fn exec(&self, exec_id: &str) -> Result<&ExecProcess> {
+        self.execs
+            .get(exec_id)
+            .ok_or_else(|| Error::ExecNotFound(self.id.clone(), exec_id.to_string()))
+    }
+
+    pub fn exec_mut(&mut self, exec_id: &str) -> Result<&mut ExecProcess> {
+        let id = self.id.clone();
+        self.execs
+            .get_mut(exec_id)
+            .ok_or_else(|| Error::ExecNotFound(id, exec_id.to_string()))
     }
 }
 

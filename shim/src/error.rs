@@ -16,8 +16,17 @@ pub enum Error {
     #[error("container {0} already exists")]
     ContainerExists(String),
 
-    #[error("exec processes are not supported by the wasm runtime yet (container {0})")]
+    #[error(
+        "exec is not supported in wasm container {0}: a wasm module is one process; exec into \
+         a sidecar of the pod instead"
+    )]
     ExecUnsupported(String),
+
+    #[error("exec process {1} of container {0} not found")]
+    ExecNotFound(String, String),
+
+    #[error("exec process {1} of container {0} already exists")]
+    ExecExists(String, String),
 
     #[error("{operation} is not supported by the wasm runtime yet")]
     Unsupported { operation: &'static str },
@@ -124,8 +133,10 @@ impl Error {
     /// error kinds: NOT_FOUND becomes `errdefs.ErrNotFound`, and so on.
     pub fn code(&self) -> Code {
         match self {
-            Error::ContainerNotFound(_) | Error::ProcessFinished => Code::NOT_FOUND,
-            Error::ContainerExists(_) => Code::ALREADY_EXISTS,
+            Error::ContainerNotFound(_) | Error::ProcessFinished | Error::ExecNotFound(..) => {
+                Code::NOT_FOUND
+            }
+            Error::ContainerExists(_) | Error::ExecExists(..) => Code::ALREADY_EXISTS,
             Error::ExecUnsupported(_) | Error::Unsupported { .. } => Code::UNIMPLEMENTED,
             Error::WrongState { .. } => Code::FAILED_PRECONDITION,
             Error::InvalidSpec { .. }

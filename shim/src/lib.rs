@@ -7,6 +7,7 @@ pub mod container;
 pub mod content;
 pub mod engine;
 pub mod error;
+pub mod exec;
 pub mod exits;
 pub mod image;
 pub mod logging;

@@ -80,14 +80,52 @@ impl Runc {
         if status != 0 {
             return Err(self.failure(bundle, id, "create", status));
         }
-        std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|text| text.trim().parse().ok())
-            .ok_or_else(|| Error::Native {
-                id: id.to_string(),
-                operation: "create",
-                reason: format!("runc wrote no pid to {}", pid_file.display()),
-            })
+        read_pid(&pid_file).ok_or_else(|| Error::Native {
+            id: id.to_string(),
+            operation: "create",
+            reason: format!("runc wrote no pid to {}", pid_file.display()),
+        })
+    }
+
+    /// `runc exec --detach`: starts the process described by `process` (an OCI process
+    /// spec) in the running container; returns its pid.
+    pub async fn exec(
+        &self,
+        exits: &ExitRouter,
+        id: &str,
+        bundle: &Path,
+        process: &Path,
+        pid_file: &Path,
+        stdio: InitStdio,
+    ) -> Result<i32> {
+        let mut command = self.command(bundle, &["exec", "--detach", "--process"]);
+        command.arg(process).arg("--pid-file").arg(pid_file).arg(id);
+        command
+            .stdin(Stdio::from(stdio.stdin))
+            .stdout(Stdio::from(stdio.stdout))
+            .stderr(Stdio::from(stdio.stderr));
+        let status = exits.run_inheriting(command).await?;
+        if status != 0 {
+            return Err(self.failure(bundle, id, "exec", status));
+        }
+        read_pid(pid_file).ok_or_else(|| Error::Native {
+            id: id.to_string(),
+            operation: "exec",
+            reason: format!("runc wrote no pid to {}", pid_file.display()),
+        })
+    }
+
+    /// `runc pause` (true) or `runc resume` (false): the freezer of the container's cgroup.
+    pub async fn freeze(
+        &self,
+        exits: &ExitRouter,
+        id: &str,
+        bundle: &Path,
+        frozen: bool,
+    ) -> Result<()> {
+        let operation = if frozen { "pause" } else { "resume" };
+        self.simple(exits, id, bundle, operation, &[operation, id])
+            .await
     }
 
     pub async fn start(&self, exits: &ExitRouter, id: &str, bundle: &Path) -> Result<()> {
@@ -168,6 +206,12 @@ impl Runc {
             reason,
         }
     }
+}
+
+fn read_pid(pid_file: &Path) -> Option<i32> {
+    std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
 }
 
 #[derive(Deserialize)]

@@ -1,5 +1,8 @@
 //! containerd's Task API, served over ttrpc: each RPC checks its request, does its work
-//! through `container`, `runner` and friends, and maps errors to ttrpc codes.
+//! through `container`, `runner` and friends, and maps errors to ttrpc codes. Exec
+//! processes (native containers) are in `exec`.
+
+mod exec;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +14,9 @@ use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim::event::Event;
 use containerd_shim::{Task, TtrpcContext, TtrpcResult};
-use containerd_shim_protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim_protos::events::task::{
+    TaskCreate, TaskDelete, TaskExit, TaskIO, TaskPaused, TaskResumed, TaskStart,
+};
 use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::ttrpc::context::Context;
 use containerd_shim_protos::types::task::ProcessInfo;
@@ -232,6 +237,7 @@ impl Inner {
         let engine = Engine::Native {
             runc,
             started: false,
+            paused: false,
         };
         self.register(
             req,
@@ -356,6 +362,32 @@ impl Inner {
         Ok(pid)
     }
 
+    /// Pause (true) or Resume (false) of a native container through runc; wasm containers
+    /// get the freezer with their cgroup sandbox.
+    async fn freeze(&self, id: &str, frozen: bool) -> Result<()> {
+        let (wanted, operation) = if frozen {
+            (Status::Running, "pause")
+        } else {
+            (Status::Paused, "resume")
+        };
+        let (runc, bundle) = self.with_container(id, |container| {
+            let runc = container
+                .runc()
+                .cloned()
+                .ok_or(Error::Unsupported { operation })?;
+            let status = container.status();
+            if status != wanted {
+                return Err(container.wrong_state(status, operation, wanted.name()));
+            }
+            Ok((runc, container.bundle.clone()))
+        })?;
+        runc.freeze(&self.exits, id, &bundle, frozen).await?;
+        self.with_container(id, |container| {
+            container.set_paused(frozen);
+            Ok(())
+        })
+    }
+
     async fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<()> {
         let native = self.with_container(id, |container| {
             match container.runc() {
@@ -377,8 +409,8 @@ impl Inner {
         let (exit, runc, bundle) = self.with_container(id, |container| {
             let runc = container.runc().cloned();
             match container.status() {
-                Status::Running => {
-                    return Err(container.wrong_state(Status::Running, "delete", "stopped"))
+                status @ (Status::Running | Status::Paused) => {
+                    return Err(container.wrong_state(status, "delete", "stopped"))
                 }
                 // A created wasm container was never started: end its waiting runner first
                 // (runc's delete --force does that for a native one).
@@ -427,18 +459,11 @@ async fn abandon(runner: Runner, exited: oneshot::Receiver<ExitStatus>) {
     let _ = exited.await;
 }
 
-fn no_exec(exec_id: &str, id: &str) -> Result<()> {
-    if exec_id.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::ExecUnsupported(id.to_string()))
-    }
-}
-
 fn api_status(status: Status) -> ApiStatus {
     match status {
         Status::Created => ApiStatus::CREATED,
         Status::Running => ApiStatus::RUNNING,
+        Status::Paused => ApiStatus::PAUSED,
         Status::Stopped => ApiStatus::STOPPED,
     }
 }
@@ -484,7 +509,14 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
-        no_exec(&req.exec_id, &req.id)?;
+        if !req.exec_id.is_empty() {
+            let pid = self.inner.start_exec(&req.id, &req.exec_id).await?;
+            info!(pid, exec_id = %req.exec_id, "exec process started");
+            return Ok(api::StartResponse {
+                pid: pid as u32,
+                ..Default::default()
+            });
+        }
         let pid = self.inner.start(&req.id).await?;
         info!(pid, "container started");
         self.inner
@@ -506,7 +538,9 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
-        no_exec(&req.exec_id, &req.id)?;
+        if !req.exec_id.is_empty() {
+            return Ok(self.inner.exec_state(&req.id, &req.exec_id)?);
+        }
         let response = self.inner.with_container(&req.id, |container| {
             let exit = container.exit_status();
             Ok(api::StateResponse {
@@ -528,11 +562,14 @@ impl Task for TaskService {
 
     #[instrument(skip_all, fields(id = %req.id, signal = req.signal))]
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
-        no_exec(&req.exec_id, &req.id)?;
         let signal = Signal::try_from(req.signal as i32)
             .map_err(|_| Error::InvalidRequest(format!("invalid signal {}", req.signal)))?;
-        // A wasm container has exactly one process, so `all` matters only under runc.
-        self.inner.kill(&req.id, signal, req.all).await?;
+        if req.exec_id.is_empty() {
+            // A wasm container has exactly one process, so `all` matters only under runc.
+            self.inner.kill(&req.id, signal, req.all).await?;
+        } else {
+            self.inner.kill_exec(&req.id, &req.exec_id, signal)?;
+        }
         info!("signal delivered");
         Ok(api::Empty::new())
     }
@@ -543,7 +580,15 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
-        no_exec(&req.exec_id, &req.id)?;
+        if !req.exec_id.is_empty() {
+            let (pid, exit) = self.inner.delete_exec(&req.id, &req.exec_id)?;
+            return Ok(api::DeleteResponse {
+                pid: pid as u32,
+                exit_status: exit.code,
+                exited_at: MessageField::some(exit.at),
+                ..Default::default()
+            });
+        }
         let (pid, exit) = self.inner.delete(&req.id).await?;
         info!(pid, code = exit.code, "container deleted");
         self.inner
@@ -570,13 +615,16 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::WaitRequest,
     ) -> TtrpcResult<api::WaitResponse> {
-        no_exec(&req.exec_id, &req.id)?;
-        let exit = self
-            .inner
-            .with_container(&req.id, |container| Ok(container.exit_watch()))?;
-        let status = wait_for_exit(exit)
-            .await
-            .ok_or_else(|| Error::ContainerNotFound(req.id.clone()))?;
+        let status = if req.exec_id.is_empty() {
+            let exit = self
+                .inner
+                .with_container(&req.id, |container| Ok(container.exit_watch()))?;
+            wait_for_exit(exit)
+                .await
+                .ok_or_else(|| Error::ContainerNotFound(req.id.clone()))?
+        } else {
+            self.inner.wait_exec(&req.id, &req.exec_id).await?
+        };
         Ok(api::WaitResponse {
             exit_status: status.code,
             exited_at: MessageField::some(status.at),
@@ -611,10 +659,14 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::CloseIORequest,
     ) -> TtrpcResult<api::Empty> {
-        no_exec(&req.exec_id, &req.id)?;
-        // The runner reads the stdin fifo itself and sees EOF when the client closes its
-        // end; there is nothing the shim holds open.
-        self.inner.with_container(&req.id, |_| Ok(()))?;
+        // Whoever relays a stdin fifo (the runner, or the shim's relay thread for runc
+        // processes) sees EOF when the client closes its end; nothing is held open here.
+        self.inner.with_container(&req.id, |container| {
+            if !req.exec_id.is_empty() {
+                container.exec(&req.exec_id)?;
+            }
+            Ok(())
+        })?;
         Ok(api::Empty::new())
     }
 
@@ -656,7 +708,9 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ExecProcessRequest,
     ) -> TtrpcResult<api::Empty> {
-        Err(Error::ExecUnsupported(req.id).into())
+        self.inner.add_exec(&req).await?;
+        info!(exec_id = %req.exec_id, "exec process added");
+        Ok(api::Empty::new())
     }
 
     #[instrument(skip_all, fields(id = %req.id))]
@@ -671,8 +725,15 @@ impl Task for TaskService {
 
     #[instrument(skip_all, fields(id = %req.id))]
     async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
-        let _ = req;
-        Err(Error::Unsupported { operation: "pause" }.into())
+        self.inner.freeze(&req.id, true).await?;
+        info!("container paused");
+        self.inner
+            .publish(TaskPaused {
+                container_id: req.id.clone(),
+                ..Default::default()
+            })
+            .await;
+        Ok(api::Empty::new())
     }
 
     #[instrument(skip_all, fields(id = %req.id))]
@@ -681,11 +742,15 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ResumeRequest,
     ) -> TtrpcResult<api::Empty> {
-        let _ = req;
-        Err(Error::Unsupported {
-            operation: "resume",
-        }
-        .into())
+        self.inner.freeze(&req.id, false).await?;
+        info!("container resumed");
+        self.inner
+            .publish(TaskResumed {
+                container_id: req.id.clone(),
+                ..Default::default()
+            })
+            .await;
+        Ok(api::Empty::new())
     }
 
     #[instrument(skip_all, fields(id = %req.id))]
