@@ -26,6 +26,14 @@ pub struct Runc {
     root: PathBuf,
 }
 
+/// What a process-starting runc command is about, for its errors.
+struct StartedBy<'a> {
+    id: &'a str,
+    bundle: &'a Path,
+    operation: &'static str,
+    pid_file: &'a Path,
+}
+
 /// The container's stdio for `runc create`: inherited by the init process.
 pub struct InitStdio {
     pub stdin: File,
@@ -71,20 +79,13 @@ impl Runc {
         let pid_file = bundle.join(PID_FILE);
         let mut command = self.command(bundle, &["create", "--bundle"]);
         command.arg(bundle).arg("--pid-file").arg(&pid_file).arg(id);
-        // The init process inherits these; runc itself writes its errors to the log.
-        command
-            .stdin(Stdio::from(stdio.stdin))
-            .stdout(Stdio::from(stdio.stdout))
-            .stderr(Stdio::from(stdio.stderr));
-        let status = exits.run_inheriting(command).await?;
-        if status != 0 {
-            return Err(self.failure(bundle, id, "create", status));
-        }
-        read_pid(&pid_file).ok_or_else(|| Error::Native {
-            id: id.to_string(),
+        let started = StartedBy {
+            id,
+            bundle,
             operation: "create",
-            reason: format!("runc wrote no pid to {}", pid_file.display()),
-        })
+            pid_file: &pid_file,
+        };
+        self.start_process(exits, command, started, stdio).await
     }
 
     /// `runc exec --detach`: starts the process described by `process` (an OCI process
@@ -100,18 +101,37 @@ impl Runc {
     ) -> Result<i32> {
         let mut command = self.command(bundle, &["exec", "--detach", "--process"]);
         command.arg(process).arg("--pid-file").arg(pid_file).arg(id);
+        let started = StartedBy {
+            id,
+            bundle,
+            operation: "exec",
+            pid_file,
+        };
+        self.start_process(exits, command, started, stdio).await
+    }
+
+    /// Runs a runc command that starts a process (create, exec) with `stdio` inherited by
+    /// that process, and returns the pid runc wrote.
+    async fn start_process(
+        &self,
+        exits: &ExitRouter,
+        mut command: Command,
+        started: StartedBy<'_>,
+        stdio: InitStdio,
+    ) -> Result<i32> {
+        // runc itself writes its errors to the log, not to these.
         command
             .stdin(Stdio::from(stdio.stdin))
             .stdout(Stdio::from(stdio.stdout))
             .stderr(Stdio::from(stdio.stderr));
         let status = exits.run_inheriting(command).await?;
         if status != 0 {
-            return Err(self.failure(bundle, id, "exec", status));
+            return Err(self.failure(started.bundle, started.id, started.operation, status));
         }
-        read_pid(pid_file).ok_or_else(|| Error::Native {
-            id: id.to_string(),
-            operation: "exec",
-            reason: format!("runc wrote no pid to {}", pid_file.display()),
+        read_pid(started.pid_file).ok_or_else(|| Error::Native {
+            id: started.id.to_string(),
+            operation: started.operation,
+            reason: format!("runc wrote no pid to {}", started.pid_file.display()),
         })
     }
 

@@ -3,11 +3,9 @@
 use std::sync::Arc;
 
 use containerd_shim::api;
-use containerd_shim_protos::events::task::{TaskExecAdded, TaskExecStarted, TaskExit};
-use containerd_shim_protos::protobuf::MessageField;
+use containerd_shim_protos::events::task::{TaskExecAdded, TaskExecStarted};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tracing::info;
 
 use super::Inner;
 use crate::container::{wait_for_exit, Status, StdioPaths};
@@ -111,32 +109,20 @@ impl Inner {
             container.exec_mut(exec_id)?.pid = Some(pid);
             Ok(())
         })?;
-        let inner = Arc::clone(self);
-        let (id, exec_id) = (id.to_string(), exec_id.to_string());
         self.publish(TaskExecStarted {
-            container_id: id.clone(),
-            exec_id: exec_id.clone(),
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
             pid: pid as u32,
             ..Default::default()
         })
         .await;
-        tokio::spawn(async move {
-            let Ok(status) = exited.await else {
-                return;
-            };
-            info!(id = %id, exec_id = %exec_id, pid, code = status.code, "exec process exited");
-            inner
-                .publish(TaskExit {
-                    container_id: id,
-                    id: exec_id,
-                    pid: pid as u32,
-                    exit_status: status.code,
-                    exited_at: MessageField::some(status.at.clone()),
-                    ..Default::default()
-                })
-                .await;
-            let _ = exit_sender.send(Some(status));
-        });
+        tokio::spawn(Arc::clone(self).on_exit(
+            id.to_string(),
+            exec_id.to_string(),
+            pid,
+            exited,
+            exit_sender,
+        ));
         Ok(pid)
     }
 

@@ -278,7 +278,13 @@ impl Inner {
             exit: exit_watch,
         });
         self.containers().insert(req.id.clone(), container);
-        tokio::spawn(Arc::clone(self).on_exit(req.id.clone(), pid, exited, exit_sender));
+        tokio::spawn(Arc::clone(self).on_exit(
+            req.id.clone(),
+            req.id.clone(),
+            pid,
+            exited,
+            exit_sender,
+        ));
     }
 
     /// Decides wasm or native: a wasm file at the entrypoint in the root filesystem, else
@@ -323,10 +329,13 @@ impl Inner {
         }
     }
 
-    /// Publishes TaskExit when the runner ends, then releases Wait and Delete.
+    /// Publishes TaskExit when a process (a runner, a runc init, an exec) ends, then
+    /// releases Wait and Delete. `process_id` is the container id for the container's own
+    /// process, the exec id for an exec.
     async fn on_exit(
         self: Arc<Self>,
         id: String,
+        process_id: String,
         pid: i32,
         exited: oneshot::Receiver<ExitStatus>,
         exit_sender: watch::Sender<Option<ExitStatus>>,
@@ -334,10 +343,10 @@ impl Inner {
         let Ok(status) = exited.await else {
             return;
         };
-        info!(id = %id, pid, code = status.code, "container exited");
+        info!(id = %id, process = %process_id, pid, code = status.code, "process exited");
         self.publish(TaskExit {
-            container_id: id.clone(),
-            id,
+            container_id: id,
+            id: process_id,
             pid: pid as u32,
             exit_status: status.code,
             exited_at: MessageField::some(status.at.clone()),
