@@ -7,7 +7,7 @@ use containerd_shim_protos::events::task::{TaskExecAdded, TaskExecStarted};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::Inner;
+use super::{Inner, ProcessState};
 use crate::container::{wait_for_exit, Status, StdioPaths};
 use crate::error::{Error, Result};
 use crate::exec::ExecProcess;
@@ -129,21 +129,14 @@ impl Inner {
     pub(super) fn exec_state(&self, id: &str, exec_id: &str) -> Result<api::StateResponse> {
         self.with_container(id, |container| {
             let exec = container.exec(exec_id)?;
-            let exit = exec.exit_status();
-            Ok(api::StateResponse {
-                id: exec_id.to_string(),
-                bundle: container.bundle.display().to_string(),
-                pid: exec.pid.unwrap_or_default() as u32,
-                status: super::api_status(exec.status()).into(),
-                stdin: exec.stdio.stdin.clone(),
-                stdout: exec.stdio.stdout.clone(),
-                stderr: exec.stdio.stderr.clone(),
-                terminal: false,
-                exit_status: exit.as_ref().map(|e| e.code).unwrap_or_default(),
-                exited_at: exit.map(|e| e.at).into(),
-                exec_id: exec_id.to_string(),
-                ..Default::default()
-            })
+            Ok(ProcessState {
+                id: exec_id,
+                pid: exec.pid.unwrap_or_default(),
+                status: exec.status(),
+                stdio: &exec.stdio,
+                exit: exec.exit_status(),
+            }
+            .response(&container.bundle, exec_id))
         })
     }
 

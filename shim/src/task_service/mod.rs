@@ -468,6 +468,34 @@ async fn abandon(runner: Runner, exited: oneshot::Receiver<ExitStatus>) {
     let _ = exited.await;
 }
 
+/// What State reports of one process, the container's own or an exec.
+struct ProcessState<'a> {
+    id: &'a str,
+    pid: i32,
+    status: Status,
+    stdio: &'a StdioPaths,
+    exit: Option<ExitStatus>,
+}
+
+impl ProcessState<'_> {
+    fn response(self, bundle: &Path, exec_id: &str) -> api::StateResponse {
+        api::StateResponse {
+            id: self.id.to_string(),
+            bundle: bundle.display().to_string(),
+            pid: self.pid as u32,
+            status: api_status(self.status).into(),
+            stdin: self.stdio.stdin.clone(),
+            stdout: self.stdio.stdout.clone(),
+            stderr: self.stdio.stderr.clone(),
+            terminal: false,
+            exit_status: self.exit.as_ref().map(|e| e.code).unwrap_or_default(),
+            exited_at: self.exit.map(|e| e.at).into(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        }
+    }
+}
+
 fn api_status(status: Status) -> ApiStatus {
     match status {
         Status::Created => ApiStatus::CREATED,
@@ -551,20 +579,14 @@ impl Task for TaskService {
             return Ok(self.inner.exec_state(&req.id, &req.exec_id)?);
         }
         let response = self.inner.with_container(&req.id, |container| {
-            let exit = container.exit_status();
-            Ok(api::StateResponse {
-                id: container.id.clone(),
-                bundle: container.bundle.display().to_string(),
-                pid: container.pid as u32,
-                status: api_status(container.status()).into(),
-                stdin: container.stdio.stdin.clone(),
-                stdout: container.stdio.stdout.clone(),
-                stderr: container.stdio.stderr.clone(),
-                terminal: false,
-                exit_status: exit.as_ref().map(|e| e.code).unwrap_or_default(),
-                exited_at: exit.map(|e| e.at).into(),
-                ..Default::default()
-            })
+            Ok(ProcessState {
+                id: &container.id,
+                pid: container.pid,
+                status: container.status(),
+                stdio: &container.stdio,
+                exit: container.exit_status(),
+            }
+            .response(&container.bundle, ""))
         })?;
         Ok(response)
     }
