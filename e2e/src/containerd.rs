@@ -45,6 +45,54 @@ pub struct Containerd {
     dir: tempfile::TempDir,
     daemon: Option<Child>,
     bin_dir: Option<PathBuf>,
+    cri: Option<CriSetup>,
+}
+
+/// What a containerd with its CRI plugin on needs beyond the plain one: a CNI network of
+/// its own (bridge, subnet and IPAM state unique to the test) and a cgroup parent for pods.
+pub struct CriSetup {
+    pub bridge: String,
+    pub subnet: String,
+    /// cgroupfs path (from a hierarchy's root) that the test's pods go under.
+    pub cgroup_parent: String,
+}
+
+impl CriSetup {
+    fn new(dir: &Path) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) % 250;
+        let pid = std::process::id();
+        let name = dir
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        CriSetup {
+            bridge: format!("wdg{}x{n}", pid % 100_000),
+            subnet: format!("10.{}.{n}.0/24", 100 + pid % 100),
+            cgroup_parent: format!("/wedge-e2e/{name}"),
+        }
+    }
+
+    fn cni_config(&self, dir: &Path) -> String {
+        serde_json::json!({
+            "cniVersion": "0.4.0",
+            "name": self.bridge,
+            "plugins": [{
+                "type": "bridge",
+                "bridge": self.bridge,
+                "isGateway": true,
+                "ipMasq": false,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{ "subnet": self.subnet }]],
+                    "routes": [{ "dst": "0.0.0.0/0" }],
+                    "dataDir": dir.join("cni-ipam"),
+                },
+            }],
+        })
+        .to_string()
+    }
 }
 
 impl Containerd {
@@ -55,6 +103,17 @@ impl Containerd {
 
     /// Starts the given containerd release and waits until it answers.
     pub fn start_release(release: Release) -> Result<Self> {
+        Self::launch(release, false)
+    }
+
+    /// Starts containerd with its CRI plugin on: runtime handler `wedge` (this shim) and
+    /// `runc` (the reference), a sandbox image to be imported by the caller, CNI from
+    /// Debian's plugins, netns mounts and runc state under the temp dir.
+    pub fn start_cri(release: Release) -> Result<Self> {
+        Self::launch(release, true)
+    }
+
+    fn launch(release: Release, with_cri: bool) -> Result<Self> {
         ensure!(
             nix::unistd::geteuid().is_root(),
             "the end-to-end tests start containerd and must run as root"
@@ -75,8 +134,12 @@ impl Containerd {
                 bin.join("containerd").display()
             );
         }
+        let cri = with_cri.then(|| CriSetup::new(dir.path()));
         let config = dir.path().join("config.toml");
-        std::fs::write(&config, private_config(&binary("containerd"), dir.path())?)?;
+        std::fs::write(
+            &config,
+            private_config(&binary("containerd"), dir.path(), cri.as_ref())?,
+        )?;
         std::fs::write(
             dir.path().join(ENGINE_CONFIG),
             format!(
@@ -107,9 +170,15 @@ impl Containerd {
             dir,
             daemon: Some(daemon),
             bin_dir,
+            cri,
         };
         containerd.wait_ready(Duration::from_secs(20))?;
         Ok(containerd)
+    }
+
+    /// The CRI plugin's network and cgroup setup, when started with [`Self::start_cri`].
+    pub fn cri(&self) -> Option<&CriSetup> {
+        self.cri.as_ref()
     }
 
     pub fn dir(&self) -> &Path {
@@ -200,6 +269,20 @@ impl Containerd {
         Ok(())
     }
 
+    /// Imports an archive into namespace `k8s.io`, where the CRI plugin finds images.
+    pub fn import_for_cri(&self, archive: &Path) -> Result<()> {
+        let archive = archive.to_str().context("archive path is not UTF-8")?;
+        self.ctr_ok(&[
+            "--namespace",
+            "k8s.io",
+            "images",
+            "import",
+            "--all-platforms",
+            archive,
+        ])?;
+        Ok(())
+    }
+
     /// `ctr run --rm` on the Wedge runtime, waiting for the container to end.
     pub fn run_wasm(&self, image: &str, id: &str, args: &[&str]) -> Result<Output> {
         let mut all = vec!["run", "--rm", "--runtime", WEDGE_RUNTIME, image, id];
@@ -244,11 +327,15 @@ impl Containerd {
         found
     }
 
-    /// runc state directories of native containers still present.
+    /// runc state directories of native containers still present (Wedge's and, in CRI
+    /// tests, those of the `runc` reference handler).
     pub fn runc_containers(&self) -> Vec<PathBuf> {
-        let root = self.dir.path().join("runc");
+        let roots = [
+            self.dir.path().join("runc"),
+            self.dir.path().join("runc-reference"),
+        ];
         let mut found = Vec::new();
-        for namespace in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        for namespace in roots.iter().flat_map(std::fs::read_dir).flatten().flatten() {
             found.extend(
                 std::fs::read_dir(namespace.path())
                     .into_iter()
@@ -260,9 +347,25 @@ impl Containerd {
         found
     }
 
+    /// cgroups still present below the test's pod cgroup parent, in any hierarchy.
+    pub fn leftover_cgroups(&self) -> Vec<PathBuf> {
+        let Some(cri) = &self.cri else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        for parent in cgroup_dirs(&cri.cgroup_parent) {
+            let mut pending: Vec<PathBuf> = child_dirs(&parent);
+            while let Some(dir) = pending.pop() {
+                pending.extend(child_dirs(&dir));
+                found.push(dir);
+            }
+        }
+        found
+    }
+
     /// Fails unless every container is gone without a trace: no shim, runner or container
-    /// process, no mount, no bundle, no runc state. Shims exit shortly after their last
-    /// Delete, so this waits a little.
+    /// process, no mount (rootfs or netns), no bundle, no runc state, no cgroup. Shims exit
+    /// shortly after their last Delete, so this waits a little.
     pub fn assert_clean(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -270,12 +373,19 @@ impl Containerd {
             let mounts = self.mounts();
             let bundles = self.bundles();
             let runc = self.runc_containers();
-            if processes.is_empty() && mounts.is_empty() && bundles.is_empty() && runc.is_empty() {
+            let cgroups = self.leftover_cgroups();
+            if processes.is_empty()
+                && mounts.is_empty()
+                && bundles.is_empty()
+                && runc.is_empty()
+                && cgroups.is_empty()
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 bail!(
-                    "left behind:\n processes: {processes:?}\n mounts: {mounts:?}\n                      bundles: {bundles:?}\n runc state: {runc:?}"
+                    "left behind:\n processes: {processes:?}\n mounts: {mounts:?}\n bundles: \
+                     {bundles:?}\n runc state: {runc:?}\n cgroups: {cgroups:?}"
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -312,6 +422,18 @@ impl Containerd {
         for mount in mounts {
             let _ = nix::mount::umount2(mount.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
+        if let Some(cri) = &self.cri {
+            let mut cgroups = self.leftover_cgroups();
+            cgroups.extend(cgroup_dirs(&cri.cgroup_parent));
+            cgroups.sort_by_key(|dir| std::cmp::Reverse(dir.as_os_str().len()));
+            for dir in cgroups {
+                let _ = std::fs::remove_dir(dir);
+            }
+            let _ = Command::new("ip")
+                .args(["link", "delete", &cri.bridge])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
@@ -321,9 +443,12 @@ impl Drop for Containerd {
     }
 }
 
-/// `containerd config default` with every path moved under `dir` and the CRI plugin off
-/// (these tests talk to containerd directly).
-fn private_config(containerd: &Path, dir: &Path) -> Result<String> {
+/// The sandbox (pause) image CRI tests import before their first pod.
+pub const PAUSE_IMAGE: &str = "wedge.test/pause:latest";
+
+/// `containerd config default` with every path moved under `dir`; the CRI plugin off (tests
+/// talk to containerd directly) unless `cri` says how to set it up.
+fn private_config(containerd: &Path, dir: &Path, cri: Option<&CriSetup>) -> Result<String> {
     let out = Command::new(containerd)
         .args(["config", "default"])
         .output()
@@ -338,7 +463,10 @@ fn private_config(containerd: &Path, dir: &Path) -> Result<String> {
     config["debug"]["address"] = toml_edit::value(path("debug.sock"));
     config["debug"]["level"] = toml_edit::value("debug");
     let mut disabled = toml_edit::Array::new();
-    disabled.push("io.containerd.grpc.v1.cri");
+    match cri {
+        Some(cri) => configure_cri(&mut config, dir, cri)?,
+        None => disabled.push("io.containerd.grpc.v1.cri"),
+    }
     config["disabled_plugins"] = toml_edit::value(disabled);
     if let Some(opt) = config
         .get_mut("plugins")
@@ -347,6 +475,68 @@ fn private_config(containerd: &Path, dir: &Path) -> Result<String> {
         opt["path"] = toml_edit::value(path("opt"));
     }
     Ok(config.to_string())
+}
+
+fn configure_cri(config: &mut toml_edit::DocumentMut, dir: &Path, cri: &CriSetup) -> Result<()> {
+    let path = |name: &str| dir.join(name).display().to_string();
+    let cni_dir = dir.join("cni");
+    std::fs::create_dir_all(&cni_dir)?;
+    std::fs::write(cni_dir.join("10-wedge-e2e.conflist"), cri.cni_config(dir))?;
+    let plugin = config["plugins"]["io.containerd.grpc.v1.cri"]
+        .as_table_like_mut()
+        .context("containerd's default config has no CRI plugin section")?;
+    plugin.insert("sandbox_image", toml_edit::value(PAUSE_IMAGE));
+    // Root here cannot lower its own oom_score_adj (see ENVIRONMENT.md).
+    plugin.insert("restrict_oom_score_adj", toml_edit::value(true));
+    plugin.insert("netns_mounts_under_state_dir", toml_edit::value(true));
+    plugin.insert("stream_server_port", toml_edit::value("0"));
+    let cni = &mut config["plugins"]["io.containerd.grpc.v1.cri"]["cni"];
+    cni["bin_dir"] = toml_edit::value("/usr/lib/cni");
+    cni["conf_dir"] = toml_edit::value(cni_dir.display().to_string());
+    let runtimes = &mut config["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"];
+    runtimes["runc"]["options"]["Root"] = toml_edit::value(path("runc-reference"));
+    let mut annotations = toml_edit::Array::new();
+    annotations.push("wedge.dev/*");
+    let mut wedge = toml_edit::Table::new();
+    wedge.insert("runtime_type", toml_edit::value(WEDGE_RUNTIME));
+    wedge.insert("pod_annotations", toml_edit::value(annotations.clone()));
+    wedge.insert("container_annotations", toml_edit::value(annotations));
+    let mut options = toml_edit::Table::new();
+    options.insert("ConfigPath", toml_edit::value(path(ENGINE_CONFIG)));
+    wedge.insert("options", toml_edit::Item::Table(options));
+    runtimes["wedge"] = toml_edit::Item::Table(wedge);
+    Ok(())
+}
+
+/// `relative` (a cgroupfs path) in every mounted hierarchy where it exists.
+fn cgroup_dirs(relative: &str) -> Vec<PathBuf> {
+    let relative = relative.trim_start_matches('/');
+    let mut found = Vec::new();
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let dir = hierarchy.path().join(relative);
+        if dir.is_dir() {
+            found.push(dir);
+        }
+    }
+    let unified = Path::new("/sys/fs/cgroup").join(relative);
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() && unified.is_dir() {
+        found.push(unified);
+    }
+    found
+}
+
+fn child_dirs(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| entry.file_type().map(|kind| kind.is_dir()).unwrap_or(false))
+        .map(|entry| entry.path())
+        .collect()
 }
 
 /// (pid, command line) of every process whose command line contains `marker`.

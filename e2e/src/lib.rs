@@ -3,9 +3,11 @@
 
 pub mod binaries;
 pub mod containerd;
+pub mod cri;
 pub mod images;
 pub mod programs;
 pub mod registry;
 
 pub use containerd::{Containerd, Release, WEDGE_RUNTIME};
+pub use cri::{ContainerSpec, CriNode, Pod};
 pub use registry::Registry;

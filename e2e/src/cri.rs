@@ -1,0 +1,321 @@
+//! A CRI client that drives a private containerd the way kubelet does: pods and containers
+//! by gRPC on containerd's socket, images imported into namespace `k8s.io` beforehand (as
+//! with `imagePullPolicy: IfNotPresent`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use containerd_client::tonic;
+use containerd_client::tonic::transport::Channel;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::{
+    ContainerConfig, ContainerMetadata, ContainerState, ContainerStats, ContainerStatsRequest,
+    ContainerStatus, ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest,
+    ExecSyncResponse, ImageSpec, KeyValue, LinuxContainerResources, LinuxPodSandboxConfig, Mount,
+    PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+};
+
+use crate::containerd::{Containerd, Release, PAUSE_IMAGE};
+use crate::images;
+
+/// The CRI runtime handler of this project, and the one it is compared against.
+pub const WEDGE_HANDLER: &str = "wedge";
+pub const RUNC_HANDLER: &str = "runc";
+
+/// Debian's static busybox (package busybox-static): the pause process and the sidecars.
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// A containerd with CRI on, the pause image imported, and a client for it.
+pub struct CriNode {
+    pub containerd: Containerd,
+    client: RuntimeServiceClient<Channel>,
+    runtime: tokio::runtime::Runtime,
+    logs: PathBuf,
+}
+
+/// A pod as the test asked for it: its id and the config CreateContainer must repeat.
+pub struct Pod {
+    pub id: String,
+    pub config: PodSandboxConfig,
+}
+
+/// What a test says about one container; the rest is filled as kubelet would.
+#[derive(Default, Clone)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// (host path, container path, read-only)
+    pub mounts: Vec<(PathBuf, String, bool)>,
+    pub memory_limit: Option<i64>,
+    pub annotations: HashMap<String, String>,
+}
+
+impl CriNode {
+    /// Starts containerd with CRI and imports the locally built pause image.
+    pub fn start(release: Release) -> Result<Self> {
+        let containerd = Containerd::start_cri(release)?;
+        let (archive, reference) = images::native_image(
+            containerd.dir(),
+            "pause",
+            Path::new(BUSYBOX),
+            "/bin/busybox",
+            &["/bin/busybox", "sleep", "2147483647"],
+        )?;
+        anyhow::ensure!(reference == PAUSE_IMAGE, "pause image is {reference}");
+        containerd.import_for_cri(&archive)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let socket = containerd.socket();
+        let channel = runtime
+            .block_on(containerd_client::connect(&socket))
+            .with_context(|| format!("cannot connect to {}", socket.display()))?;
+        let logs = containerd.dir().join("pod-logs");
+        std::fs::create_dir_all(&logs)?;
+        Ok(CriNode {
+            containerd,
+            client: RuntimeServiceClient::new(channel),
+            runtime,
+            logs,
+        })
+    }
+
+    fn call<T, F>(&self, what: &str, request: F) -> Result<T>
+    where
+        F: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.runtime
+            .block_on(request)
+            .map(|response| response.into_inner())
+            .map_err(|status| anyhow::anyhow!("CRI {what}: {}", status.message()))
+    }
+
+    /// RunPodSandbox with `handler`, the pod's logs and cgroups under the test's dirs.
+    pub fn run_pod(&self, name: &str, handler: &str) -> Result<Pod> {
+        let cri = self
+            .containerd
+            .cri()
+            .context("containerd was started without CRI")?;
+        let log_directory = self.logs.join(name);
+        std::fs::create_dir_all(&log_directory)?;
+        let config = PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            log_directory: log_directory.display().to_string(),
+            linux: Some(LinuxPodSandboxConfig {
+                cgroup_parent: cri.cgroup_parent.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut client = self.client.clone();
+        let response = self.call(
+            "RunPodSandbox",
+            client.run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: handler.into(),
+            }),
+        )?;
+        Ok(Pod {
+            id: response.pod_sandbox_id,
+            config,
+        })
+    }
+
+    /// CreateContainer in `pod`; its log goes to `<pod log dir>/<name>.log`.
+    pub fn create_container(&self, pod: &Pod, spec: &ContainerSpec) -> Result<String> {
+        let config = ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: spec.name.clone(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: spec.image.clone(),
+                ..Default::default()
+            }),
+            command: spec.command.clone(),
+            args: spec.args.clone(),
+            envs: spec
+                .env
+                .iter()
+                .map(|(key, value)| KeyValue {
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+            mounts: spec
+                .mounts
+                .iter()
+                .map(|(host, container, readonly)| Mount {
+                    container_path: container.clone(),
+                    host_path: host.display().to_string(),
+                    readonly: *readonly,
+                    ..Default::default()
+                })
+                .collect(),
+            log_path: format!("{}.log", spec.name),
+            annotations: spec.annotations.clone(),
+            linux: Some(k8s_cri::v1::LinuxContainerConfig {
+                resources: Some(LinuxContainerResources {
+                    memory_limit_in_bytes: spec.memory_limit.unwrap_or(0),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut client = self.client.clone();
+        let response = self.call(
+            "CreateContainer",
+            client.create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.id.clone(),
+                config: Some(config),
+                sandbox_config: Some(pod.config.clone()),
+            }),
+        )?;
+        Ok(response.container_id)
+    }
+
+    pub fn start_container(&self, id: &str) -> Result<()> {
+        let mut client = self.client.clone();
+        self.call(
+            "StartContainer",
+            client.start_container(StartContainerRequest {
+                container_id: id.into(),
+            }),
+        )?;
+        Ok(())
+    }
+
+    /// CreateContainer + StartContainer.
+    pub fn run_container(&self, pod: &Pod, spec: &ContainerSpec) -> Result<String> {
+        let id = self.create_container(pod, spec)?;
+        self.start_container(&id)?;
+        Ok(id)
+    }
+
+    pub fn status(&self, id: &str) -> Result<ContainerStatus> {
+        let mut client = self.client.clone();
+        self.call(
+            "ContainerStatus",
+            client.container_status(ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            }),
+        )?
+        .status
+        .context("ContainerStatus without a status")
+    }
+
+    /// Polls ContainerStatus until the container has exited (as kubelet's PLEG does).
+    pub fn wait_exited(&self, id: &str, timeout: Duration) -> Result<ContainerStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status(id)?;
+            if status.state == ContainerState::ContainerExited as i32 {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "container {id} still in state {} after {timeout:?}",
+                    status.state
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn exec_sync(&self, id: &str, cmd: &[&str]) -> Result<ExecSyncResponse> {
+        let mut client = self.client.clone();
+        self.call(
+            "ExecSync",
+            client.exec_sync(ExecSyncRequest {
+                container_id: id.into(),
+                cmd: cmd.iter().map(|arg| arg.to_string()).collect(),
+                timeout: 10,
+            }),
+        )
+    }
+
+    pub fn stats(&self, id: &str) -> Result<ContainerStats> {
+        let mut client = self.client.clone();
+        self.call(
+            "ContainerStats",
+            client.container_stats(ContainerStatsRequest {
+                container_id: id.into(),
+            }),
+        )?
+        .stats
+        .context("ContainerStats without stats")
+    }
+
+    /// StopContainer with kubelet's grace period in seconds.
+    pub fn stop_container(&self, id: &str, grace_seconds: i64) -> Result<()> {
+        let mut client = self.client.clone();
+        self.call(
+            "StopContainer",
+            client.stop_container(StopContainerRequest {
+                container_id: id.into(),
+                timeout: grace_seconds,
+            }),
+        )?;
+        Ok(())
+    }
+
+    pub fn remove_container(&self, id: &str) -> Result<()> {
+        let mut client = self.client.clone();
+        self.call(
+            "RemoveContainer",
+            client.remove_container(RemoveContainerRequest {
+                container_id: id.into(),
+            }),
+        )?;
+        Ok(())
+    }
+
+    /// StopPodSandbox then RemovePodSandbox, as kubelet does when a pod is deleted.
+    pub fn remove_pod(&self, pod: &Pod) -> Result<()> {
+        let mut client = self.client.clone();
+        self.call(
+            "StopPodSandbox",
+            client.stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: pod.id.clone(),
+            }),
+        )?;
+        self.call(
+            "RemovePodSandbox",
+            client.remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: pod.id.clone(),
+            }),
+        )?;
+        Ok(())
+    }
+
+    /// The lines of a container's CRI log file, without their timestamp and stream tags.
+    pub fn log_lines(&self, pod: &Pod, container: &str) -> Result<Vec<(String, String)>> {
+        let path = Path::new(&pod.config.log_directory).join(format!("{container}.log"));
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(text
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.splitn(4, ' ');
+                let _time = fields.next()?;
+                let stream = fields.next()?;
+                let _tag = fields.next()?;
+                Some((stream.to_string(), fields.next().unwrap_or("").to_string()))
+            })
+            .collect())
+    }
+}
