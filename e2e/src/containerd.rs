@@ -70,7 +70,7 @@ impl CriSetup {
         CriSetup {
             bridge: format!("wdg{}x{n}", pid % 100_000),
             subnet: format!("10.{}.{n}.0/24", 100 + pid % 100),
-            cgroup_parent: format!("/wedge-e2e/{name}"),
+            cgroup_parent: format!("/{name}"),
         }
     }
 
@@ -229,6 +229,10 @@ impl Containerd {
         };
         let mut command = Command::new(ctr);
         command.arg("--address").arg(self.socket());
+        if !args.contains(&"--namespace") {
+            // A namespace per test: cgroups (/<namespace>/<id>) never collide between tests.
+            command.arg("--namespace").arg(self.namespace());
+        }
         match args {
             ["run", rest @ ..] if rest.contains(&WEDGE_RUNTIME) => {
                 command
@@ -347,13 +351,28 @@ impl Containerd {
         found
     }
 
-    /// cgroups still present below the test's pod cgroup parent, in any hierarchy.
+    /// The containerd namespace `ctr` commands use: the temp dir's unique name.
+    pub fn namespace(&self) -> String {
+        self.dir
+            .path()
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "default".into())
+    }
+
+    /// Where this test's containers get their cgroups: the pod parent under CRI, else the
+    /// namespace's directory (containerd's default `/<namespace>/<id>`).
+    fn cgroup_parent(&self) -> String {
+        match &self.cri {
+            Some(cri) => cri.cgroup_parent.clone(),
+            None => format!("/{}", self.namespace()),
+        }
+    }
+
+    /// cgroups still present below the test's cgroup parent, in any hierarchy.
     pub fn leftover_cgroups(&self) -> Vec<PathBuf> {
-        let Some(cri) = &self.cri else {
-            return Vec::new();
-        };
         let mut found = Vec::new();
-        for parent in cgroup_dirs(&cri.cgroup_parent) {
+        for parent in cgroup_dirs(&self.cgroup_parent()) {
             let mut pending: Vec<PathBuf> = child_dirs(&parent);
             while let Some(dir) = pending.pop() {
                 pending.extend(child_dirs(&dir));
@@ -422,13 +441,13 @@ impl Containerd {
         for mount in mounts {
             let _ = nix::mount::umount2(mount.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
+        let mut cgroups = self.leftover_cgroups();
+        cgroups.extend(cgroup_dirs(&self.cgroup_parent()));
+        cgroups.sort_by_key(|dir| std::cmp::Reverse(dir.as_os_str().len()));
+        for dir in cgroups {
+            let _ = std::fs::remove_dir(dir);
+        }
         if let Some(cri) = &self.cri {
-            let mut cgroups = self.leftover_cgroups();
-            cgroups.extend(cgroup_dirs(&cri.cgroup_parent));
-            cgroups.sort_by_key(|dir| std::cmp::Reverse(dir.as_os_str().len()));
-            for dir in cgroups {
-                let _ = std::fs::remove_dir(dir);
-            }
             let _ = Command::new("ip")
                 .args(["link", "delete", &cri.bridge])
                 .stderr(Stdio::null())

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::sync::watch;
+use tokio::task::AbortHandle;
 
 use std::collections::HashMap;
 
@@ -17,11 +18,16 @@ use crate::exec::ExecProcess;
 use crate::exits::ExitStatus;
 use crate::native::Runc;
 use crate::runner::spawn::Runner;
+use crate::sandbox::Cgroup;
 
 /// What runs the container.
 pub enum Engine {
     /// A wasm runner; the control channel is present until Start hands the module its go.
-    Wasm { runner: Option<Runner> },
+    /// The shim made its cgroup and removes it at Delete.
+    Wasm {
+        runner: Option<Runner>,
+        paused: bool,
+    },
     /// A Linux container under runc.
     Native {
         runc: Runc,
@@ -34,7 +40,7 @@ pub enum Engine {
 pub enum Status {
     Created,
     Running,
-    /// Frozen by Pause (native containers).
+    /// Frozen by Pause.
     Paused,
     Stopped,
 }
@@ -70,6 +76,10 @@ pub struct Container {
     exit: watch::Receiver<Option<ExitStatus>>,
     /// Exec processes by exec id (native containers only).
     pub execs: HashMap<String, ExecProcess>,
+    /// The container's cgroup: made by the shim for wasm, by runc for native containers.
+    pub cgroup: Option<Cgroup>,
+    /// The task publishing TaskOOM for this container, ended at Delete.
+    pub oom_watch: Option<AbortHandle>,
 }
 
 /// What Create has put together for a new container.
@@ -82,6 +92,7 @@ pub struct NewContainer {
     pub pid: i32,
     pub engine: Engine,
     pub exit: watch::Receiver<Option<ExitStatus>>,
+    pub cgroup: Option<Cgroup>,
 }
 
 impl Container {
@@ -96,12 +107,14 @@ impl Container {
             engine: parts.engine,
             exit: parts.exit,
             execs: HashMap::new(),
+            cgroup: parts.cgroup,
+            oom_watch: None,
         }
     }
 
     pub fn status(&self) -> Status {
         let (waiting_for_start, frozen) = match &self.engine {
-            Engine::Wasm { runner } => (runner.is_some(), false),
+            Engine::Wasm { runner, paused } => (runner.is_some(), *paused),
             Engine::Native {
                 started, paused, ..
             } => (!started, *paused),
@@ -117,11 +130,16 @@ impl Container {
         }
     }
 
-    /// Records a completed runc pause (true) or resume (false).
+    /// Records a completed pause (true) or resume (false).
     pub fn set_paused(&mut self, now_paused: bool) {
-        if let Engine::Native { paused, .. } = &mut self.engine {
-            *paused = now_paused;
+        match &mut self.engine {
+            Engine::Native { paused, .. } | Engine::Wasm { paused, .. } => *paused = now_paused,
         }
+    }
+
+    /// True when the shim made the cgroup and so removes it at Delete.
+    pub fn owns_cgroup(&self) -> bool {
+        matches!(self.engine, Engine::Wasm { .. })
     }
 
     /// The runc of a native container, None for wasm.
@@ -149,7 +167,7 @@ impl Container {
             return Err(self.wrong_state(status, "start", "created"));
         }
         match &mut self.engine {
-            Engine::Wasm { runner } => runner
+            Engine::Wasm { runner, .. } => runner
                 .take()
                 .map(Starting::Wasm)
                 .ok_or(Error::ProcessFinished),

@@ -111,6 +111,12 @@ pub enum Error {
         reason: String,
     },
 
+    #[error("cannot set up the sandbox of container {id}: {source}")]
+    Sandbox {
+        id: String,
+        #[source]
+        source: crate::sandbox::SandboxError,
+    },
     #[error("wasm runner of container {id} failed: {reason}")]
     Runner { id: String, reason: String },
 
@@ -150,7 +156,9 @@ impl Error {
             | Error::EngineConfig(_) => Code::INVALID_ARGUMENT,
             Error::ContentStore { .. } => Code::UNAVAILABLE,
             Error::EntrypointNotFound { .. } => Code::NOT_FOUND,
-            Error::Mount { .. }
+            Error::Sandbox { source, .. } if source.is_invalid_spec() => Code::INVALID_ARGUMENT,
+            Error::Sandbox { .. }
+            | Error::Mount { .. }
             | Error::Io { .. }
             | Error::Sys { .. }
             | Error::Runner { .. }

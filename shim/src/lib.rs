@@ -15,6 +15,7 @@ pub mod native;
 pub mod options;
 pub mod rootfs;
 pub mod runner;
+pub mod sandbox;
 pub mod shim;
 pub mod spec;
 pub mod stdio;

@@ -30,6 +30,7 @@ use tracing::{error, info, warn};
 use crate::exits::now;
 use crate::native::Runc;
 use crate::runner::protocol::RUNNER_ARG0;
+use crate::sandbox::Cgroup;
 use crate::task_service::{TaskService, RUNNER_PID_FILE};
 use crate::{logging, rootfs, spec};
 
@@ -133,16 +134,19 @@ async fn delete(flags: &Flags) -> Result<(), ShimError> {
         PathBuf::from(&flags.bundle)
     };
     let pid = kill_stray_runner(&bundle);
+    let spec = spec::ContainerSpec::load(&bundle).ok();
     if let Some(runc) = Runc::recorded_in(&bundle) {
         match runc.force_delete_blocking(&flags.id, &bundle) {
             Ok(true) => {}
             Ok(false) => warn!(id = %flags.id, "runc delete --force failed"),
             Err(err) => warn!(id = %flags.id, error = %err, "cannot run runc delete"),
         }
+    } else if let Some(spec) = &spec {
+        remove_wasm_cgroup(spec, &flags.namespace, &flags.id).await;
     }
-    let rootfs = spec::ContainerSpec::load(&bundle)
+    let rootfs = spec
         .map(|spec| spec.rootfs)
-        .unwrap_or_else(|_| bundle.join("rootfs"));
+        .unwrap_or_else(|| bundle.join("rootfs"));
     rootfs::unmount(&rootfs);
     info!(id = %flags.id, "cleaned up after a dead shim");
     let response = DeleteResponse {
@@ -155,6 +159,25 @@ async fn delete(flags: &Flags) -> Result<(), ShimError> {
         .write_to_bytes()
         .map_err(|err| setup_error("cannot encode the delete response")(err.to_string()))?;
     write_stdout(&bytes).await
+}
+
+/// The cgroup the dead server made for a wasm container: whatever is still in it is
+/// killed, then it is removed.
+async fn remove_wasm_cgroup(spec: &spec::ContainerSpec, namespace: &str, id: &str) {
+    let Ok(cgroup) = Cgroup::for_container(&spec.cgroups_path, namespace, id) else {
+        return;
+    };
+    for pid in cgroup.pids().unwrap_or_default() {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    // The killed processes leave their cgroup as they are reaped, which takes a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while !cgroup.pids().unwrap_or_default().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    if let Err(err) = cgroup.remove() {
+        warn!(id, error = %err, "cannot remove the container's cgroup");
+    }
 }
 
 /// Kills the runner recorded in the bundle, if that pid is still our runner for this bundle

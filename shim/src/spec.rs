@@ -2,9 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use serde::{Deserialize, Serialize};
 
+use crate::engine::Preopen;
 use crate::error::{Error, Result};
+use crate::sandbox::cgroup::Resources;
 
 /// CRI puts every container of a pod under the pod sandbox's id; one shim serves them all.
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
@@ -18,6 +21,61 @@ pub struct ContainerSpec {
     pub env: Vec<(String, String)>,
     pub cwd: String,
     pub terminal: bool,
+    /// `linux.cgroupsPath` as given (cgroupfs or systemd form; empty when unset).
+    pub cgroups_path: String,
+    pub resources: Resources,
+    /// Namespaces the spec asks for; `Some(path)` to join an existing one (the pod's).
+    pub namespaces: Vec<(LinuxNamespaceType, Option<PathBuf>)>,
+    pub identity: Identity,
+    /// (resource name as in the spec, e.g. `RLIMIT_NOFILE`, soft, hard)
+    pub rlimits: Vec<(String, u64, u64)>,
+    pub mounts: Vec<MountSpec>,
+    pub oom_score_adj: Option<i32>,
+}
+
+/// Who the container's process runs as.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+}
+
+/// One OCI mount, as much of it as a wasm container can use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountSpec {
+    pub destination: String,
+    pub source: Option<PathBuf>,
+    pub kind: Option<String>,
+    pub options: Vec<String>,
+}
+
+impl MountSpec {
+    /// A bind mount (kubelet's volumes, emptyDirs, /etc/hosts…) as opposed to a filesystem
+    /// instance (proc, sysfs, tmpfs, devpts…).
+    pub fn is_bind(&self) -> bool {
+        self.kind.as_deref() == Some("bind")
+            || self
+                .options
+                .iter()
+                .any(|opt| opt == "bind" || opt == "rbind")
+    }
+
+    pub fn is_readonly(&self) -> bool {
+        self.options.iter().any(|opt| opt == "ro")
+    }
+
+    /// The directory a wasm module sees at this mount's destination. WASI reaches files
+    /// only through directories, so file binds (`/etc/hosts`, `/dev/termination-log`) and
+    /// filesystem instances (proc, sysfs, tmpfs…) have no preopen.
+    pub fn as_preopen(&self) -> Option<Preopen> {
+        let source = self.source.as_ref()?;
+        (self.is_bind() && source.is_dir()).then(|| Preopen {
+            host: source.clone(),
+            guest: self.destination.clone(),
+            readonly: self.is_readonly(),
+        })
+    }
 }
 
 impl ContainerSpec {
@@ -43,6 +101,37 @@ impl ContainerSpec {
             })
             .collect();
         let cwd = process.cwd().display().to_string();
+        let linux = spec.linux().as_ref();
+        let user = process.user();
+        let identity = Identity {
+            uid: user.uid(),
+            gid: user.gid(),
+            additional_gids: user.additional_gids().clone().unwrap_or_default(),
+        };
+        let rlimits = process
+            .rlimits()
+            .iter()
+            .flatten()
+            .map(|rlimit| {
+                // The serde name is the spec's own spelling (RLIMIT_NOFILE…).
+                let name = serde_json::to_value(rlimit.typ())
+                    .ok()
+                    .and_then(|value| value.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                (name, rlimit.soft(), rlimit.hard())
+            })
+            .collect();
+        let mounts = spec
+            .mounts()
+            .iter()
+            .flatten()
+            .map(|mount| MountSpec {
+                destination: mount.destination().display().to_string(),
+                source: mount.source().clone(),
+                kind: mount.typ().clone(),
+                options: mount.options().clone().unwrap_or_default(),
+            })
+            .collect();
         Ok(ContainerSpec {
             rootfs: bundle.join(root.path()),
             readonly_root: root.readonly().unwrap_or(false),
@@ -50,6 +139,24 @@ impl ContainerSpec {
             env,
             cwd: if cwd.is_empty() { "/".into() } else { cwd },
             terminal: process.terminal().unwrap_or(false),
+            cgroups_path: linux
+                .and_then(|linux| linux.cgroups_path().as_ref())
+                .map(|path| path.display().to_string())
+                .unwrap_or_default(),
+            resources: linux
+                .and_then(|linux| linux.resources().as_ref())
+                .map(Resources::from_oci)
+                .unwrap_or_default(),
+            namespaces: linux
+                .and_then(|linux| linux.namespaces().as_ref())
+                .into_iter()
+                .flatten()
+                .map(|namespace| (namespace.typ(), namespace.path().clone()))
+                .collect(),
+            identity,
+            rlimits,
+            mounts,
+            oom_score_adj: process.oom_score_adj(),
         })
     }
 }
@@ -98,6 +205,49 @@ mod tests {
         );
         assert_eq!(spec.cwd, "/data");
         assert!(!spec.terminal);
+        assert_eq!(spec.identity, Identity::default());
+    }
+
+    #[test]
+    fn reads_the_sandbox_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        write_spec(
+            dir.path(),
+            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},
+               "process":{"args":["/app.wasm"],"cwd":"/",
+                 "user":{"uid":1000,"gid":1001,"additionalGids":[5,6]},
+                 "rlimits":[{"type":"RLIMIT_NOFILE","soft":1024,"hard":4096}]},
+               "mounts":[{"destination":"/data","type":"bind","source":"/var/pod/vol",
+                          "options":["rbind","ro"]},
+                         {"destination":"/proc","type":"proc","source":"proc"}],
+               "linux":{"cgroupsPath":"/pods/p1/c1",
+                 "resources":{"memory":{"limit":67108864},"cpu":{"shares":512},
+                              "pids":{"limit":20}},
+                 "namespaces":[{"type":"network","path":"/run/netns/p1"},{"type":"mount"}]}}"#,
+        );
+        let spec = ContainerSpec::load(dir.path()).unwrap();
+        assert_eq!(
+            spec.identity,
+            Identity {
+                uid: 1000,
+                gid: 1001,
+                additional_gids: vec![5, 6]
+            }
+        );
+        assert_eq!(spec.rlimits, [("RLIMIT_NOFILE".to_string(), 1024, 4096)]);
+        assert_eq!(spec.cgroups_path, "/pods/p1/c1");
+        assert_eq!(spec.resources.memory_bytes(), Some(64 << 20));
+        assert_eq!(spec.resources.cpu_shares, Some(512));
+        assert_eq!(spec.resources.pids_limit, Some(20));
+        assert_eq!(
+            spec.namespaces,
+            [
+                (LinuxNamespaceType::Network, Some("/run/netns/p1".into())),
+                (LinuxNamespaceType::Mount, None)
+            ]
+        );
+        assert!(spec.mounts[0].is_bind() && spec.mounts[0].is_readonly());
+        assert!(!spec.mounts[1].is_bind());
     }
 
     #[test]

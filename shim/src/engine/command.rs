@@ -4,7 +4,10 @@
 use std::path::Path;
 
 use wasmtime::component::{Component, ResourceTable};
-use wasmtime::{Engine, ExternType, FuncType, InstancePre, Linker, Module, Store, ValType};
+use wasmtime::{
+    Engine, ExternType, FuncType, InstancePre, Linker, Module, Store, StoreLimits,
+    StoreLimitsBuilder, ValType,
+};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -15,10 +18,18 @@ use super::{classify, Outcome, Program, Rejected};
 /// other export.
 const REACTOR_INIT: &str = "_initialize";
 
-/// Store data of a component: its WASI context and the resource table it lives in.
+/// Store data of a core module: its preview1 context and the memory bound.
+pub struct CoreState {
+    wasi: WasiP1Ctx,
+    limits: StoreLimits,
+}
+
+/// Store data of a component: its WASI context, the resource table it lives in and the
+/// memory bound.
 pub struct ComponentState {
     ctx: WasiCtx,
     table: ResourceTable,
+    limits: StoreLimits,
 }
 
 impl WasiView for ComponentState {
@@ -44,7 +55,7 @@ enum CoreEntry {
 
 enum Linked {
     Core {
-        pre: InstancePre<WasiP1Ctx>,
+        pre: InstancePre<CoreState>,
         entry: CoreEntry,
     },
     Component {
@@ -58,12 +69,32 @@ pub struct PreparedCommand {
     linked: Linked,
 }
 
-/// The WASI view a command gets: argv, env, its root filesystem and the process's stdio.
+/// The WASI view a command gets: argv, env, its root filesystem, its mounts and the
+/// process's stdio; and the bound on its linear memories.
 pub struct CommandContext<'a> {
     pub args: &'a [String],
     pub env: &'a [(String, String)],
     pub rootfs: &'a Path,
     pub readonly_root: bool,
+    pub mounts: &'a [Preopen],
+    /// Total bytes any one linear memory may grow to (the container's memory limit).
+    pub memory_limit: Option<u64>,
+}
+
+/// A host directory the command sees at `guest` (a volume, an emptyDir).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Preopen {
+    pub host: std::path::PathBuf,
+    pub guest: String,
+    pub readonly: bool,
+}
+
+fn fs_perms(readonly: bool) -> FsPerms {
+    if readonly {
+        FsPerms::ReadOnly
+    } else {
+        FsPerms::ReadWrite
+    }
 }
 
 impl PreparedCommand {
@@ -91,11 +122,6 @@ impl PreparedCommand {
     /// Builds the WASI context now, so that a filesystem that cannot be opened is a Create
     /// error and not an exit code.
     pub fn with_context(self, ctx: &CommandContext<'_>) -> Result<ReadyCommand, Rejected> {
-        let perms = if ctx.readonly_root {
-            FsPerms::ReadOnly
-        } else {
-            FsPerms::ReadWrite
-        };
         let mut builder = WasiCtxBuilder::new();
         builder
             .args(ctx.args)
@@ -105,19 +131,42 @@ impl PreparedCommand {
             // and it spares a thread pool.
             .allow_blocking_current_thread(true);
         builder
-            .preopened_dir(ctx.rootfs, "/", perms)
+            .preopened_dir(ctx.rootfs, "/", fs_perms(ctx.readonly_root))
             .map_err(|err| Rejected::from_wasmtime("cannot open the root filesystem", &err))?;
+        for mount in ctx.mounts {
+            builder
+                .preopened_dir(&mount.host, &mount.guest, fs_perms(mount.readonly))
+                .map_err(|err| {
+                    Rejected::from_wasmtime(
+                        &format!(
+                            "cannot open mount {} for {}",
+                            mount.host.display(),
+                            mount.guest
+                        ),
+                        &err,
+                    )
+                })?;
+        }
+        let mut limits = StoreLimitsBuilder::new();
+        if let Some(bytes) = ctx.memory_limit {
+            limits = limits.memory_size(usize::try_from(bytes).unwrap_or(usize::MAX));
+        }
+        let limits = limits.build();
         let state = match self.linked {
             Linked::Core { pre, entry } => Ready::Core {
                 pre,
                 entry,
-                wasi: builder.build_p1(),
+                state: CoreState {
+                    wasi: builder.build_p1(),
+                    limits,
+                },
             },
             Linked::Component { pre } => Ready::Component {
                 pre,
                 state: ComponentState {
                     ctx: builder.build(),
                     table: ResourceTable::new(),
+                    limits,
                 },
             },
         };
@@ -154,8 +203,8 @@ fn link_core(engine: &Engine, module: &Module, export: Option<&str>) -> Result<L
             }
         }
     };
-    let mut linker: Linker<WasiP1Ctx> = Linker::new(engine);
-    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |ctx| ctx)
+    let mut linker: Linker<CoreState> = Linker::new(engine);
+    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state| &mut state.wasi)
         .map_err(|err| Rejected::from_wasmtime("cannot link WASI", &err))?;
     let pre = linker
         .instantiate_pre(module)
@@ -213,9 +262,9 @@ fn listing(names: &[&str]) -> String {
 
 enum Ready {
     Core {
-        pre: InstancePre<WasiP1Ctx>,
+        pre: InstancePre<CoreState>,
         entry: CoreEntry,
-        wasi: WasiP1Ctx,
+        state: CoreState,
     },
     Component {
         pre: CommandPre<ComponentState>,
@@ -232,12 +281,14 @@ pub struct ReadyCommand {
 impl ReadyCommand {
     pub async fn run(self) -> Outcome {
         match self.state {
-            Ready::Core { pre, entry, wasi } => {
-                let mut store = Store::new(&self.engine, wasi);
+            Ready::Core { pre, entry, state } => {
+                let mut store = Store::new(&self.engine, state);
+                store.limiter(|state| &mut state.limits);
                 run_core(&mut store, &pre, &entry).await
             }
             Ready::Component { pre, state } => {
                 let mut store = Store::new(&self.engine, state);
+                store.limiter(|state| &mut state.limits);
                 let result = async {
                     let command = pre.instantiate_async(&mut store).await?;
                     command.wasi_cli_run().call_run(&mut store).await
@@ -255,8 +306,8 @@ impl ReadyCommand {
 }
 
 async fn run_core(
-    store: &mut Store<WasiP1Ctx>,
-    pre: &InstancePre<WasiP1Ctx>,
+    store: &mut Store<CoreState>,
+    pre: &InstancePre<CoreState>,
     entry: &CoreEntry,
 ) -> Outcome {
     let instance = match pre.instantiate_async(&mut *store).await {
@@ -317,6 +368,10 @@ mod tests {
     }
 
     fn run(wat: &str, export: Option<&str>) -> Outcome {
+        run_with_memory_limit(wat, export, None)
+    }
+
+    fn run_with_memory_limit(wat: &str, export: Option<&str>, limit: Option<u64>) -> Outcome {
         let dir = tempfile::tempdir().unwrap();
         let ready = prepare(wat, export)
             .unwrap()
@@ -325,12 +380,33 @@ mod tests {
                 env: &[],
                 rootfs: dir.path(),
                 readonly_root: true,
+                mounts: &[],
+                memory_limit: limit,
             })
             .unwrap();
         tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap()
             .block_on(ready.run())
+    }
+
+    #[test]
+    fn the_memory_limit_fails_memory_grow_inside_wasm() {
+        // Exit status 1 when growing by 256 pages (16 MiB) fails, 0 when it works.
+        let grow = r#"(module
+            (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+            (memory (export "memory") 1)
+            (func (export "_start")
+              (call $exit (i32.eq (memory.grow (i32.const 256)) (i32.const -1)))))"#;
+        assert_eq!(
+            run_with_memory_limit(grow, None, Some(8 << 20)).exit_code(),
+            1
+        );
+        assert_eq!(
+            run_with_memory_limit(grow, None, Some(32 << 20)).exit_code(),
+            0
+        );
+        assert_eq!(run_with_memory_limit(grow, None, None).exit_code(), 0);
     }
 
     #[test]

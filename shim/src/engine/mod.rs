@@ -8,7 +8,7 @@ pub mod program;
 use wasmtime::{Config, Engine, Trap};
 use wasmtime_wasi::I32Exit;
 
-pub use command::{CommandContext, PreparedCommand, ReadyCommand};
+pub use command::{CommandContext, Preopen, PreparedCommand, ReadyCommand};
 pub use program::{load_program, Program, ProgramOrigin};
 
 /// Exit status of a module that trapped: 128 + SIGABRT, as a native program that aborts.

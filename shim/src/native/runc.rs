@@ -148,6 +148,33 @@ impl Runc {
             .await
     }
 
+    /// `runc update --resources FILE`: `resources` is the OCI LinuxResources JSON, passed
+    /// through a file in the bundle (removed after).
+    pub async fn update(
+        &self,
+        exits: &ExitRouter,
+        id: &str,
+        bundle: &Path,
+        resources: &[u8],
+    ) -> Result<()> {
+        let file = bundle.join("wedge-update-resources.json");
+        std::fs::write(&file, resources).map_err(|err| {
+            Error::io("cannot write the resources for runc update to", &file, err)
+        })?;
+        let file_arg = file.display().to_string();
+        let result = self
+            .simple(
+                exits,
+                id,
+                bundle,
+                "update",
+                &["update", "--resources", &file_arg, id],
+            )
+            .await;
+        let _ = std::fs::remove_file(&file);
+        result
+    }
+
     pub async fn start(&self, exits: &ExitRouter, id: &str, bundle: &Path) -> Result<()> {
         self.simple(exits, id, bundle, "start", &["start", id])
             .await

@@ -19,6 +19,7 @@ use crate::engine::{
     self, load_program, CommandContext, Outcome, PreparedCommand, ProgramOrigin, ReadyCommand,
     Rejected,
 };
+use crate::sandbox::privileges;
 use protocol::{ModuleSource, RunSpec, RunnerMessage, ShimMessage, CONTROL_FD, MODULE_FD};
 
 /// Exit status when the runner cannot even talk to the shim; the shim reports the details.
@@ -93,12 +94,19 @@ fn prepare(spec: &RunSpec) -> Result<(ReadyCommand, ProgramOrigin), Rejected> {
         cache.as_ref().map_err(Clone::clone),
     )?;
     drop(bytes);
+    // Root was needed for the cache; the module's own file access (preopens are opened
+    // below) happens as the container's user.
+    if nix::unistd::geteuid().is_root() {
+        privileges::drop_to(&spec.identity).map_err(Rejected)?;
+    }
     let ready = PreparedCommand::new(&engine, program, spec.export.as_deref())?.with_context(
         &CommandContext {
             args: &spec.args,
             env: &spec.env,
             rootfs: &spec.rootfs,
             readonly_root: spec.readonly_root,
+            mounts: &spec.mounts,
+            memory_limit: spec.memory_limit,
         },
     )?;
     Ok((ready, origin))

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::ProgramOrigin;
+use crate::engine::{Preopen, ProgramOrigin};
+use crate::spec::Identity;
 
 /// The runner's end of the control socket.
 pub const CONTROL_FD: i32 = 3;
@@ -40,6 +41,12 @@ pub struct RunSpec {
     pub stdin_fifo: Option<PathBuf>,
     /// The compiled-module cache; None when the engine config disables it.
     pub cache: Option<CacheSettings>,
+    /// Who the module runs as, taken on after compilation.
+    pub identity: Identity,
+    /// Bound on each linear memory: the container's memory limit.
+    pub memory_limit: Option<u64>,
+    /// The container's directory mounts, seen by the module at their destinations.
+    pub mounts: Vec<Preopen>,
 }
 
 /// Where the module's bytes are.
@@ -136,6 +143,17 @@ mod tests {
                 dir: "/var/lib/wedge/cache".into(),
                 max_bytes: 1 << 30,
             }),
+            identity: Identity {
+                uid: 1000,
+                gid: 1000,
+                additional_gids: vec![5],
+            },
+            memory_limit: Some(64 << 20),
+            mounts: vec![Preopen {
+                host: "/var/lib/kubelet/pods/p/volumes/data".into(),
+                guest: "/data".into(),
+                readonly: true,
+            }],
         };
         let mut wire = Vec::new();
         send(&mut wire, &ShimMessage::Prepare(Box::new(spec.clone()))).unwrap();

@@ -15,6 +15,7 @@ use super::protocol::{
 };
 use crate::engine::ProgramOrigin;
 use crate::error::{Error, Result};
+use crate::sandbox::BeforeExec;
 
 /// The container's stdio, already opened by the shim.
 pub struct RunnerStdio {
@@ -42,6 +43,7 @@ pub fn spawn_runner(
     bundle: &Path,
     stdio: RunnerStdio,
     module: Option<OwnedFd>,
+    sandbox: BeforeExec,
 ) -> Result<Runner> {
     let (shim_end, runner_end) = std::os::unix::net::UnixStream::pair()
         .map_err(|err| Error::io("cannot create the control socket for", bundle, err))?;
@@ -63,10 +65,14 @@ pub fn spawn_runner(
         .stdin(Stdio::from(stdio.stdin))
         .stdout(Stdio::from(stdio.stdout))
         .stderr(Stdio::from(stdio.stderr));
-    // SAFETY: the closure runs between fork and exec and calls only dup2 and fcntl, which are
-    // async-signal-safe; it touches no memory the parent may hold locks on.
+    // SAFETY: the closure runs between fork and exec and makes only syscalls (dup2,
+    // setrlimit, open/write of oom_score_adj, setns, unshare), all async-signal-safe; it
+    // allocates nothing and touches no memory the parent may hold locks on.
     unsafe {
-        command.pre_exec(move || move_to_inherited_fds(runner_fd, module_fd));
+        command.pre_exec(move || {
+            move_to_inherited_fds(runner_fd, module_fd)?;
+            sandbox.enter()
+        });
     }
     let child = command
         .spawn()

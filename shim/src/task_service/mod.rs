@@ -3,6 +3,7 @@
 //! processes (native containers) are in `exec`.
 
 mod exec;
+mod resources;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,6 @@ use containerd_shim_protos::events::task::{
 };
 use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::ttrpc::context::Context;
-use containerd_shim_protos::types::task::ProcessInfo;
 use nix::sys::signal::Signal;
 use tokio::sync::{oneshot, watch};
 use tracing::{info, instrument, warn};
@@ -36,6 +36,8 @@ use crate::native::Runc;
 use crate::runner::module_fd::sealed_memfd;
 use crate::runner::protocol::{CacheSettings, ModuleSource, RunSpec};
 use crate::runner::spawn::{spawn_runner, Runner};
+use crate::sandbox::{Cgroup, RunnerSandbox};
+use crate::spec::MountSpec;
 use crate::{image, options, rootfs, spec, stdio};
 
 /// Name of the file in the bundle that records the runner's pid, for `shim delete` after a
@@ -162,12 +164,38 @@ impl Inner {
             }
         };
         let io = stdio::open(&req.stdin, &req.stdout, &req.stderr)?;
-        let (mut runner, exited) = self.exits.spawn_watched(|| {
-            let runner = spawn_runner(&req.id, bundle, io.runner, module_fd)?;
+        let RunnerSandbox {
+            cgroup,
+            before_exec,
+        } = RunnerSandbox::create(&spec, &self.namespace, &req.id).map_err(|source| {
+            Error::Sandbox {
+                id: req.id.clone(),
+                source,
+            }
+        })?;
+        let spawned = self.exits.spawn_watched(|| {
+            let runner = spawn_runner(&req.id, bundle, io.runner, module_fd, before_exec)?;
             let pid = runner.pid;
             Ok((runner, pid))
-        })?;
+        });
+        let (mut runner, exited) = match spawned {
+            Ok(spawned) => spawned,
+            Err(err) => {
+                remove_cgroup(&cgroup);
+                return Err(err);
+            }
+        };
         let pid = runner.pid;
+        // Before the runner reads its first message: the module is read, compiled and run
+        // inside the container's limits.
+        if let Err(source) = cgroup.add_process(pid) {
+            abandon(runner, exited).await;
+            remove_cgroup(&cgroup);
+            return Err(Error::Sandbox {
+                id: req.id.clone(),
+                source: source.into(),
+            });
+        }
         let mut args = spec.args;
         if let (Some(arg0), Some(entrypoint)) = (args.first_mut(), &entrypoint) {
             // The module sees its path as argv[0], without the `#name` that chose the export.
@@ -187,6 +215,13 @@ impl Inner {
                 dir: engine_config.cache.dir.clone(),
                 max_bytes: engine_config.cache.max_size_bytes(),
             }),
+            identity: spec.identity.clone(),
+            memory_limit: spec.resources.memory_bytes(),
+            mounts: spec
+                .mounts
+                .iter()
+                .filter_map(MountSpec::as_preopen)
+                .collect(),
         };
         match runner.prepare(run_spec).await {
             Ok(program) => {
@@ -194,6 +229,7 @@ impl Inner {
             }
             Err(err) => {
                 abandon(runner, exited).await;
+                remove_cgroup(&cgroup);
                 return Err(err);
             }
         }
@@ -203,6 +239,7 @@ impl Inner {
 
         let engine = Engine::Wasm {
             runner: Some(runner),
+            paused: false,
         };
         self.register(
             req,
@@ -212,6 +249,7 @@ impl Inner {
             pid,
             engine,
             exited,
+            Some(cgroup),
         );
         Ok(pid)
     }
@@ -239,6 +277,10 @@ impl Inner {
             started: false,
             paused: false,
         };
+        // runc made it (same path rules); the shim reads it for Stats and OOM events.
+        let cgroup = Cgroup::for_container(&spec.cgroups_path, &self.namespace, &req.id)
+            .map_err(|err| warn!(error = %err, "no cgroup for stats and OOM events"))
+            .ok();
         self.register(
             req,
             bundle,
@@ -247,6 +289,7 @@ impl Inner {
             pid,
             engine,
             exited,
+            cgroup,
         );
         Ok(pid)
     }
@@ -261,7 +304,11 @@ impl Inner {
         pid: i32,
         engine: Engine,
         exited: oneshot::Receiver<ExitStatus>,
+        cgroup: Option<Cgroup>,
     ) {
+        let oom_watch = cgroup
+            .as_ref()
+            .and_then(|cgroup| self.watch_oom(&req.id, cgroup));
         let (exit_sender, exit_watch) = watch::channel(None);
         let container = Container::new(NewContainer {
             id: req.id.clone(),
@@ -276,7 +323,10 @@ impl Inner {
             pid,
             engine,
             exit: exit_watch,
+            cgroup,
         });
+        let mut container = container;
+        container.oom_watch = oom_watch;
         self.containers().insert(req.id.clone(), container);
         tokio::spawn(Arc::clone(self).on_exit(
             req.id.clone(),
@@ -371,26 +421,33 @@ impl Inner {
         Ok(pid)
     }
 
-    /// Pause (true) or Resume (false) of a native container through runc; wasm containers
-    /// get the freezer with their cgroup sandbox.
+    /// Pause (true) or Resume (false): runc's for a native container, the cgroup freezer
+    /// for a wasm one.
     async fn freeze(&self, id: &str, frozen: bool) -> Result<()> {
         let (wanted, operation) = if frozen {
             (Status::Running, "pause")
         } else {
             (Status::Paused, "resume")
         };
-        let (runc, bundle) = self.with_container(id, |container| {
-            let runc = container
-                .runc()
-                .cloned()
-                .ok_or(Error::Unsupported { operation })?;
+        let (runc, cgroup, bundle) = self.with_container(id, |container| {
             let status = container.status();
             if status != wanted {
                 return Err(container.wrong_state(status, operation, wanted.name()));
             }
-            Ok((runc, container.bundle.clone()))
+            Ok((
+                container.runc().cloned(),
+                container.cgroup.clone(),
+                container.bundle.clone(),
+            ))
         })?;
-        runc.freeze(&self.exits, id, &bundle, frozen).await?;
+        match (runc, cgroup) {
+            (Some(runc), _) => runc.freeze(&self.exits, id, &bundle, frozen).await?,
+            (None, Some(cgroup)) => cgroup.freeze(frozen).map_err(|source| Error::Sandbox {
+                id: id.to_string(),
+                source: source.into(),
+            })?,
+            (None, None) => return Err(Error::Unsupported { operation }),
+        }
         self.with_container(id, |container| {
             container.set_paused(frozen);
             Ok(())
@@ -444,6 +501,12 @@ impl Inner {
             .containers()
             .remove(id)
             .ok_or_else(|| Error::ContainerNotFound(id.to_string()))?;
+        if let Some(watch) = &container.oom_watch {
+            watch.abort();
+        }
+        if let (true, Some(cgroup)) = (container.owns_cgroup(), &container.cgroup) {
+            remove_cgroup(cgroup);
+        }
         if container.rootfs_mounted {
             rootfs::unmount(&container.rootfs);
         }
@@ -459,6 +522,13 @@ enum Plan {
         module_fd: Option<std::os::fd::OwnedFd>,
     },
     Native,
+}
+
+/// Removes a cgroup the shim made; a failure is logged (Delete must not fail over it).
+fn remove_cgroup(cgroup: &Cgroup) {
+    if let Err(err) = cgroup.remove() {
+        warn!(error = %err, "cannot remove the container's cgroup");
+    }
 }
 
 /// Ends a runner that will not become a container and waits until it is reaped.
@@ -669,15 +739,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::PidsRequest,
     ) -> TtrpcResult<api::PidsResponse> {
-        let processes = self.inner.with_container(&req.id, |container| {
-            Ok(match container.status() {
-                Status::Stopped => Vec::new(),
-                _ => vec![ProcessInfo {
-                    pid: container.pid as u32,
-                    ..Default::default()
-                }],
-            })
-        })?;
+        let processes = self.inner.pids(&req.id)?;
         Ok(api::PidsResponse {
             processes,
             ..Default::default()
@@ -803,11 +865,9 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::UpdateTaskRequest,
     ) -> TtrpcResult<api::Empty> {
-        let _ = req;
-        Err(Error::Unsupported {
-            operation: "update",
-        }
-        .into())
+        self.inner.update(&req).await?;
+        info!("resources updated");
+        Ok(api::Empty::new())
     }
 
     #[instrument(skip_all, fields(id = %req.id))]
@@ -816,7 +876,10 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        let _ = req;
-        Err(Error::Unsupported { operation: "stats" }.into())
+        let stats = self.inner.stats(&req.id)?;
+        Ok(api::StatsResponse {
+            stats: MessageField::some(stats),
+            ..Default::default()
+        })
     }
 }

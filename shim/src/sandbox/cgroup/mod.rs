@@ -1,0 +1,381 @@
+//! A container's cgroup on cgroup v1 (one directory per controller hierarchy) or v2 (one
+//! directory in the unified tree): created before the runner runs any wasm, limits from
+//! `linux.resources`, freezer for Pause/Resume, metrics for Stats, removed at Delete.
+//!
+//! Only cgroupfs is written: with the systemd driver the path is the unit's directory, made
+//! directly rather than through systemd's D-Bus API, which a shim per pod cannot afford.
+
+pub mod oom;
+pub mod path;
+mod resources;
+mod stats;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use resources::Resources;
+pub use stats::Metrics;
+
+/// The controllers a wasm container is limited and measured by. cpuset is left alone: a new
+/// v1 cpuset cgroup starts with no CPUs and would need the parent's copied in first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Controller {
+    Memory,
+    Cpu,
+    Cpuacct,
+    Pids,
+    Freezer,
+}
+
+impl Controller {
+    const ALL: [Controller; 5] = [
+        Controller::Memory,
+        Controller::Cpu,
+        Controller::Cpuacct,
+        Controller::Pids,
+        Controller::Freezer,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Controller::Memory => "memory",
+            Controller::Cpu => "cpu",
+            Controller::Cpuacct => "cpuacct",
+            Controller::Pids => "pids",
+            Controller::Freezer => "freezer",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("invalid linux.cgroupsPath {0:?}")]
+    InvalidPath(String),
+    #[error("no cgroup hierarchy with the memory controller is mounted")]
+    NoHierarchy,
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cgroup {path} did not become {state} within {timeout:?}")]
+    Stuck {
+        path: PathBuf,
+        state: &'static str,
+        timeout: Duration,
+    },
+}
+
+fn io_error<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> CgroupError + 'a {
+    move |source| CgroupError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// How this host mounts cgroups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// cgroup v2 alone, mounted at this directory.
+    Unified(PathBuf),
+    /// cgroup v1: the mount point of each controller's hierarchy.
+    Legacy(Vec<(Controller, PathBuf)>),
+}
+
+impl Layout {
+    /// The host's layout, read once per process from its mount table.
+    pub fn host() -> Result<&'static Layout, CgroupError> {
+        static HOST: OnceLock<Option<Layout>> = OnceLock::new();
+        HOST.get_or_init(|| {
+            std::fs::read_to_string("/proc/self/mountinfo")
+                .ok()
+                .and_then(|text| Layout::from_mountinfo(&text))
+        })
+        .as_ref()
+        .ok_or(CgroupError::NoHierarchy)
+    }
+
+    /// v2 when a cgroup2 filesystem is mounted at `/sys/fs/cgroup` (pure v2 hosts); else
+    /// the v1 hierarchies (hybrid hosts keep an empty cgroup2 at `.../unified`).
+    pub fn from_mountinfo(text: &str) -> Option<Layout> {
+        let mut legacy = Vec::new();
+        for line in text.lines() {
+            let Some((mount, fs)) = line.split_once(" - ") else {
+                continue;
+            };
+            let Some(mount_point) = mount.split(' ').nth(4) else {
+                continue;
+            };
+            let mut fs_fields = fs.split(' ');
+            let fs_type = fs_fields.next().unwrap_or_default();
+            let super_options = fs_fields.nth(1).unwrap_or_default();
+            match fs_type {
+                "cgroup2" if mount_point == "/sys/fs/cgroup" => {
+                    return Some(Layout::Unified(PathBuf::from(mount_point)));
+                }
+                "cgroup" => {
+                    for controller in Controller::ALL {
+                        if super_options.split(',').any(|opt| opt == controller.name()) {
+                            legacy.push((controller, PathBuf::from(mount_point)));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        legacy
+            .iter()
+            .any(|(controller, _)| *controller == Controller::Memory)
+            .then_some(Layout::Legacy(legacy))
+    }
+}
+
+/// One container's cgroup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    layout: Layout,
+    relative: PathBuf,
+}
+
+impl Cgroup {
+    pub fn new(layout: Layout, relative: PathBuf) -> Self {
+        Cgroup { layout, relative }
+    }
+
+    /// The cgroup the spec names for container `id`, on this host.
+    pub fn for_container(
+        cgroups_path: &str,
+        namespace: &str,
+        id: &str,
+    ) -> Result<Self, CgroupError> {
+        let relative = path::resolve(cgroups_path, namespace, id)?;
+        Ok(Cgroup::new(Layout::host()?.clone(), relative))
+    }
+
+    pub fn is_v2(&self) -> bool {
+        matches!(self.layout, Layout::Unified(_))
+    }
+
+    /// The directory of `controller` (v1), or the one directory (v2).
+    fn dir(&self, controller: Controller) -> Option<PathBuf> {
+        match &self.layout {
+            Layout::Unified(root) => Some(root.join(&self.relative)),
+            Layout::Legacy(mounts) => mounts
+                .iter()
+                .find(|(c, _)| *c == controller)
+                .map(|(_, mount)| mount.join(&self.relative)),
+        }
+    }
+
+    /// Every distinct directory of this cgroup (v1 hierarchies can be co-mounted).
+    fn dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = Controller::ALL
+            .iter()
+            .filter_map(|controller| self.dir(*controller))
+            .collect();
+        dirs.dedup();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.relative
+    }
+
+    /// Makes the directories (and parents), and on v2 turns on the controllers on the way.
+    pub fn create(&self) -> Result<(), CgroupError> {
+        if let Layout::Unified(root) = &self.layout {
+            enable_v2_controllers(root, &self.relative);
+        }
+        for dir in self.dirs() {
+            std::fs::create_dir_all(&dir).map_err(io_error("create cgroup", &dir))?;
+        }
+        Ok(())
+    }
+
+    pub fn apply(&self, resources: &Resources) -> Result<(), CgroupError> {
+        resources::apply(self, resources)
+    }
+
+    /// Moves process `pid` (all its threads) into the cgroup, in every hierarchy.
+    pub fn add_process(&self, pid: i32) -> Result<(), CgroupError> {
+        for dir in self.dirs() {
+            let procs = dir.join("cgroup.procs");
+            std::fs::write(&procs, pid.to_string()).map_err(io_error("join", &procs))?;
+        }
+        Ok(())
+    }
+
+    /// Freezes (Pause) or thaws (Resume) every process of the cgroup and waits until the
+    /// kernel reports the new state.
+    pub fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
+        let timeout = Duration::from_secs(5);
+        let (file, value, state_file, done): (_, _, _, fn(&str, bool) -> bool) = match &self.layout
+        {
+            Layout::Unified(_) => (
+                "cgroup.freeze",
+                if frozen { "1" } else { "0" },
+                "cgroup.events",
+                |text, frozen| {
+                    text.lines()
+                        .any(|line| line == if frozen { "frozen 1" } else { "frozen 0" })
+                },
+            ),
+            Layout::Legacy(_) => (
+                "freezer.state",
+                if frozen { "FROZEN" } else { "THAWED" },
+                "freezer.state",
+                |text, frozen| text.trim() == if frozen { "FROZEN" } else { "THAWED" },
+            ),
+        };
+        let dir = self
+            .dir(Controller::Freezer)
+            .ok_or(CgroupError::NoHierarchy)?;
+        let control = dir.join(file);
+        std::fs::write(&control, value).map_err(io_error("write", &control))?;
+        let state = dir.join(state_file);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = std::fs::read_to_string(&state).map_err(io_error("read", &state))?;
+            if done(&text, frozen) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(CgroupError::Stuck {
+                    path: dir,
+                    state: if frozen { "frozen" } else { "thawed" },
+                    timeout,
+                });
+            }
+            // v1 reports FREEZING while it works; asking again nudges it on.
+            if !frozen || text.trim() == "FREEZING" {
+                let _ = std::fs::write(&control, value);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Pids of every process in the cgroup.
+    pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
+        let dir = self.dir(Controller::Pids).ok_or(CgroupError::NoHierarchy)?;
+        let procs = dir.join("cgroup.procs");
+        let text = std::fs::read_to_string(&procs).map_err(io_error("read", &procs))?;
+        Ok(text
+            .lines()
+            .filter_map(|line| line.trim().parse().ok())
+            .collect())
+    }
+
+    pub fn metrics(&self) -> Result<Metrics, CgroupError> {
+        stats::read(self)
+    }
+
+    /// Removes the directories. The processes are gone by now; a dying one can keep a
+    /// directory busy for a moment, so EBUSY is retried briefly. Missing is fine.
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        for dir in self.dirs() {
+            loop {
+                match std::fs::remove_dir(&dir) {
+                    Ok(()) => break,
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => break,
+                    Err(err)
+                        if err.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(err) => return Err(io_error("remove cgroup", &dir)(err)),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// On v2 a controller's files appear in a cgroup only when every ancestor lists it in
+/// `cgroup.subtree_control`. Best effort: a controller the root does not offer stays off
+/// and its limit is reported when written.
+fn enable_v2_controllers(root: &Path, relative: &Path) {
+    let mut dir = root.to_path_buf();
+    let wanted = ["+memory", "+cpu", "+pids"];
+    for part in relative.iter() {
+        let control = dir.join("cgroup.subtree_control");
+        for controller in wanted {
+            let _ = std::fs::write(&control, controller);
+        }
+        dir.push(part);
+        if !dir.exists() {
+            let _ = std::fs::create_dir(&dir);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+25 1 0:23 / /sys/fs/cgroup ro,nosuid shared:9 - tmpfs tmpfs ro,mode=755
+26 25 0:24 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw,nsdelegate
+30 25 0:28 / /sys/fs/cgroup/memory rw,nosuid shared:14 - cgroup cgroup rw,memory
+31 25 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid shared:15 - cgroup cgroup rw,cpu,cpuacct
+32 25 0:30 / /sys/fs/cgroup/pids rw,nosuid shared:16 - cgroup cgroup rw,pids
+33 25 0:31 / /sys/fs/cgroup/freezer rw,nosuid shared:17 - cgroup cgroup rw,freezer
+";
+
+    const UNIFIED: &str = "\
+25 1 0:23 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate
+";
+
+    #[test]
+    fn hybrid_hosts_use_the_v1_hierarchies() {
+        let layout = Layout::from_mountinfo(HYBRID).unwrap();
+        let Layout::Legacy(mounts) = &layout else {
+            panic!("{layout:?}")
+        };
+        assert!(mounts.contains(&(Controller::Cpu, "/sys/fs/cgroup/cpu,cpuacct".into())));
+        assert!(mounts.contains(&(Controller::Cpuacct, "/sys/fs/cgroup/cpu,cpuacct".into())));
+        let cgroup = Cgroup::new(layout, "pods/c1".into());
+        assert_eq!(
+            cgroup.dirs(),
+            vec![
+                PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/pods/c1"),
+                PathBuf::from("/sys/fs/cgroup/freezer/pods/c1"),
+                PathBuf::from("/sys/fs/cgroup/memory/pods/c1"),
+                PathBuf::from("/sys/fs/cgroup/pids/pods/c1"),
+            ]
+        );
+    }
+
+    #[test]
+    fn pure_v2_hosts_use_one_directory() {
+        let layout = Layout::from_mountinfo(UNIFIED).unwrap();
+        assert_eq!(layout, Layout::Unified("/sys/fs/cgroup".into()));
+        let cgroup = Cgroup::new(layout, "pods/c1".into());
+        assert_eq!(cgroup.dirs(), vec![PathBuf::from("/sys/fs/cgroup/pods/c1")]);
+    }
+
+    #[test]
+    fn v2_freeze_writes_and_waits_for_the_event() {
+        let root = tempfile::tempdir().unwrap();
+        let cgroup = Cgroup::new(Layout::Unified(root.path().into()), "c1".into());
+        cgroup.create().unwrap();
+        let dir = root.path().join("c1");
+        std::fs::write(dir.join("cgroup.events"), "populated 1\nfrozen 1\n").unwrap();
+        cgroup.freeze(true).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("cgroup.freeze")).unwrap(),
+            "1"
+        );
+        assert!(root.path().join("cgroup.subtree_control").exists());
+    }
+}

@@ -1,0 +1,107 @@
+//! The runner's namespaces: the ones the spec names by path (the pod's network, ipc and uts
+//! namespaces under CRI) are joined, the others are new. Both happen in the runner's child
+//! between fork and exec, where the process is still single-threaded.
+//!
+//! The pid namespace is the exception: joining or creating one only applies to a process's
+//! children, and the runner has none. A wasm module has no process API, so nothing it does
+//! depends on which pid namespace its runner is in.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+
+use nix::sched::{setns, unshare, CloneFlags};
+use oci_spec::runtime::LinuxNamespaceType;
+
+use super::SandboxError;
+
+pub struct Namespaces {
+    joins: Vec<(OwnedFd, CloneFlags)>,
+    unshare: CloneFlags,
+}
+
+impl Namespaces {
+    /// Opens the namespaces to join now, in the shim, so that the child only calls setns.
+    pub fn open(requested: &[(LinuxNamespaceType, Option<PathBuf>)]) -> Result<Self, SandboxError> {
+        let mut joins = Vec::new();
+        let mut unshare = CloneFlags::empty();
+        for (kind, path) in requested {
+            let (flag, name) = match kind {
+                LinuxNamespaceType::Network => (CloneFlags::CLONE_NEWNET, "network"),
+                LinuxNamespaceType::Ipc => (CloneFlags::CLONE_NEWIPC, "ipc"),
+                LinuxNamespaceType::Uts => (CloneFlags::CLONE_NEWUTS, "uts"),
+                LinuxNamespaceType::Mount => (CloneFlags::CLONE_NEWNS, "mount"),
+                // After the runner has joined its cgroup would be the place for a cgroup
+                // namespace; wasm cannot read /proc, so the host's view is never exposed.
+                LinuxNamespaceType::Cgroup | LinuxNamespaceType::Pid | LinuxNamespaceType::Time => {
+                    continue
+                }
+                LinuxNamespaceType::User => return Err(SandboxError::UserNamespace),
+            };
+            match path {
+                Some(path) => {
+                    let file =
+                        std::fs::File::open(path).map_err(|source| SandboxError::Namespace {
+                            kind: name,
+                            path: path.clone(),
+                            source,
+                        })?;
+                    joins.push((OwnedFd::from(file), flag));
+                }
+                None => unshare |= flag,
+            }
+        }
+        Ok(Namespaces { joins, unshare })
+    }
+
+    /// Joins and creates the namespaces. Runs between fork and exec: setns and unshare
+    /// are plain syscalls, async-signal-safe.
+    pub fn enter(&self) -> std::io::Result<()> {
+        for (fd, flag) in &self.joins {
+            setns(fd.as_fd(), *flag)?;
+        }
+        if !self.unshare.is_empty() {
+            unshare(self.unshare)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_paths_and_unshares_the_rest() {
+        let namespaces = Namespaces::open(&[
+            (
+                LinuxNamespaceType::Network,
+                Some("/proc/self/ns/net".into()),
+            ),
+            (LinuxNamespaceType::Ipc, None),
+            (LinuxNamespaceType::Pid, None),
+            (LinuxNamespaceType::Mount, None),
+        ])
+        .unwrap();
+        assert_eq!(namespaces.joins.len(), 1);
+        assert_eq!(
+            namespaces.unshare,
+            CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWNS
+        );
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_do() {
+        let missing = Namespaces::open(&[(
+            LinuxNamespaceType::Network,
+            Some("/nonexistent/netns".into()),
+        )]);
+        let Err(err) = missing else {
+            panic!("opened a missing namespace")
+        };
+        assert!(err.to_string().contains("/nonexistent/netns"), "{err}");
+        assert!(matches!(
+            Namespaces::open(&[(LinuxNamespaceType::User, None)]),
+            Err(SandboxError::UserNamespace)
+        ));
+    }
+}
