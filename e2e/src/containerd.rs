@@ -425,12 +425,30 @@ impl Containerd {
             let _ = daemon.kill();
             let _ = daemon.wait();
         }
-        // Whatever a failed test left: kill it and unmount, so the temp dir can go.
-        for (pid, _) in self.container_processes() {
+        // Whatever a failed test left: kill it (shims and runners by command line,
+        // container processes by cgroup) and unmount, so the temp dir can go.
+        let mut leftovers: Vec<i32> = self
+            .container_processes()
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .collect();
+        for cgroup in self.leftover_cgroups() {
+            leftovers.extend(
+                std::fs::read_to_string(cgroup.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|line| line.trim().parse::<i32>().ok()),
+            );
+        }
+        for pid in &leftovers {
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
+                nix::unistd::Pid::from_raw(*pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
+        }
+        if !leftovers.is_empty() {
+            // Killed processes leave their cgroups once reaped.
+            std::thread::sleep(Duration::from_millis(200));
         }
         let mut mounts: Vec<String> = self
             .mounts()

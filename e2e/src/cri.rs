@@ -13,9 +13,11 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStats, ContainerStatsRequest,
     ContainerStatus, ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest,
-    ExecSyncResponse, ImageSpec, KeyValue, LinuxContainerResources, LinuxPodSandboxConfig, Mount,
-    PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    ExecSyncResponse, ImageSpec, Int64Value, KeyValue, LinuxContainerResources,
+    LinuxContainerSecurityContext, LinuxPodSandboxConfig, Mount, PodSandboxConfig,
+    PodSandboxMetadata, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    UpdateContainerResourcesRequest,
 };
 
 use crate::containerd::{Containerd, Release, PAUSE_IMAGE};
@@ -53,6 +55,7 @@ pub struct ContainerSpec {
     /// (host path, container path, read-only)
     pub mounts: Vec<(PathBuf, String, bool)>,
     pub memory_limit: Option<i64>,
+    pub run_as_user: Option<i64>,
     pub annotations: HashMap<String, String>,
 }
 
@@ -171,7 +174,10 @@ impl CriNode {
                     memory_limit_in_bytes: spec.memory_limit.unwrap_or(0),
                     ..Default::default()
                 }),
-                ..Default::default()
+                security_context: Some(LinuxContainerSecurityContext {
+                    run_as_user: spec.run_as_user.map(|value| Int64Value { value }),
+                    ..Default::default()
+                }),
             }),
             ..Default::default()
         };
@@ -246,6 +252,36 @@ impl CriNode {
                 timeout: 10,
             }),
         )
+    }
+
+    /// UpdateContainerResources with a new memory limit, as kubelet's in-place resize does.
+    pub fn update_memory_limit(&self, id: &str, bytes: i64) -> Result<()> {
+        let mut client = self.client.clone();
+        self.call(
+            "UpdateContainerResources",
+            client.update_container_resources(UpdateContainerResourcesRequest {
+                container_id: id.into(),
+                linux: Some(LinuxContainerResources {
+                    memory_limit_in_bytes: bytes,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        )?;
+        Ok(())
+    }
+
+    /// The host pid of a container's process (`ctr tasks ls` in namespace k8s.io).
+    pub fn task_pid(&self, id: &str) -> Result<i32> {
+        let out = self
+            .containerd
+            .ctr_ok(&["--namespace", "k8s.io", "tasks", "ls"])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find(|line| line.starts_with(id))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|pid| pid.parse().ok())
+            .with_context(|| format!("no task {id} in: {text}"))
     }
 
     pub fn stats(&self, id: &str) -> Result<ContainerStats> {

@@ -33,6 +33,23 @@ pub const LOOP_WAT: &str = r#"(module
   (memory (export "memory") 1)
   (func (export "_start") (loop $forever (br $forever))))"#;
 
+/// Grows each of two linear memories by 40 MiB and touches every page: each stays under a
+/// 64 MiB limit, together they do not. (Multi-memory is standard wasm.)
+pub const TWO_MEMORIES_WAT: &str = r#"(module
+  (memory $a 1)
+  (memory $b 1)
+  (func (export "_start")
+    (local $at i32)
+    (drop (memory.grow $a (i32.const 640)))
+    (drop (memory.grow $b (i32.const 640)))
+    (block $done
+      (loop $touch
+        (br_if $done (i32.ge_u (local.get $at) (i32.const 41943040)))
+        (i32.store8 $a (local.get $at) (i32.const 1))
+        (i32.store8 $b (local.get $at) (i32.const 1))
+        (local.set $at (i32.add (local.get $at) (i32.const 4096)))
+        (br $touch)))))"#;
+
 /// A module that imports what no WASI host provides.
 pub const UNKNOWN_IMPORT_WAT: &str = r#"(module
   (import "env" "launch_missiles" (func))
@@ -62,6 +79,66 @@ int main(int argc, char **argv) {
         if (out) fclose(out);
     }
     if (argc > 1 && strcmp(argv[1], "fail") == 0) return 3;
+    return 0;
+}
+"#;
+
+/// Probes files the way a volume-using program does. Arguments are steps: `read PATH`,
+/// `write PATH TEXT`; each prints one line with the result or the error.
+pub const FILES_C: &str = r#"
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+int main(int argc, char **argv) {
+    for (int i = 1; i + 1 < argc; i++) {
+        const char *path = argv[i + 1];
+        if (strcmp(argv[i], "read") == 0) {
+            i += 1;
+            FILE *in = fopen(path, "r");
+            if (!in) { printf("read %s: error %s\n", path, strerror(errno)); continue; }
+            char text[256] = {0};
+            size_t n = fread(text, 1, sizeof text - 1, in);
+            fclose(in);
+            if (n > 0 && text[n - 1] == '\n') text[n - 1] = 0;
+            printf("read %s: %s\n", path, text);
+        } else if (strcmp(argv[i], "write") == 0 && i + 2 < argc) {
+            const char *text = argv[i + 2];
+            i += 2;
+            FILE *out = fopen(path, "w");
+            if (!out) { printf("write %s: error %s\n", path, strerror(errno)); continue; }
+            fprintf(out, "%s\n", text);
+            fclose(out);
+            printf("write %s: ok\n", path);
+        }
+    }
+    return 0;
+}
+"#;
+
+/// Allocates memory the way C programs do: `CHUNK_MIB COUNT` allocates COUNT chunks (0 =
+/// until refused) and touches every byte. Exit 3 with a message when malloc says no.
+pub const ALLOCATE_C: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Keeps the compiler from eliding allocations nobody reads. */
+char *volatile kept;
+
+int main(int argc, char **argv) {
+    int chunk = argc > 1 ? atoi(argv[1]) : 1;
+    int count = argc > 2 ? atoi(argv[2]) : 0;
+    for (int done = 0; count == 0 || done < count; done++) {
+        char *block = malloc((size_t)chunk << 20);
+        if (!block) {
+            printf("allocation of %d MiB refused after %d MiB\n", chunk, done * chunk);
+            return 3;
+        }
+        memset(block, 1, (size_t)chunk << 20);
+        kept = block;
+    }
+    printf("allocated %d MiB\n", chunk * count);
     return 0;
 }
 "#;

@@ -129,3 +129,316 @@ fn a_wasm_container_logs_and_exits_in_a_pod() -> Result<()> {
     node.remove_pod(&pod)?;
     node.containerd.assert_clean()
 }
+
+fn wait_for_file(path: &Path) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn stdout_lines(node: &CriNode, pod: &wedge_e2e::Pod, container: &str) -> Result<Vec<String>> {
+    Ok(node
+        .log_lines(pod, container)?
+        .into_iter()
+        .filter(|(stream, _)| stream == "stdout")
+        .map(|(_, text)| text)
+        .collect())
+}
+
+/// A wasm container and a busybox sidecar exchange files through an emptyDir; a read-only
+/// volume stays read-only; nothing outside the volumes is reachable through `..` or a
+/// symlink; the module runs as the pod's user.
+#[test]
+fn wasm_and_a_sidecar_share_an_emptydir() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let node = CriNode::start(Release::System)?;
+    let work = node.containerd.dir().join("volumes");
+    let empty_dir = work.join("empty-dir");
+    let config = work.join("config");
+    std::fs::create_dir_all(&empty_dir)?;
+    std::fs::create_dir_all(empty_dir.join("root-only"))?;
+    std::fs::create_dir_all(&config)?;
+    // As kubelet makes an emptyDir: writable by any user of the pod.
+    std::fs::set_permissions(&empty_dir, std::fs::Permissions::from_mode(0o777))?;
+    std::fs::write(config.join("setting"), "blue\n")?;
+    let secret = work.join("secret");
+    std::fs::write(&secret, "host secret\n")?;
+
+    let busybox = busybox_image(&node)?;
+    let module = programs::compile_c(programs::FILES_C, node.containerd.dir(), "files")?;
+    let files = wasm_image(&node, "files", &module)?;
+    let pod = node.run_pod("shared", WEDGE_HANDLER)?;
+    let sidecar = node.run_container(
+        &pod,
+        &ContainerSpec {
+            name: "sidecar".into(),
+            image: busybox,
+            command: sh(&format!(
+                "echo from-sidecar > /data/from-sidecar; ln -s {} /data/escape; \
+                 while true; do sleep 0.1; done",
+                secret.display()
+            )),
+            mounts: vec![(empty_dir.clone(), "/data".into(), false)],
+            ..Default::default()
+        },
+    )?;
+    wait_for_file(&empty_dir.join("escape"))?;
+    let wasm = node.run_container(
+        &pod,
+        &ContainerSpec {
+            name: "files".into(),
+            image: files,
+            args: [
+                "read /data/from-sidecar",
+                "write /data/from-wasm hello-from-wasm",
+                "read /config/setting",
+                "write /config/setting red",
+                "read /data/escape",
+                "read /data/../secret",
+                "read /config/../volumes/secret",
+                "write /data/root-only/x no",
+            ]
+            .iter()
+            .flat_map(|step| step.split(' '))
+            .map(str::to_string)
+            .collect(),
+            mounts: vec![
+                (empty_dir.clone(), "/data".into(), false),
+                (config.clone(), "/config".into(), true),
+            ],
+            run_as_user: Some(1000),
+            ..Default::default()
+        },
+    )?;
+    let status = node.wait_exited(&wasm, Duration::from_secs(20))?;
+    let lines = stdout_lines(&node, &pod, "files")?;
+    ensure!(
+        status.exit_code == 0,
+        "exit {}: {lines:?}",
+        status.exit_code
+    );
+    let expect = |prefix: &str, wanted: &str| -> Result<()> {
+        let line = lines
+            .iter()
+            .find(|line| line.starts_with(prefix))
+            .ok_or_else(|| anyhow::anyhow!("no {prefix:?} line in {lines:?}"))?;
+        ensure!(line.contains(wanted), "{line:?} should say {wanted:?}");
+        Ok(())
+    };
+    expect("read /data/from-sidecar:", "from-sidecar")?;
+    expect("write /data/from-wasm:", "ok")?;
+    expect("read /config/setting:", "blue")?;
+    expect("write /config/setting:", "error")?;
+    expect("read /data/escape:", "error")?;
+    expect("read /data/../secret:", "error")?;
+    expect("read /config/../volumes/secret:", "error")?;
+    expect("write /data/root-only/x:", "Permission denied")?;
+    ensure!(
+        !lines.iter().any(|line| line.contains("host secret")),
+        "{lines:?}"
+    );
+    ensure!(std::fs::read_to_string(config.join("setting"))? == "blue\n");
+
+    let exec = node.exec_sync(&sidecar, &["/bin/busybox", "cat", "/data/from-wasm"])?;
+    ensure!(
+        exec.exit_code == 0 && exec.stdout == b"hello-from-wasm\n",
+        "exec: {exec:?}"
+    );
+    node.stop_container(&sidecar, 1)?;
+    node.remove_pod(&pod)?;
+    node.containerd.assert_clean()
+}
+
+/// The runner of a wasm container is in the pod's network namespace, in its own cgroup,
+/// without capabilities and with no_new_privs; Stats reports its CPU and memory; a stop
+/// ends a spinning module at once while a sidecar that ignores SIGTERM is killed after its
+/// grace period.
+#[test]
+fn a_wasm_container_is_sandboxed_measured_and_stopped() -> Result<()> {
+    let node = CriNode::start(Release::System)?;
+    let busybox = busybox_image(&node)?;
+    let spinner = wasm_image(&node, "spinner", &programs::wat(programs::LOOP_WAT)?)?;
+    let pod = node.run_pod("sandboxed", WEDGE_HANDLER)?;
+    let sidecar = node.run_container(
+        &pod,
+        &ContainerSpec {
+            name: "stubborn".into(),
+            image: busybox,
+            command: sh("trap '' TERM; while true; do sleep 0.1; done"),
+            ..Default::default()
+        },
+    )?;
+    let wasm = node.run_container(
+        &pod,
+        &ContainerSpec {
+            name: "spinner".into(),
+            image: spinner,
+            memory_limit: Some(128 << 20),
+            ..Default::default()
+        },
+    )?;
+    let runner = node.task_pid(&wasm)?;
+    let sidecar_pid = node.task_pid(&sidecar)?;
+    let net = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/net"));
+    ensure!(
+        net(runner)? == net(sidecar_pid)?,
+        "not in the pod's network"
+    );
+    ensure!(net(runner)? != std::fs::read_link("/proc/self/ns/net")?);
+    let status = std::fs::read_to_string(format!("/proc/{runner}/status"))?;
+    for wanted in [
+        "CapEff:\t0000000000000000",
+        "CapBnd:\t0000000000000000",
+        "NoNewPrivs:\t1",
+    ] {
+        ensure!(status.contains(wanted), "{wanted:?} not in\n{status}");
+    }
+    let cgroups = std::fs::read_to_string(format!("/proc/{runner}/cgroup"))?;
+    let memory_cgroup = cgroups
+        .lines()
+        .find_map(|line| {
+            line.strip_suffix(&wasm)
+                .and_then(|rest| rest.split_once(":memory:"))
+        })
+        .map(|(_, parent)| parent.to_string())
+        .ok_or_else(|| anyhow::anyhow!("runner not in its memory cgroup:\n{cgroups}"))?;
+    let limit_file = format!("/sys/fs/cgroup/memory{memory_cgroup}{wasm}/memory.limit_in_bytes");
+    ensure!(std::fs::read_to_string(&limit_file)?.trim() == (128 << 20).to_string());
+
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = node.stats(&wasm)?;
+    let cpu = stats
+        .cpu
+        .and_then(|cpu| cpu.usage_core_nano_seconds)
+        .map(|usage| usage.value)
+        .unwrap_or(0);
+    let memory = stats
+        .memory
+        .and_then(|memory| memory.working_set_bytes)
+        .map(|bytes| bytes.value)
+        .unwrap_or(0);
+    ensure!(cpu > 100_000_000, "a spinning module used {cpu} ns of CPU");
+    ensure!(memory > 0, "working set {memory}");
+
+    node.update_memory_limit(&wasm, 256 << 20)?;
+    ensure!(std::fs::read_to_string(&limit_file)?.trim() == (256 << 20).to_string());
+
+    let started = std::time::Instant::now();
+    node.stop_container(&wasm, 30)?;
+    let stopped = node.status(&wasm)?;
+    ensure!(
+        started.elapsed() < Duration::from_secs(10),
+        "SIGTERM took {:?}",
+        started.elapsed()
+    );
+    ensure!(stopped.exit_code == 143, "wasm exit {}", stopped.exit_code);
+
+    let started = std::time::Instant::now();
+    node.stop_container(&sidecar, 2)?;
+    let stopped = node.status(&sidecar)?;
+    ensure!(
+        started.elapsed() >= Duration::from_secs(2),
+        "grace period not honoured"
+    );
+    ensure!(
+        stopped.exit_code == 137,
+        "sidecar exit {}",
+        stopped.exit_code
+    );
+    node.remove_pod(&pod)?;
+    node.containerd.assert_clean()
+}
+
+/// The memory limit reaches inside wasm: a program growing its heap up to it sees malloc
+/// fail and handles it; memories that together exceed it are an OOM kill, reported as
+/// kubelet expects. A native container's OOM reads the same under `wedge` as under `runc`.
+#[test]
+fn memory_limits_and_oom_kills() -> Result<()> {
+    let node = CriNode::start(Release::System)?;
+    let module = programs::compile_c(programs::ALLOCATE_C, node.containerd.dir(), "allocate")?;
+    let allocate = wasm_image(&node, "allocate", &module)?;
+    let two_memories = wasm_image(
+        &node,
+        "memories",
+        &programs::wat(programs::TWO_MEMORIES_WAT)?,
+    )?;
+    let busybox = busybox_image(&node)?;
+    let pod = node.run_pod("memory", WEDGE_HANDLER)?;
+    let limited = |name: &str, image: &str, args: &[&str]| ContainerSpec {
+        name: name.into(),
+        image: image.to_string(),
+        args: args.iter().map(|arg| arg.to_string()).collect(),
+        memory_limit: Some(64 << 20),
+        ..Default::default()
+    };
+    let greedy = node.run_container(&pod, &limited("greedy", &allocate, &["1", "0"]))?;
+    let status = node.wait_exited(&greedy, Duration::from_secs(20))?;
+    let lines = stdout_lines(&node, &pod, "greedy")?;
+    ensure!(
+        status.exit_code == 3,
+        "exit {}: {lines:?}",
+        status.exit_code
+    );
+    ensure!(
+        lines
+            .iter()
+            .any(|line| line.contains("allocation of 1 MiB refused after")),
+        "{lines:?}"
+    );
+    let fits = node.run_container(&pod, &limited("fits", &allocate, &["1", "16"]))?;
+    let status = node.wait_exited(&fits, Duration::from_secs(20))?;
+    ensure!(
+        status.exit_code == 0,
+        "16 MiB in a 64 MiB container: {}",
+        status.exit_code
+    );
+
+    let oom = node.run_container(&pod, &limited("memories", &two_memories, &[]))?;
+    let status = node.wait_exited(&oom, Duration::from_secs(20))?;
+    ensure!(
+        (status.exit_code, status.reason.as_str()) == (137, "OOMKilled"),
+        "two memories: exit {} reason {:?}; shim log: {}",
+        status.exit_code,
+        status.reason,
+        node.containerd
+            .log()
+            .lines()
+            .filter(|line| line.contains("OOM") || line.contains("oom"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    node.remove_pod(&pod)?;
+
+    let mut native = Vec::new();
+    for handler in [WEDGE_HANDLER, RUNC_HANDLER] {
+        let pod = node.run_pod(&format!("native-oom-{handler}"), handler)?;
+        let id = node.run_container(
+            &pod,
+            &ContainerSpec {
+                name: "greedy".into(),
+                image: busybox.clone(),
+                command: sh("a=xxxxxxxx; while true; do a=\"$a$a\"; done"),
+                memory_limit: Some(32 << 20),
+                ..Default::default()
+            },
+        )?;
+        let status = node.wait_exited(&id, Duration::from_secs(30))?;
+        native.push((handler, status.exit_code, status.reason));
+        node.remove_pod(&pod)?;
+    }
+    ensure!(
+        native[0].1 == 137
+            && native[0].2 == "OOMKilled"
+            && native[0].1 == native[1].1
+            && native[0].2 == native[1].2,
+        "{native:?}"
+    );
+    node.containerd.assert_clean()
+}

@@ -529,3 +529,36 @@ fn a_killed_shim_leaves_no_container_behind() -> Result<()> {
     cd.ctr_ok(&["containers", "rm", "orphan-native", "orphan-wasm"])?;
     case.finish()
 }
+
+#[test]
+fn the_memory_limit_refuses_an_allocation_inside_wasm() -> Result<()> {
+    let case = Case::new()?;
+    let module = programs::compile_c(programs::ALLOCATE_C, case.work.path(), "allocate")?;
+    let image = case.image("allocate", &module)?;
+    let out = case.containerd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        WEDGE_RUNTIME,
+        "--memory-limit",
+        "67108864",
+        &image,
+        "allocate",
+        "/allocate.wasm",
+        "256",
+        "1",
+    ])?;
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("allocation of 256 MiB refused"),
+        "{}",
+        stdout(&out)
+    );
+    case.finish()
+}

@@ -94,22 +94,44 @@ fn prepare(spec: &RunSpec) -> Result<(ReadyCommand, ProgramOrigin), Rejected> {
         cache.as_ref().map_err(Clone::clone),
     )?;
     drop(bytes);
-    // Root was needed for the cache; the module's own file access (preopens are opened
-    // below) happens as the container's user.
+    // The preopens are opened while still root, as runc sets up mounts before it drops to
+    // the container's user: their host paths sit in root-only directories. Every access
+    // through them afterwards is checked against the container's user.
+    let linked = PreparedCommand::new(&engine, program, spec.export.as_deref())?;
+    let ready = linked.with_context(&CommandContext {
+        args: &spec.args,
+        env: &spec.env,
+        rootfs: &spec.rootfs,
+        readonly_root: spec.readonly_root,
+        mounts: &spec.mounts,
+        memory_limit: linear_memory_bound(spec),
+    })?;
     if nix::unistd::geteuid().is_root() {
         privileges::drop_to(&spec.identity).map_err(Rejected)?;
     }
-    let ready = PreparedCommand::new(&engine, program, spec.export.as_deref())?.with_context(
-        &CommandContext {
-            args: &spec.args,
-            env: &spec.env,
-            rootfs: &spec.rootfs,
-            readonly_root: spec.readonly_root,
-            mounts: &spec.mounts,
-            memory_limit: spec.memory_limit,
-        },
-    )?;
     Ok((ready, origin))
+}
+
+/// Room kept for the runtime's own allocations while the module runs (WASI buffers, the
+/// async stack): without it a module growing to the limit would be OOM-killed a few pages
+/// short instead of seeing its `memory.grow` fail.
+const HOST_HEADROOM: u64 = 2 << 20;
+
+/// The bound for linear memories: the container's memory limit minus what the runtime
+/// already holds in the container's cgroup (compilation's leftovers, given back first).
+fn linear_memory_bound(spec: &RunSpec) -> Option<u64> {
+    let limit = spec.memory_limit?;
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; no pointer changes.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    let in_use = spec
+        .memory_usage_file
+        .as_ref()
+        .and_then(|file| std::fs::read_to_string(file).ok())
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    Some(limit.saturating_sub(in_use + HOST_HEADROOM))
 }
 
 /// The module's bytes and their hex sha256.

@@ -43,8 +43,10 @@ pub struct RunSpec {
     pub cache: Option<CacheSettings>,
     /// Who the module runs as, taken on after compilation.
     pub identity: Identity,
-    /// Bound on each linear memory: the container's memory limit.
+    /// The container's memory limit: it bounds the linear memories too.
     pub memory_limit: Option<u64>,
+    /// Where the runner reads how much of that limit the runtime itself already uses.
+    pub memory_usage_file: Option<PathBuf>,
     /// The container's directory mounts, seen by the module at their destinations.
     pub mounts: Vec<Preopen>,
 }
@@ -149,6 +151,7 @@ mod tests {
                 additional_gids: vec![5],
             },
             memory_limit: Some(64 << 20),
+            memory_usage_file: Some("/sys/fs/cgroup/memory/pods/c1/memory.usage_in_bytes".into()),
             mounts: vec![Preopen {
                 host: "/var/lib/kubelet/pods/p/volumes/data".into(),
                 guest: "/data".into(),

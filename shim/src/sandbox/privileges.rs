@@ -1,6 +1,6 @@
 //! The runner gives up root before the module runs: once the module is compiled (the cache
-//! is root-only), it takes on `process.user`, drops every capability and sets
-//! `no_new_privs`. Preopened directories are opened after this, as the container's user.
+//! is root-only) and its preopened directories are open, it takes on `process.user`, drops
+//! every capability and sets `no_new_privs`.
 
 use caps::CapSet;
 use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};

@@ -217,6 +217,7 @@ impl Inner {
             }),
             identity: spec.identity.clone(),
             memory_limit: spec.resources.memory_bytes(),
+            memory_usage_file: cgroup.memory_usage_file(),
             mounts: spec
                 .mounts
                 .iter()

@@ -275,6 +275,15 @@ impl Cgroup {
             .collect())
     }
 
+    /// The file holding the cgroup's current memory use, in bytes.
+    pub fn memory_usage_file(&self) -> Option<PathBuf> {
+        let dir = self.dir(Controller::Memory)?;
+        Some(match self.layout {
+            Layout::Unified(_) => dir.join("memory.current"),
+            Layout::Legacy(_) => dir.join("memory.usage_in_bytes"),
+        })
+    }
+
     pub fn metrics(&self) -> Result<Metrics, CgroupError> {
         stats::read(self)
     }

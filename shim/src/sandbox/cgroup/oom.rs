@@ -14,6 +14,9 @@ use tokio::io::unix::AsyncFd;
 
 use super::{io_error, Cgroup, CgroupError, Controller, Layout};
 
+const COUNTER_CHECKS: u32 = 50;
+const COUNTER_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
 pub struct OomWatch {
     wakeups: AsyncFd<OwnedFd>,
     counter: PathBuf,
@@ -85,10 +88,15 @@ impl OomWatch {
                 Ok(_) | Err(Errno::EAGAIN) => ready.clear_ready(),
                 Err(_) => return None,
             }
-            let kills = oom_kills(&self.counter)?;
-            if kills > self.seen {
-                self.seen = kills;
-                return Some(kills);
+            // v1 notifies when the cgroup runs out of memory, just before the kernel picks
+            // a victim: give the counter a moment to catch up.
+            for _ in 0..COUNTER_CHECKS {
+                let kills = oom_kills(&self.counter)?;
+                if kills > self.seen {
+                    self.seen = kills;
+                    return Some(kills);
+                }
+                tokio::time::sleep(COUNTER_PAUSE).await;
             }
         }
     }
