@@ -56,6 +56,8 @@ pub struct ContainerSpec {
     pub mounts: Vec<(PathBuf, String, bool)>,
     pub memory_limit: Option<i64>,
     pub run_as_user: Option<i64>,
+    /// A terminal for the container (`kubectl run -t`).
+    pub tty: bool,
     pub annotations: HashMap<String, String>,
 }
 
@@ -168,6 +170,7 @@ impl CriNode {
                 })
                 .collect(),
             log_path: format!("{}.log", spec.name),
+            tty: spec.tty,
             annotations: spec.annotations.clone(),
             linux: Some(k8s_cri::v1::LinuxContainerConfig {
                 resources: Some(LinuxContainerResources {

@@ -89,6 +89,47 @@ fn a_native_pod_behaves_as_under_runc() -> Result<()> {
     Ok(())
 }
 
+/// A container with `tty: true` sees a terminal on its stdio and logs through it, under
+/// `wedge` as under `runc`.
+#[test]
+fn a_native_container_gets_a_terminal_as_under_runc() -> Result<()> {
+    let node = CriNode::start(Release::System)?;
+    let busybox = busybox_image(&node)?;
+    let mut seen = Vec::new();
+    for handler in [WEDGE_HANDLER, RUNC_HANDLER] {
+        let pod = node.run_pod(&format!("tty-{handler}"), handler)?;
+        let id = node.run_container(
+            &pod,
+            &ContainerSpec {
+                name: "tty".into(),
+                image: busybox.clone(),
+                command: sh("[ -t 0 ] && [ -t 1 ] && echo terminal; tty; exit 4"),
+                tty: true,
+                ..Default::default()
+            },
+        )?;
+        let status = node.wait_exited(&id, Duration::from_secs(20))?;
+        // The log tails behind the exit by a moment.
+        std::thread::sleep(Duration::from_millis(200));
+        let lines = stdout_lines(&node, &pod, "tty")?;
+        seen.push((status.exit_code, lines));
+        node.remove_pod(&pod)?;
+    }
+    node.containerd.assert_clean()?;
+    ensure!(
+        seen[0] == seen[1],
+        "wedge: {:?}\nrunc: {:?}",
+        seen[0],
+        seen[1]
+    );
+    ensure!(
+        seen[0].0 == 4 && seen[0].1.iter().any(|line| line.trim() == "terminal"),
+        "{:?}",
+        seen[0]
+    );
+    Ok(())
+}
+
 #[test]
 fn a_wasm_container_logs_and_exits_in_a_pod() -> Result<()> {
     let node = CriNode::start(Release::System)?;

@@ -402,6 +402,24 @@ fn a_native_image_runs_under_runc_beside_wasm() -> Result<()> {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("/no/such/binary"), "{}", stderr(&out));
 
+    // With a terminal (`ctr` wants one of its own, so `script` provides it).
+    let line = format!(
+        "ctr --address {} --namespace {} tasks exec -t --exec-id tty native-sleep \
+         /bin/busybox sh -c 'tty; [ -t 1 ] && echo on-a-terminal'",
+        cd.socket().display(),
+        cd.namespace()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()?;
+    let text = stdout(&out);
+    assert!(
+        out.status.success() && text.contains("/dev/pts/") && text.contains("on-a-terminal"),
+        "{text}{}",
+        stderr(&out)
+    );
+
     // Pause and resume go to runc's freezer.
     let state = |id: &str| -> Result<String> {
         let tasks = stdout(&cd.ctr_ok(&["tasks", "ls"])?);
@@ -441,6 +459,17 @@ fn a_native_image_runs_under_runc_beside_wasm() -> Result<()> {
         "{}",
         stderr(&out)
     );
+    // Pause and resume of a wasm container: the freezer of the shim's cgroup.
+    let freezer = format!(
+        "/sys/fs/cgroup/freezer/{}/wasm-spin/freezer.state",
+        cd.namespace()
+    );
+    cd.ctr_ok(&["tasks", "pause", "wasm-spin"])?;
+    assert_eq!(state("wasm-spin")?, "PAUSED");
+    assert_eq!(std::fs::read_to_string(&freezer)?.trim(), "FROZEN");
+    cd.ctr_ok(&["tasks", "resume", "wasm-spin"])?;
+    assert_eq!(state("wasm-spin")?, "RUNNING");
+    assert_eq!(std::fs::read_to_string(&freezer)?.trim(), "THAWED");
     cd.ctr_ok(&["tasks", "kill", "--signal", "SIGKILL", "wasm-spin"])?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while stdout(&cd.ctr_ok(&["tasks", "ls"])?).contains("RUNNING") {

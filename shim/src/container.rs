@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use crate::error::{Error, Result};
 use crate::exec::ExecProcess;
 use crate::exits::ExitStatus;
-use crate::native::Runc;
+use crate::native::{Console, Runc};
 use crate::runner::spawn::Runner;
 use crate::sandbox::Cgroup;
 
@@ -80,6 +80,8 @@ pub struct Container {
     pub cgroup: Option<Cgroup>,
     /// The task publishing TaskOOM for this container, ended at Delete.
     pub oom_watch: Option<AbortHandle>,
+    /// The terminal of a native container started with one.
+    pub console: Option<Console>,
 }
 
 /// What Create has put together for a new container.
@@ -109,6 +111,7 @@ impl Container {
             execs: HashMap::new(),
             cgroup: parts.cgroup,
             oom_watch: None,
+            console: None,
         }
     }
 

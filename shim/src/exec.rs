@@ -8,6 +8,7 @@ use tokio::sync::watch;
 use crate::container::{Status, StdioPaths};
 use crate::error::{Error, Result};
 use crate::exits::ExitStatus;
+use crate::native::Console;
 
 pub struct ExecProcess {
     /// The OCI process spec containerd sent, as runc reads it.
@@ -15,6 +16,9 @@ pub struct ExecProcess {
     pub pid_file: PathBuf,
     pub stdio: StdioPaths,
     pub pid: Option<i32>,
+    /// Whether the process spec asks for a terminal, and the terminal once it runs.
+    pub terminal: bool,
+    pub console: Option<Console>,
     exit: watch::Receiver<Option<ExitStatus>>,
     /// Held until Start hands it to the task that waits for the process.
     exit_sender: Option<watch::Sender<Option<ExitStatus>>>,
@@ -22,7 +26,13 @@ pub struct ExecProcess {
 
 impl ExecProcess {
     /// Records the process spec in the bundle; the process starts at Start.
-    pub fn new(bundle: &Path, exec_id: &str, spec: &[u8], stdio: StdioPaths) -> Result<Self> {
+    pub fn new(
+        bundle: &Path,
+        exec_id: &str,
+        spec: &[u8],
+        stdio: StdioPaths,
+        terminal: bool,
+    ) -> Result<Self> {
         check_exec_id(exec_id)?;
         let spec_path = bundle.join(format!("exec-{exec_id}.json"));
         std::fs::write(&spec_path, spec)
@@ -33,6 +43,8 @@ impl ExecProcess {
             pid_file: bundle.join(format!("exec-{exec_id}.pid")),
             stdio,
             pid: None,
+            terminal,
+            console: None,
             exit,
             exit_sender: Some(exit_sender),
         })

@@ -60,6 +60,33 @@ pub fn open_native(stdin: &str, stdout: &str, stderr: &str) -> Result<NativeIo> 
     })
 }
 
+/// A terminal's client side: where its input comes from (a stdin fifo, relayed) and where
+/// its output goes (a tty merges stderr into stdout).
+pub struct TerminalIo {
+    pub stdin_fifo: Option<PathBuf>,
+    pub stdout: File,
+}
+
+pub fn open_terminal(stdin: &str, stdout: &str) -> Result<TerminalIo> {
+    let stdin_fifo = match parse(stdin)? {
+        Target::Null => None,
+        Target::Path(path) => Some(PathBuf::from(path)),
+    };
+    Ok(TerminalIo {
+        stdin_fifo,
+        stdout: open_output(stdout)?,
+    })
+}
+
+/// Stdio for a runc command whose process gets a terminal instead.
+pub fn null_native() -> Result<NativeIo> {
+    Ok(NativeIo {
+        stdin: open_null(false)?,
+        stdout: open_null(true)?,
+        stderr: open_null(true)?,
+    })
+}
+
 /// Copies what the client writes into `fifo` to `pipe` on a thread of its own, opening the
 /// fifo only once the client is there (a blocking open), and closes `pipe` at the client's
 /// EOF so that the reader sees its end of input.

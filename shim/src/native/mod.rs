@@ -3,6 +3,8 @@
 //! with the container's stdio inherited, `runc start`, `runc kill`, `runc delete`. The init
 //! process is reparented to the shim (a subreaper), whose reaper sees it exit.
 
+pub mod console;
 pub mod runc;
 
+pub use console::Console;
 pub use runc::Runc;

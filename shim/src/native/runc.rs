@@ -1,7 +1,6 @@
 //! The `runc` command line, run through the shim's exit router (the reaper waits for every
 //! child, so `Child::wait` cannot be used).
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -24,6 +23,8 @@ const RECORD_FILE: &str = "wedge-runc";
 pub struct Runc {
     binary: PathBuf,
     root: PathBuf,
+    /// The container's cgroupsPath is in the systemd driver's `slice:prefix:name` form.
+    systemd_cgroup: bool,
 }
 
 /// What a process-starting runc command is about, for its errors.
@@ -34,19 +35,22 @@ struct StartedBy<'a> {
     pid_file: &'a Path,
 }
 
-/// The container's stdio for `runc create`: inherited by the init process.
-pub struct InitStdio {
-    pub stdin: File,
-    pub stdout: File,
-    pub stderr: File,
-}
+/// The process's stdio for `runc create` / `runc exec`: inherited by that process.
+pub type InitStdio = crate::stdio::NativeIo;
 
 impl Runc {
     pub fn new(binary: &Path, root: &Path, namespace: &str) -> Self {
         Runc {
             binary: binary.to_path_buf(),
             root: root.join(namespace),
+            systemd_cgroup: false,
         }
+    }
+
+    /// Has runc manage the cgroup through systemd, as kubelet's systemd driver expects.
+    pub fn with_systemd_cgroup(mut self, systemd_cgroup: bool) -> Self {
+        self.systemd_cgroup = systemd_cgroup;
+        self
     }
 
     fn command(&self, bundle: &Path, args: &[&str]) -> Command {
@@ -57,28 +61,41 @@ impl Runc {
             .arg("--log")
             .arg(bundle.join(LOG_FILE))
             .arg("--log-format")
-            .arg("json")
-            .args(args)
-            .current_dir(bundle);
+            .arg("json");
+        if self.systemd_cgroup {
+            command.arg("--systemd-cgroup");
+        }
+        command.args(args).current_dir(bundle);
         command
     }
 
     /// `runc create`: sets the container up, its init waiting for `start`. Returns the pid.
+    /// With `console_socket`, the init gets a terminal whose master runc sends there.
     pub async fn create(
         &self,
         exits: &ExitRouter,
         id: &str,
         bundle: &Path,
         stdio: InitStdio,
+        console_socket: Option<PathBuf>,
     ) -> Result<i32> {
         std::fs::create_dir_all(&self.root)
             .map_err(|err| Error::io("cannot create the runc root", &self.root, err))?;
-        let record = format!("{}\n{}\n", self.binary.display(), self.root.display());
+        let record = format!(
+            "{}\n{}\n{}\n",
+            self.binary.display(),
+            self.root.display(),
+            self.systemd_cgroup
+        );
         std::fs::write(bundle.join(RECORD_FILE), record)
             .map_err(|err| Error::io("cannot record runc in", bundle, err))?;
         let pid_file = bundle.join(PID_FILE);
         let mut command = self.command(bundle, &["create", "--bundle"]);
-        command.arg(bundle).arg("--pid-file").arg(&pid_file).arg(id);
+        command.arg(bundle).arg("--pid-file").arg(&pid_file);
+        if let Some(socket) = console_socket {
+            command.arg("--console-socket").arg(socket);
+        }
+        command.arg(id);
         let started = StartedBy {
             id,
             bundle,
@@ -89,7 +106,8 @@ impl Runc {
     }
 
     /// `runc exec --detach`: starts the process described by `process` (an OCI process
-    /// spec) in the running container; returns its pid.
+    /// spec) in the running container; returns its pid. With `console_socket`, runc gives
+    /// the process a terminal and sends its master there.
     pub async fn exec(
         &self,
         exits: &ExitRouter,
@@ -98,9 +116,14 @@ impl Runc {
         process: &Path,
         pid_file: &Path,
         stdio: InitStdio,
+        console_socket: Option<PathBuf>,
     ) -> Result<i32> {
         let mut command = self.command(bundle, &["exec", "--detach", "--process"]);
-        command.arg(process).arg("--pid-file").arg(pid_file).arg(id);
+        command.arg(process).arg("--pid-file").arg(pid_file);
+        if let Some(socket) = console_socket {
+            command.arg("--console-socket").arg(socket);
+        }
+        command.arg(id);
         let started = StartedBy {
             id,
             bundle,
@@ -214,6 +237,7 @@ impl Runc {
         Some(Runc {
             binary: PathBuf::from(lines.next()?),
             root: PathBuf::from(lines.next()?),
+            systemd_cgroup: lines.next() == Some("true"),
         })
     }
 

@@ -12,15 +12,11 @@ use crate::container::{wait_for_exit, Status, StdioPaths};
 use crate::error::{Error, Result};
 use crate::exec::ExecProcess;
 use crate::exits::{now, ExitStatus};
-use crate::native::runc::InitStdio;
-use crate::stdio;
+use crate::native::console::start_with_stdio;
 
 impl Inner {
     /// Exec: records the process; it runs at Start.
     pub(super) async fn add_exec(&self, req: &api::ExecProcessRequest) -> Result<()> {
-        if req.terminal {
-            return Err(Error::TerminalUnsupported);
-        }
         let spec = req
             .spec
             .as_ref()
@@ -42,7 +38,8 @@ impl Inner {
                 stdout: req.stdout.clone(),
                 stderr: req.stderr.clone(),
             };
-            let exec = ExecProcess::new(&container.bundle, &req.exec_id, &spec, stdio)?;
+            let exec =
+                ExecProcess::new(&container.bundle, &req.exec_id, &spec, stdio, req.terminal)?;
             container.execs.insert(req.exec_id.clone(), exec);
             Ok(())
         })?;
@@ -57,7 +54,7 @@ impl Inner {
 
     /// Start of an exec: `runc exec --detach`, then a task that reports its exit.
     pub(super) async fn start_exec(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<i32> {
-        let (runc, bundle, spec, pid_file, stdio, exit_sender) =
+        let (runc, bundle, spec, pid_file, stdio, terminal, exit_sender) =
             self.with_container(id, |container| {
                 let runc = container
                     .runc()
@@ -81,20 +78,24 @@ impl Inner {
                     exec.spec.clone(),
                     exec.pid_file.clone(),
                     exec.stdio.clone(),
+                    exec.terminal,
                     sender,
                 ))
             })?;
-        let io = stdio::open_native(&stdio.stdin, &stdio.stdout, &stdio.stderr)?;
-        let init_stdio = InitStdio {
-            stdin: io.stdin,
-            stdout: io.stdout,
-            stderr: io.stderr,
-        };
-        let started = runc
-            .exec(&self.exits, id, &bundle, &spec, &pid_file, init_stdio)
-            .await;
-        let pid = match started {
-            Ok(pid) => pid,
+        let started = start_with_stdio(&stdio, terminal, |init_stdio, socket| {
+            runc.exec(
+                &self.exits,
+                id,
+                &bundle,
+                &spec,
+                &pid_file,
+                init_stdio,
+                socket,
+            )
+        })
+        .await;
+        let (pid, console) = match started {
+            Ok(started) => started,
             Err(err) => {
                 // The process never ran: it is stopped with the failure status.
                 let _ = exit_sender.send(Some(ExitStatus {
@@ -106,7 +107,9 @@ impl Inner {
         };
         let exited = self.exits.watch(pid);
         self.with_container(id, |container| {
-            container.exec_mut(exec_id)?.pid = Some(pid);
+            let exec = container.exec_mut(exec_id)?;
+            exec.pid = Some(pid);
+            exec.console = console;
             Ok(())
         })?;
         self.publish(TaskExecStarted {

@@ -31,11 +31,12 @@ use crate::content::ContentStore;
 use crate::error::{Error, Result};
 use crate::exits::{ExitRouter, ExitStatus};
 use crate::image::Entrypoint;
-use crate::native::runc::InitStdio;
+use crate::native::console::start_with_stdio;
 use crate::native::Runc;
 use crate::runner::module_fd::sealed_memfd;
 use crate::runner::protocol::{CacheSettings, ModuleSource, RunSpec};
 use crate::runner::spawn::{spawn_runner, Runner};
+use crate::sandbox::cgroup::path::is_systemd_form;
 use crate::sandbox::{Cgroup, RunnerSandbox};
 use crate::spec::MountSpec;
 use crate::{image, options, rootfs, spec, stdio};
@@ -115,14 +116,8 @@ impl Inner {
         if self.containers().contains_key(&req.id) {
             return Err(Error::ContainerExists(req.id.clone()));
         }
-        if req.terminal {
-            return Err(Error::TerminalUnsupported);
-        }
         let bundle = PathBuf::from(&req.bundle);
         let spec = spec::ContainerSpec::load(&bundle)?;
-        if spec.terminal {
-            return Err(Error::TerminalUnsupported);
-        }
 
         let mounted = rootfs::mount(&req.rootfs, &spec.rootfs).await?;
         match self.launch(req, &bundle, spec.clone(), mounted).await {
@@ -151,13 +146,17 @@ impl Inner {
             .locate_module(&req.id, &spec, entrypoint.as_ref())
             .await?
         {
+            Plan::Wasm { .. } if req.terminal || spec.terminal => {
+                return Err(Error::TerminalUnsupported)
+            }
             Plan::Wasm { module, module_fd } => (module, module_fd),
             Plan::Native => {
                 let runc = Runc::new(
                     &engine_config.runc.path,
                     &engine_config.runc.root,
                     &self.namespace,
-                );
+                )
+                .with_systemd_cgroup(is_systemd_form(&spec.cgroups_path));
                 return self
                     .launch_native(req, bundle, spec, rootfs_mounted, runc)
                     .await;
@@ -264,13 +263,16 @@ impl Inner {
         rootfs_mounted: bool,
         runc: Runc,
     ) -> Result<i32> {
-        let io = stdio::open_native(&req.stdin, &req.stdout, &req.stderr)?;
-        let stdio = InitStdio {
-            stdin: io.stdin,
-            stdout: io.stdout,
-            stderr: io.stderr,
+        let paths = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
         };
-        let pid = runc.create(&self.exits, &req.id, bundle, stdio).await?;
+        let terminal = req.terminal || spec.terminal;
+        let (pid, console) = start_with_stdio(&paths, terminal, |stdio, socket| {
+            runc.create(&self.exits, &req.id, bundle, stdio, socket)
+        })
+        .await?;
         let exited = self.exits.watch(pid);
         info!(pid, "native container created by runc");
         let engine = Engine::Native {
@@ -292,6 +294,12 @@ impl Inner {
             exited,
             cgroup,
         );
+        if let Some(console) = console {
+            self.with_container(&req.id, |container| {
+                container.console = Some(console);
+                Ok(())
+            })?;
+        }
         Ok(pid)
     }
 
@@ -813,8 +821,18 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ResizePtyRequest,
     ) -> TtrpcResult<api::Empty> {
-        let _ = req;
-        Err(Error::TerminalUnsupported.into())
+        let console = self.inner.with_container(&req.id, |container| {
+            let console = if req.exec_id.is_empty() {
+                container.console.clone()
+            } else {
+                container.exec(&req.exec_id)?.console.clone()
+            };
+            console.ok_or_else(|| {
+                Error::InvalidRequest(format!("process of {} has no terminal", req.id))
+            })
+        })?;
+        console.resize(req.width, req.height)?;
+        Ok(api::Empty::new())
     }
 
     #[instrument(skip_all, fields(id = %req.id))]
