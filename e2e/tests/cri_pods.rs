@@ -483,3 +483,51 @@ fn memory_limits_and_oom_kills() -> Result<()> {
     );
     node.containerd.assert_clean()
 }
+
+/// A CNCF wasm artifact (config `application/vnd.wasm.config.v0+json`, one
+/// `application/wasm` layer holding a component) pulled from a registry runs as a pod's
+/// container: the form `ctr run` refuses, CRI takes.
+#[test]
+fn a_cncf_wasm_artifact_runs_through_cri() -> Result<()> {
+    let registry = wedge_e2e::Registry::start()?;
+    let node = CriNode::start(Release::V1_7)?;
+    let work = node.containerd.dir().join("artifact");
+    std::fs::create_dir_all(&work)?;
+    let module = programs::compile_c(programs::STATUS_C, &work, "status")?;
+    let component = programs::componentize(&module)?;
+    let (archive, _) = images::built_image(
+        &work,
+        "artifact",
+        &component,
+        &["--artifact", "--env", "WHO=artifact"],
+    )?;
+    let remote = format!("{}/wedge/artifact:v1", registry.address);
+    images::push(&archive, &remote)?;
+    node.containerd.ctr_ok(&[
+        "--namespace",
+        "k8s.io",
+        "images",
+        "pull",
+        "--plain-http",
+        &remote,
+    ])?;
+    let pod = node.run_pod("artifact", WEDGE_HANDLER)?;
+    let id = node.run_container(
+        &pod,
+        &ContainerSpec {
+            name: "artifact".into(),
+            image: remote,
+            ..Default::default()
+        },
+    )?;
+    let status = node.wait_exited(&id, Duration::from_secs(20))?;
+    let lines = stdout_lines(&node, &pod, "artifact")?;
+    ensure!(
+        status.exit_code == 0,
+        "exit {}: {lines:?}",
+        status.exit_code
+    );
+    ensure!(lines.iter().any(|line| line == "hi artifact"), "{lines:?}");
+    node.remove_pod(&pod)?;
+    node.containerd.assert_clean()
+}

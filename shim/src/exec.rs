@@ -104,14 +104,15 @@ mod tests {
     #[test]
     fn exec_ids_are_checked_and_files_land_in_the_bundle() {
         let bundle = tempfile::tempdir().unwrap();
-        let exec = ExecProcess::new(bundle.path(), "e1", b"{}", StdioPaths::default()).unwrap();
+        let exec =
+            ExecProcess::new(bundle.path(), "e1", b"{}", StdioPaths::default(), false).unwrap();
         assert_eq!(exec.status(), Status::Created);
         assert!(bundle.path().join("exec-e1.json").exists());
         exec.remove_files();
         assert!(!bundle.path().join("exec-e1.json").exists());
         for bad in ["", "../x", "a/b", ".hidden", "sp ace"] {
             assert!(
-                ExecProcess::new(bundle.path(), bad, b"{}", StdioPaths::default()).is_err(),
+                ExecProcess::new(bundle.path(), bad, b"{}", StdioPaths::default(), false).is_err(),
                 "{bad:?}"
             );
         }

@@ -35,6 +35,13 @@ struct StartedBy<'a> {
     pid_file: &'a Path,
 }
 
+/// Where `runc exec` finds the container's bundle and the process spec, and writes the pid.
+pub struct ExecFiles<'a> {
+    pub bundle: &'a Path,
+    pub process: &'a Path,
+    pub pid_file: &'a Path,
+}
+
 /// The process's stdio for `runc create` / `runc exec`: inherited by that process.
 pub type InitStdio = crate::stdio::NativeIo;
 
@@ -105,19 +112,22 @@ impl Runc {
         self.start_process(exits, command, started, stdio).await
     }
 
-    /// `runc exec --detach`: starts the process described by `process` (an OCI process
-    /// spec) in the running container; returns its pid. With `console_socket`, runc gives
-    /// the process a terminal and sends its master there.
+    /// `runc exec --detach`: starts the process described by `files.process` (an OCI
+    /// process spec) in the running container; returns its pid. With `console_socket`, runc
+    /// gives the process a terminal and sends its master there.
     pub async fn exec(
         &self,
         exits: &ExitRouter,
         id: &str,
-        bundle: &Path,
-        process: &Path,
-        pid_file: &Path,
+        files: ExecFiles<'_>,
         stdio: InitStdio,
         console_socket: Option<PathBuf>,
     ) -> Result<i32> {
+        let ExecFiles {
+            bundle,
+            process,
+            pid_file,
+        } = files;
         let mut command = self.command(bundle, &["exec", "--detach", "--process"]);
         command.arg(process).arg("--pid-file").arg(pid_file);
         if let Some(socket) = console_socket {

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::exec::ExecProcess;
 use crate::exits::{now, ExitStatus};
 use crate::native::console::start_with_stdio;
+use crate::native::runc::ExecFiles;
 
 impl Inner {
     /// Exec: records the process; it runs at Start.
@@ -83,15 +84,12 @@ impl Inner {
                 ))
             })?;
         let started = start_with_stdio(&stdio, terminal, |init_stdio, socket| {
-            runc.exec(
-                &self.exits,
-                id,
-                &bundle,
-                &spec,
-                &pid_file,
-                init_stdio,
-                socket,
-            )
+            let files = ExecFiles {
+                bundle: &bundle,
+                process: &spec,
+                pid_file: &pid_file,
+            };
+            runc.exec(&self.exits, id, files, init_stdio, socket)
         })
         .await;
         let (pid, console) = match started {
