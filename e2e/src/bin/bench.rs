@@ -1,6 +1,6 @@
 //! `make bench`: cold start of `ctr run --rm` on Wedge against runc, on the same private
 //! containerd in the same run, with medians and ratios; then the first (compiling) and the
-//! cached start of a large module.
+//! cached start of a large module; then memory (PSS) per running container, shim included.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -11,6 +11,11 @@ use wedge_e2e::{images, programs, Containerd, WEDGE_RUNTIME};
 const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
 
 const HELLO_C: &str = "#include <stdio.h>\nint main(void) { puts(\"hello\"); return 0; }\n";
+
+const SLEEP_C: &str = "#include <unistd.h>\nint main(void) { sleep(3600); return 0; }\n";
+
+/// Running containers per runtime in the memory benchmark (`WEDGE_BENCH_CONTAINERS`).
+const MEMORY_CONTAINERS: usize = 20;
 
 struct Subject {
     label: &'static str,
@@ -137,7 +142,116 @@ fn main() -> Result<()> {
 
     let hello = median(&subjects[2].samples);
     large_module(&containerd, work.path(), runs, hello)?;
+    memory(&containerd, work.path())?;
     containerd.assert_clean()
+}
+
+/// PSS of the processes that keep `count` sleeping containers alive: each one's shim and
+/// its container process (the runner for Wedge, the container's init for runc).
+fn memory(containerd: &Containerd, work: &Path) -> Result<()> {
+    let count: usize = std::env::var("WEDGE_BENCH_CONTAINERS")
+        .ok()
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(MEMORY_CONTAINERS);
+    let sleeper = programs::compile_c(SLEEP_C, work, "sleep")?;
+    let (archive, wasm) = images::wasm_image(work, "sleep", &sleeper)?;
+    containerd.import(&archive)?;
+    let (archive, native) = images::native_image(
+        work,
+        "busybox-sleep",
+        Path::new("/bin/busybox"),
+        "/bin/busybox",
+        &["/bin/busybox", "sleep", "3600"],
+    )?;
+    containerd.import(&archive)?;
+    println!(
+        "
+memory of {count} running containers (PSS from smaps_rollup, shim + container)"
+    );
+    println!(
+        "{:<36} {:>12} {:>12} {:>14}",
+        "runtime", "shims MB", "processes MB", "per container"
+    );
+    let mut per_container = Vec::new();
+    for (label, runtime, image) in [
+        ("runc: busybox sleep", RUNC_RUNTIME, &native),
+        ("wedge: WASI sleep (C)", WEDGE_RUNTIME, &wasm),
+    ] {
+        let ids: Vec<String> = (0..count).map(|n| format!("mem-{n}")).collect();
+        for id in &ids {
+            containerd.ctr_ok(&["run", "--detach", "--runtime", runtime, image, id])?;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let tasks =
+            String::from_utf8_lossy(&containerd.ctr_ok(&["tasks", "ls"])?.stdout).into_owned();
+        let task_pids: Vec<i32> = tasks
+            .lines()
+            .filter(|line| line.starts_with("mem-"))
+            .filter_map(|line| line.split_whitespace().nth(1)?.parse().ok())
+            .collect();
+        ensure!(task_pids.len() == count, "not all containers run: {tasks}");
+        let shims: Vec<i32> = containerd
+            .container_processes()
+            .into_iter()
+            .filter(|(_, cmdline)| cmdline.contains("containerd-shim"))
+            .map(|(pid, _)| pid)
+            .collect();
+        let shim_mb = pss_mb(&shims);
+        let process_mb = pss_mb(&task_pids);
+        let each = (shim_mb + process_mb) / count as f64;
+        per_container.push(each);
+        println!("{label:<36} {shim_mb:>12.2} {process_mb:>12.2} {each:>11.2} MB");
+        for id in &ids {
+            containerd.ctr_ok(&["tasks", "kill", "--signal", "SIGKILL", id])?;
+        }
+        for id in &ids {
+            wait_stopped(containerd, id)?;
+            containerd.ctr_ok(&["tasks", "delete", id])?;
+            containerd.ctr_ok(&["containers", "rm", id])?;
+        }
+    }
+    println!(
+        "wedge / runc per container: {:.2}x; target: wedge ≤ 2.5 MB",
+        per_container[1] / per_container[0]
+    );
+    Ok(())
+}
+
+fn wait_stopped(containerd: &Containerd, id: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let tasks =
+            String::from_utf8_lossy(&containerd.ctr_ok(&["tasks", "ls"])?.stdout).into_owned();
+        let running = tasks
+            .lines()
+            .any(|line| line.starts_with(&format!("{id} ")) && line.contains("RUNNING"));
+        if !running {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "{id} did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sum of the proportional set sizes of `pids`, in MB (10^6 bytes).
+fn pss_mb(pids: &[i32]) -> f64 {
+    let kilobytes: u64 = pids
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok())
+        .filter_map(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("Pss:"))
+                .and_then(|value| {
+                    value
+                        .trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        })
+        .sum();
+    kilobytes as f64 * 1024.0 / 1e6
 }
 
 /// First start (compiles, cache emptied before each run) against cached start of a module
