@@ -207,6 +207,8 @@ async fn serve(flags: &Flags) -> Result<(), ShimError> {
     if flags.socket.is_empty() {
         return Err(ShimError::Arguments("-socket is required".into()));
     }
+    // A server starts for a Create that is on its way.
+    crate::sandbox::cgroup::warm_up_migration();
     // Runners are our children anyway; as subreaper we also collect anything they leave.
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|err| setup_error("cannot become a subreaper")(err.to_string()))?;

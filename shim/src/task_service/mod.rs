@@ -116,6 +116,9 @@ impl Inner {
         if self.containers().contains_key(&req.id) {
             return Err(Error::ContainerExists(req.id.clone()));
         }
+        // Overlaps the slow first step of the runner's cgroup migration with the rest of
+        // Create (a native container's runc migrates its init too).
+        crate::sandbox::cgroup::warm_up_migration();
         let bundle = PathBuf::from(&req.bundle);
         let spec = spec::ContainerSpec::load(&bundle)?;
 

@@ -310,6 +310,52 @@ impl Cgroup {
     }
 }
 
+/// Makes the next migration into a cgroup cheap, in the background.
+///
+/// Moving a process between cgroups takes a global lock whose first writer waits for an
+/// RCU grace period (13 ms here, most of a wasm container's Create); writers that follow
+/// within about a grace period do not. Re-joining our own cgroup is a migration that changes
+/// nothing, so doing it while Create mounts the rootfs and reads the spec means the runner's
+/// own migration finds the lock warm. Best effort: failures only cost the time back.
+pub fn warm_up_migration() {
+    let _ = std::thread::Builder::new()
+        .name("cgroup-warm-up".into())
+        .stack_size(32 * 1024)
+        .spawn(|| {
+            let Ok(Some(procs)) = Layout::host().map(own_cgroup_procs) else {
+                return;
+            };
+            let _ = std::fs::write(procs, std::process::id().to_string());
+        });
+}
+
+/// `cgroup.procs` of the cgroup this process is in, in the memory hierarchy (v1) or the
+/// unified tree (v2).
+fn own_cgroup_procs(layout: &Layout) -> Option<PathBuf> {
+    let membership = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let (root, wanted) = match layout {
+        Layout::Unified(root) => (root.clone(), ""),
+        Layout::Legacy(mounts) => (
+            mounts
+                .iter()
+                .find(|(controller, _)| *controller == Controller::Memory)?
+                .1
+                .clone(),
+            "memory",
+        ),
+    };
+    membership.lines().find_map(|line| {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        let matches = if wanted.is_empty() {
+            controllers.is_empty()
+        } else {
+            controllers.split(',').any(|name| name == wanted)
+        };
+        matches.then(|| root.join(path.trim_start_matches('/')).join("cgroup.procs"))
+    })
+}
+
 /// On v2 a controller's files appear in a cgroup only when every ancestor lists it in
 /// `cgroup.subtree_control`. Best effort: a controller the root does not offer stays off
 /// and its limit is reported when written.
