@@ -371,6 +371,28 @@ fn a_wasm_container_is_sandboxed_measured_and_stopped() -> Result<()> {
     node.update_memory_limit(&wasm, 256 << 20)?;
     ensure!(std::fs::read_to_string(&limit_file)?.trim() == (256 << 20).to_string());
 
+    // One shim serves the whole pod: pause, sidecar and wasm container.
+    let shims: Vec<_> = node
+        .containerd
+        .container_processes()
+        .into_iter()
+        .filter(|(_, cmdline)| cmdline.contains("containerd-shim-wedge-v1"))
+        .collect();
+    ensure!(shims.len() == 1, "shims of one pod: {shims:?}");
+
+    // The native sidecar is measured and updated too (runc's cgroup, runc update).
+    let sidecar_stats = node.stats(&sidecar)?;
+    let sidecar_memory = sidecar_stats
+        .memory
+        .and_then(|memory| memory.working_set_bytes)
+        .map(|bytes| bytes.value)
+        .unwrap_or(0);
+    ensure!(sidecar_memory > 0, "sidecar working set {sidecar_memory}");
+    node.update_memory_limit(&sidecar, 96 << 20)?;
+    let sidecar_limit =
+        format!("/sys/fs/cgroup/memory{memory_cgroup}{sidecar}/memory.limit_in_bytes");
+    ensure!(std::fs::read_to_string(&sidecar_limit)?.trim() == (96 << 20).to_string());
+
     let started = std::time::Instant::now();
     node.stop_container(&wasm, 30)?;
     let stopped = node.status(&wasm)?;

@@ -256,6 +256,31 @@ fn detached_task_reports_state_and_pids_then_deletes() -> Result<()> {
         "task pid {pid} is the runner: {:?}",
         String::from_utf8_lossy(&cmdline)
     );
+    // containerd's default spec limits open files; the runner has that limit.
+    let bundle = cd
+        .bundles()
+        .into_iter()
+        .find(|bundle| bundle.ends_with("bg"))
+        .expect("bundle of bg");
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json"))?)?;
+    let nofile = spec["process"]["rlimits"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|rlimit| rlimit["type"] == "RLIMIT_NOFILE")
+        .and_then(|rlimit| rlimit["soft"].as_u64())
+        .expect("RLIMIT_NOFILE in containerd's default spec");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .unwrap_or_default();
+    assert_eq!(
+        line.split_whitespace().nth(3),
+        Some(nofile.to_string().as_str()),
+        "{line}"
+    );
 
     let refused = cd.ctr(&["tasks", "delete", "bg"])?;
     assert!(!refused.status.success(), "a running task is not deleted");
