@@ -37,7 +37,7 @@ use crate::runner::module_fd::sealed_memfd;
 use crate::runner::protocol::{CacheSettings, ModuleSource, RunSpec};
 use crate::runner::spawn::{spawn_runner, Runner};
 use crate::sandbox::cgroup::path::is_systemd_form;
-use crate::sandbox::{Cgroup, RunnerSandbox};
+use crate::sandbox::{Cgroup, CgroupError, RunnerSandbox};
 use crate::spec::MountSpec;
 use crate::{image, options, rootfs, spec, stdio};
 
@@ -183,16 +183,18 @@ impl Inner {
         let (mut runner, exited) = match spawned {
             Ok(spawned) => spawned,
             Err(err) => {
-                remove_cgroup(&cgroup);
+                remove_cgroup(cgroup).await;
                 return Err(err);
             }
         };
         let pid = runner.pid;
         // Before the runner reads its first message: the module is read, compiled and run
         // inside the container's limits.
-        if let Err(source) = cgroup.add_process(pid) {
+        if let Err(source) =
+            off_the_event_loop(cgroup.clone(), move |cgroup| cgroup.add_process(pid)).await
+        {
             abandon(runner, exited).await;
-            remove_cgroup(&cgroup);
+            remove_cgroup(cgroup).await;
             return Err(Error::Sandbox {
                 id: req.id.clone(),
                 source: source.into(),
@@ -232,7 +234,7 @@ impl Inner {
             }
             Err(err) => {
                 abandon(runner, exited).await;
-                remove_cgroup(&cgroup);
+                remove_cgroup(cgroup).await;
                 return Err(err);
             }
         }
@@ -454,10 +456,12 @@ impl Inner {
         })?;
         match (runc, cgroup) {
             (Some(runc), _) => runc.freeze(&self.exits, id, &bundle, frozen).await?,
-            (None, Some(cgroup)) => cgroup.freeze(frozen).map_err(|source| Error::Sandbox {
-                id: id.to_string(),
-                source: source.into(),
-            })?,
+            (None, Some(cgroup)) => off_the_event_loop(cgroup, move |cgroup| cgroup.freeze(frozen))
+                .await
+                .map_err(|source| Error::Sandbox {
+                    id: id.to_string(),
+                    source: source.into(),
+                })?,
             (None, None) => return Err(Error::Unsupported { operation }),
         }
         self.with_container(id, |container| {
@@ -516,8 +520,8 @@ impl Inner {
         if let Some(watch) = &container.oom_watch {
             watch.abort();
         }
-        if let (true, Some(cgroup)) = (container.owns_cgroup(), &container.cgroup) {
-            remove_cgroup(cgroup);
+        if let (true, Some(cgroup)) = (container.owns_cgroup(), container.cgroup.clone()) {
+            remove_cgroup(cgroup).await;
         }
         if container.rootfs_mounted {
             rootfs::unmount(&container.rootfs);
@@ -536,9 +540,28 @@ enum Plan {
     Native,
 }
 
+/// Runs a cgroup operation that can wait in the kernel (a migration waits for an RCU grace
+/// period, a freeze or a busy rmdir is polled) on a blocking thread, so that the pod's other
+/// containers are served meanwhile.
+async fn off_the_event_loop<T: Send + 'static>(
+    cgroup: Cgroup,
+    operation: impl FnOnce(&Cgroup) -> std::result::Result<T, CgroupError> + Send + 'static,
+) -> std::result::Result<T, CgroupError> {
+    let path = cgroup.path().to_path_buf();
+    tokio::task::spawn_blocking(move || operation(&cgroup))
+        .await
+        .unwrap_or_else(|err| {
+            Err(CgroupError::Io {
+                action: "finish an operation on",
+                path,
+                source: std::io::Error::other(err.to_string()),
+            })
+        })
+}
+
 /// Removes a cgroup the shim made; a failure is logged (Delete must not fail over it).
-fn remove_cgroup(cgroup: &Cgroup) {
-    if let Err(err) = cgroup.remove() {
+async fn remove_cgroup(cgroup: Cgroup) {
+    if let Err(err) = off_the_event_loop(cgroup, Cgroup::remove).await {
         warn!(error = %err, "cannot remove the container's cgroup");
     }
 }
