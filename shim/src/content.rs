@@ -139,7 +139,12 @@ impl Session<'_> {
         let response = ContainersClient::new(self.channel.clone())
             .get(request)
             .await
-            .map_err(|status| api_error("look up container", id, status))?;
+            .map_err(|status| match status.code() {
+                containerd_client::tonic::Code::NotFound => {
+                    Error::ContainerNotFound(id.to_string())
+                }
+                _ => api_error("look up container", id, status),
+            })?;
         Ok(response
             .into_inner()
             .container
