@@ -98,18 +98,15 @@ impl Runc {
             .map_err(|err| Error::io("cannot record runc in", bundle, err))?;
         let pid_file = bundle.join(PID_FILE);
         let mut command = self.command(bundle, &["create", "--bundle"]);
-        command.arg(bundle).arg("--pid-file").arg(&pid_file);
-        if let Some(socket) = console_socket {
-            command.arg("--console-socket").arg(socket);
-        }
-        command.arg(id);
+        command.arg(bundle);
         let started = StartedBy {
             id,
             bundle,
             operation: "create",
             pid_file: &pid_file,
         };
-        self.start_process(exits, command, started, stdio).await
+        self.start_process(exits, command, started, stdio, console_socket)
+            .await
     }
 
     /// `runc exec --detach`: starts the process described by `files.process` (an OCI
@@ -129,29 +126,33 @@ impl Runc {
             pid_file,
         } = files;
         let mut command = self.command(bundle, &["exec", "--detach", "--process"]);
-        command.arg(process).arg("--pid-file").arg(pid_file);
-        if let Some(socket) = console_socket {
-            command.arg("--console-socket").arg(socket);
-        }
-        command.arg(id);
+        command.arg(process);
         let started = StartedBy {
             id,
             bundle,
             operation: "exec",
             pid_file,
         };
-        self.start_process(exits, command, started, stdio).await
+        self.start_process(exits, command, started, stdio, console_socket)
+            .await
     }
 
-    /// Runs a runc command that starts a process (create, exec) with `stdio` inherited by
-    /// that process, and returns the pid runc wrote.
+    /// Runs a runc command that starts a process (create, exec): adds the pid file, the
+    /// console socket if the process gets a terminal, and the container id; `stdio` is
+    /// inherited by that process. Returns the pid runc wrote.
     async fn start_process(
         &self,
         exits: &ExitRouter,
         mut command: Command,
         started: StartedBy<'_>,
         stdio: InitStdio,
+        console_socket: Option<PathBuf>,
     ) -> Result<i32> {
+        command.arg("--pid-file").arg(started.pid_file);
+        if let Some(socket) = console_socket {
+            command.arg("--console-socket").arg(socket);
+        }
+        command.arg(started.id);
         // runc itself writes its errors to the log, not to these.
         command
             .stdin(Stdio::from(stdio.stdin))

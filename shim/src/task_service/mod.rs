@@ -443,25 +443,18 @@ impl Inner {
         } else {
             (Status::Paused, "resume")
         };
-        let (runc, cgroup, bundle) = self.with_container(id, |container| {
+        let (runc, cgroup, bundle) = self.controls(id, |container| {
             let status = container.status();
             if status != wanted {
                 return Err(container.wrong_state(status, operation, wanted.name()));
             }
-            Ok((
-                container.runc().cloned(),
-                container.cgroup.clone(),
-                container.bundle.clone(),
-            ))
+            Ok(())
         })?;
         match (runc, cgroup) {
             (Some(runc), _) => runc.freeze(&self.exits, id, &bundle, frozen).await?,
             (None, Some(cgroup)) => off_the_event_loop(cgroup, move |cgroup| cgroup.freeze(frozen))
                 .await
-                .map_err(|source| Error::Sandbox {
-                    id: id.to_string(),
-                    source: source.into(),
-                })?,
+                .map_err(|err| Self::sandbox_error(id, err))?,
             (None, None) => return Err(Error::Unsupported { operation }),
         }
         self.with_container(id, |container| {

@@ -1,6 +1,7 @@
 //! The cgroup half of the task service: Stats, Update, Pids and TaskOOM events, for wasm
 //! containers (the shim's cgroup) and native ones (runc's).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use containerd_shim::api;
@@ -12,8 +13,9 @@ use tokio::task::AbortHandle;
 use tracing::{info, warn, Instrument};
 
 use super::Inner;
-use crate::container::Status;
+use crate::container::{Container, Status};
 use crate::error::{Error, Result};
+use crate::native::Runc;
 use crate::sandbox::cgroup::oom::OomWatch;
 use crate::sandbox::cgroup::Resources;
 use crate::sandbox::Cgroup;
@@ -27,11 +29,31 @@ impl Inner {
         })
     }
 
-    fn sandbox_error(id: &str, source: impl Into<crate::sandbox::SandboxError>) -> Error {
+    pub(super) fn sandbox_error(
+        id: &str,
+        source: impl Into<crate::sandbox::SandboxError>,
+    ) -> Error {
         Error::Sandbox {
             id: id.to_string(),
             source: source.into(),
         }
+    }
+
+    /// What acts on a container's processes as a whole: its runc (native), its cgroup and
+    /// its bundle, taken under the lock once `check` accepts the container.
+    pub(super) fn controls(
+        &self,
+        id: &str,
+        check: impl FnOnce(&Container) -> Result<()>,
+    ) -> Result<(Option<Runc>, Option<Cgroup>, PathBuf)> {
+        self.with_container(id, |container| {
+            check(container)?;
+            Ok((
+                container.runc().cloned(),
+                container.cgroup.clone(),
+                container.bundle.clone(),
+            ))
+        })
     }
 
     /// The container's cgroup metrics, in the message containerd decodes for CRI.
@@ -81,13 +103,7 @@ impl Inner {
             .ok_or_else(|| Error::InvalidRequest("update without resources".into()))?;
         let resources: LinuxResources = serde_json::from_slice(&json)
             .map_err(|err| Error::InvalidRequest(format!("malformed resources: {err}")))?;
-        let (runc, cgroup, bundle) = self.with_container(&req.id, |container| {
-            Ok((
-                container.runc().cloned(),
-                container.cgroup.clone(),
-                container.bundle.clone(),
-            ))
-        })?;
+        let (runc, cgroup, bundle) = self.controls(&req.id, |_| Ok(()))?;
         match (runc, cgroup) {
             (Some(runc), _) => runc.update(&self.exits, &req.id, &bundle, &json).await,
             (None, Some(cgroup)) => cgroup
