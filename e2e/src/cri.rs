@@ -14,10 +14,10 @@ use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStats, ContainerStatsRequest,
     ContainerStatus, ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest,
     ExecSyncResponse, ImageSpec, Int64Value, KeyValue, LinuxContainerResources,
-    LinuxContainerSecurityContext, LinuxPodSandboxConfig, Mount, PodSandboxConfig,
-    PodSandboxMetadata, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
-    UpdateContainerResourcesRequest,
+    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount,
+    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
+    StopPodSandboxRequest, UpdateContainerResourcesRequest,
 };
 
 use crate::containerd::{Containerd, Release, PAUSE_IMAGE};
@@ -101,8 +101,18 @@ impl CriNode {
             .map_err(|status| anyhow::anyhow!("CRI {what}: {}", status.message()))
     }
 
-    /// RunPodSandbox with `handler`, the pod's logs and cgroups under the test's dirs.
+    /// RunPodSandbox with `handler`, the pod's logs and cgroups under the test's dirs; each
+    /// container in a pid namespace of its own, as kubelet does by default.
     pub fn run_pod(&self, name: &str, handler: &str) -> Result<Pod> {
+        self.run_pod_with(name, handler, NamespaceMode::Container)
+    }
+
+    /// A pod with `shareProcessNamespace: true`: one pid namespace for all its containers.
+    pub fn run_pod_sharing_pids(&self, name: &str, handler: &str) -> Result<Pod> {
+        self.run_pod_with(name, handler, NamespaceMode::Pod)
+    }
+
+    fn run_pod_with(&self, name: &str, handler: &str, pids: NamespaceMode) -> Result<Pod> {
         let cri = self
             .containerd
             .cri()
@@ -120,6 +130,13 @@ impl CriNode {
             log_directory: log_directory.display().to_string(),
             linux: Some(LinuxPodSandboxConfig {
                 cgroup_parent: cri.cgroup_parent.clone(),
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        pid: pids as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -179,6 +196,13 @@ impl CriNode {
                 }),
                 security_context: Some(LinuxContainerSecurityContext {
                     run_as_user: spec.run_as_user.map(|value| Int64Value { value }),
+                    // As kubelet: the pod's namespace choices, repeated per container.
+                    namespace_options: pod
+                        .config
+                        .linux
+                        .as_ref()
+                        .and_then(|linux| linux.security_context.as_ref())
+                        .and_then(|context| context.namespace_options.clone()),
                     ..Default::default()
                 }),
             }),

@@ -553,3 +553,81 @@ fn a_cncf_wasm_artifact_runs_through_cri() -> Result<()> {
     node.remove_pod(&pod)?;
     node.containerd.assert_clean()
 }
+
+/// With `shareProcessNamespace: true` the runner is a process of the pod's pid namespace:
+/// a sidecar sees it, and a stop still ends the module at once.
+#[test]
+fn a_wasm_container_joins_a_shared_pid_namespace() -> Result<()> {
+    let node = CriNode::start(Release::System)?;
+    let busybox = busybox_image(&node)?;
+    let spinner = wasm_image(&node, "spinner", &programs::wat(programs::LOOP_WAT)?)?;
+    let pod = node.run_pod_sharing_pids("shared-pids", WEDGE_HANDLER)?;
+    let sidecar = node.run_container(
+        &pod,
+        &ContainerSpec {
+            name: "sidecar".into(),
+            image: busybox,
+            command: sh("while true; do sleep 0.1; done"),
+            ..Default::default()
+        },
+    )?;
+    let wasm = node.run_container(
+        &pod,
+        &ContainerSpec {
+            name: "spinner".into(),
+            image: spinner,
+            ..Default::default()
+        },
+    )?;
+    let ps = |what: &str| -> Result<String> {
+        let out = node.exec_sync(&sidecar, &["/bin/busybox", "ps", "-o", "pid,args"])?;
+        ensure!(out.exit_code == 0, "{what}: ps failed: {out:?}");
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let listing = ps("running")?;
+    ensure!(
+        listing
+            .lines()
+            .any(|line| line.contains("wedge-runner") && line.contains(&wasm)),
+        "the sidecar does not see the runner:\n{listing}"
+    );
+    let started = std::time::Instant::now();
+    node.stop_container(&wasm, 30)?;
+    let stopped = node.status(&wasm)?;
+    ensure!(
+        started.elapsed() < Duration::from_secs(10) && stopped.exit_code == 143,
+        "stop took {:?}, exit {}",
+        started.elapsed(),
+        stopped.exit_code
+    );
+    let listing = ps("stopped")?;
+    ensure!(
+        !listing.contains("wedge-runner"),
+        "runner still there:\n{listing}"
+    );
+
+    // No grace period: SIGKILL goes to the runner the shim watches; the module's process
+    // in the pod's namespace dies with it.
+    let killed = node.run_container(
+        &pod,
+        &ContainerSpec {
+            name: "killed".into(),
+            image: wasm_image(&node, "spinner2", &programs::wat(programs::LOOP_WAT)?)?,
+            ..Default::default()
+        },
+    )?;
+    ensure!(ps("running again")?.contains(&killed));
+    node.stop_container(&killed, 0)?;
+    let stopped = node.status(&killed)?;
+    ensure!(stopped.exit_code == 137, "exit {}", stopped.exit_code);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while ps("killed")?.contains("wedge-runner") {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the module outlived its runner"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    node.remove_pod(&pod)?;
+    node.containerd.assert_clean()
+}

@@ -5,6 +5,7 @@
 //! the container's limits can later apply to.
 
 pub mod module_fd;
+mod pid_namespace;
 pub mod protocol;
 pub mod spawn;
 mod stdin;
@@ -47,6 +48,14 @@ fn run() -> i32 {
         Ok(ShimMessage::Prepare(spec)) => *spec,
         _ => return SETUP_FAILED_EXIT_CODE,
     };
+    // Prepare comes once the shim has moved this process into the container's cgroup, so
+    // the child is born there.
+    if spec.enter_pod_pid_namespace {
+        if let Err(reason) = pid_namespace::fork_into_pod_namespace() {
+            let _ = protocol::send(&mut writer, &RunnerMessage::Rejected { reason });
+            return SETUP_FAILED_EXIT_CODE;
+        }
+    }
     if let Some(fifo) = spec.stdin_fifo.clone() {
         if let Err(err) = stdin::relay_fifo_to_stdin(fifo) {
             let reason = format!("cannot attach stdin: {err}");

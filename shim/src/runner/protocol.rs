@@ -49,6 +49,8 @@ pub struct RunSpec {
     pub memory_usage_file: Option<PathBuf>,
     /// The container's directory mounts, seen by the module at their destinations.
     pub mounts: Vec<Preopen>,
+    /// Fork into the pod's pid namespace (set for the runner's children before exec).
+    pub enter_pod_pid_namespace: bool,
 }
 
 /// Where the module's bytes are.
@@ -157,6 +159,7 @@ mod tests {
                 guest: "/data".into(),
                 readonly: true,
             }],
+            enter_pod_pid_namespace: true,
         };
         let mut wire = Vec::new();
         send(&mut wire, &ShimMessage::Prepare(Box::new(spec.clone()))).unwrap();

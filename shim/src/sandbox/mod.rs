@@ -53,6 +53,11 @@ pub struct BeforeExec {
 }
 
 impl BeforeExec {
+    /// True when the runner must fork into the pod's pid namespace once it is in its cgroup.
+    pub fn joins_pod_pids(&self) -> bool {
+        self.namespaces.joins_pod_pids()
+    }
+
     /// Runs between fork and exec: only syscalls, no allocation.
     pub fn enter(&self) -> std::io::Result<()> {
         self.rlimits.apply()?;

@@ -2,9 +2,11 @@
 //! namespaces under CRI) are joined, the others are new. Both happen in the runner's child
 //! between fork and exec, where the process is still single-threaded.
 //!
-//! The pid namespace is the exception: joining or creating one only applies to a process's
-//! children, and the runner has none. A wasm module has no process API, so nothing it does
-//! depends on which pid namespace its runner is in.
+//! The pid namespace is the exception: joining one only applies to a process's children. A
+//! pod's shared pid namespace (a path in the spec) is set here for the runner's children, and
+//! the runner forks once into it (`runner::pid_namespace`). A new pid namespace (no path, the
+//! default) is not made: the runner would need that extra process too, and a wasm module has
+//! no process API to notice the difference.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
@@ -20,6 +22,15 @@ pub struct Namespaces {
 }
 
 impl Namespaces {
+    /// True when the runner must fork into the pod's pid namespace.
+    pub fn joins_pod_pids(&self) -> bool {
+        self.joins
+            .iter()
+            .any(|(_, flag)| *flag == CloneFlags::CLONE_NEWPID)
+    }
+}
+
+impl Namespaces {
     /// Opens the namespaces to join now, in the shim, so that the child only calls setns.
     pub fn open(requested: &[(LinuxNamespaceType, Option<PathBuf>)]) -> Result<Self, SandboxError> {
         let mut joins = Vec::new();
@@ -32,6 +43,7 @@ impl Namespaces {
                 LinuxNamespaceType::Mount => (CloneFlags::CLONE_NEWNS, "mount"),
                 // After the runner has joined its cgroup would be the place for a cgroup
                 // namespace; wasm cannot read /proc, so the host's view is never exposed.
+                LinuxNamespaceType::Pid if path.is_some() => (CloneFlags::CLONE_NEWPID, "pid"),
                 LinuxNamespaceType::Cgroup | LinuxNamespaceType::Pid | LinuxNamespaceType::Time => {
                     continue
                 }
@@ -87,6 +99,11 @@ mod tests {
             namespaces.unshare,
             CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWNS
         );
+        assert!(!namespaces.joins_pod_pids());
+        let shared =
+            Namespaces::open(&[(LinuxNamespaceType::Pid, Some("/proc/self/ns/pid".into()))])
+                .unwrap();
+        assert!(shared.joins_pod_pids());
     }
 
     #[test]

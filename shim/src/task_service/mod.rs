@@ -175,6 +175,7 @@ impl Inner {
                 source,
             }
         })?;
+        let enter_pod_pid_namespace = before_exec.joins_pod_pids();
         let spawned = self.exits.spawn_watched(|| {
             let runner = spawn_runner(&req.id, bundle, io.runner, module_fd, before_exec)?;
             let pid = runner.pid;
@@ -227,6 +228,7 @@ impl Inner {
                 .iter()
                 .filter_map(MountSpec::as_preopen)
                 .collect(),
+            enter_pod_pid_namespace,
         };
         match runner.prepare(run_spec).await {
             Ok(program) => {
