@@ -27,6 +27,22 @@ fn wasm_image(node: &CriNode, name: &str, module: &[u8]) -> Result<String> {
     Ok(reference)
 }
 
+/// Waits until a line of the container's CRI log contains `needle`.
+fn wait_for_log(node: &CriNode, pod: &wedge_e2e::Pod, container: &str, needle: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let lines = node.log_lines(pod, container).unwrap_or_default();
+        if lines.iter().any(|(_, text)| text.contains(needle)) {
+            return Ok(());
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{needle:?} never reached the log of {container}: {lines:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn sh(script: &str) -> Vec<String> {
     vec![
         "/bin/busybox".into(),
@@ -66,6 +82,7 @@ fn native_pod_observations(node: &CriNode, handler: &str) -> Result<Vec<String>>
     node.stop_container(&sidecar, 5)?;
     let status = node.wait_exited(&sidecar, Duration::from_secs(10))?;
     seen.push(format!("exit {} {}", status.exit_code, status.reason));
+    wait_for_log(node, &pod, "sidecar", "bye")?;
     let mut lines = node.log_lines(&pod, "sidecar")?;
     lines.sort();
     seen.push(format!("log {lines:?}"));
@@ -109,8 +126,8 @@ fn a_native_container_gets_a_terminal_as_under_runc() -> Result<()> {
             },
         )?;
         let status = node.wait_exited(&id, Duration::from_secs(20))?;
-        // The log tails behind the exit by a moment.
-        std::thread::sleep(Duration::from_millis(200));
+        // containerd writes the CRI log behind the exit by a moment.
+        wait_for_log(&node, &pod, "tty", "/dev/pts/")?;
         let lines = stdout_lines(&node, &pod, "tty")?;
         seen.push((status.exit_code, lines));
         node.remove_pod(&pod)?;
@@ -365,7 +382,8 @@ fn a_wasm_container_is_sandboxed_measured_and_stopped() -> Result<()> {
         .and_then(|memory| memory.working_set_bytes)
         .map(|bytes| bytes.value)
         .unwrap_or(0);
-    ensure!(cpu > 100_000_000, "a spinning module used {cpu} ns of CPU");
+    // Loose on purpose: another test may share the cores.
+    ensure!(cpu > 20_000_000, "a spinning module used {cpu} ns of CPU");
     ensure!(memory > 0, "working set {memory}");
 
     node.update_memory_limit(&wasm, 256 << 20)?;
