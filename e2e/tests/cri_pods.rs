@@ -580,6 +580,7 @@ fn a_wasm_container_joins_a_shared_pid_namespace() -> Result<()> {
     let busybox = busybox_image(&node)?;
     let spinner = wasm_image(&node, "spinner", &programs::wat(programs::LOOP_WAT)?)?;
     let pod = node.run_pod_sharing_pids("shared-pids", WEDGE_HANDLER)?;
+    let second_spinner = spinner.clone();
     let sidecar = node.run_container(
         &pod,
         &ContainerSpec {
@@ -630,7 +631,7 @@ fn a_wasm_container_joins_a_shared_pid_namespace() -> Result<()> {
         &pod,
         &ContainerSpec {
             name: "killed".into(),
-            image: wasm_image(&node, "spinner2", &programs::wat(programs::LOOP_WAT)?)?,
+            image: second_spinner,
             ..Default::default()
         },
     )?;

@@ -95,6 +95,7 @@ pub struct NewContainer {
     pub engine: Engine,
     pub exit: watch::Receiver<Option<ExitStatus>>,
     pub cgroup: Option<Cgroup>,
+    pub oom_watch: Option<AbortHandle>,
 }
 
 impl Container {
@@ -110,7 +111,7 @@ impl Container {
             exit: parts.exit,
             execs: HashMap::new(),
             cgroup: parts.cgroup,
-            oom_watch: None,
+            oom_watch: parts.oom_watch,
             console: None,
         }
     }

@@ -340,9 +340,8 @@ impl Inner {
             engine,
             exit: exit_watch,
             cgroup,
+            oom_watch,
         });
-        let mut container = container;
-        container.oom_watch = oom_watch;
         self.containers().insert(req.id.clone(), container);
         tokio::spawn(Arc::clone(self).on_exit(
             req.id.clone(),
