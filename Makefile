@@ -7,8 +7,10 @@ PROFILE    := --release
 BIN_DIR    := target/release
 # The e2e tests each start a containerd; two at a time suits a 2-core machine.
 E2E_THREADS ?= 2
+WASMTIME_VERSION := 48.0.8
+WASMTIME_CLI := target/wasmtime-cli/bin/wasmtime
 
-.PHONY: all deps build demo test fmt-check lint unit e2e bench install uninstall clean
+.PHONY: all deps build demo test fmt-check lint unit e2e manifests bench install uninstall clean
 
 all: build
 
@@ -23,7 +25,7 @@ demo: build
 	$(BIN_DIR)/wedge-demo
 
 ## test: formatting, lints, unit tests, end-to-end tests against a real containerd.
-test: deps fmt-check lint build unit e2e
+test: deps fmt-check lint build unit e2e manifests
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -37,9 +39,20 @@ unit:
 e2e: build
 	$(CARGO) test $(PROFILE) -p wedge-e2e --tests -- --test-threads=$(E2E_THREADS)
 
-## bench: cold start of Wedge vs runc on the same containerd (WEDGE_BENCH_RUNS=15).
-bench: build
+## manifests: render deploy/ and the Helm chart, validate every object against the
+## Kubernetes schemas of several releases.
+manifests:
+	./scripts/check-manifests.sh
+
+## bench: cold start, memory and HTTP of Wedge vs runc and wasmtime serve (WEDGE_BENCH_RUNS=15).
+bench: build $(WASMTIME_CLI)
 	$(BIN_DIR)/wedge-bench
+
+# The reference HTTP server of the benchmark, the same wasmtime release Wedge embeds; built
+# once (several minutes), kept under target/.
+$(WASMTIME_CLI):
+	$(CARGO) install --locked wasmtime-cli --version $(WASMTIME_VERSION) \
+		--root target/wasmtime-cli --target-dir target/wasmtime-cli-build
 
 ## install: the shim and the CLI into $(PREFIX)/bin, where containerd finds the shim.
 install: build

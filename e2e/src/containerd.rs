@@ -12,6 +12,13 @@ use crate::binaries;
 /// File name of the harness's engine config in the temp dir.
 const ENGINE_CONFIG: &str = "wedge.toml";
 
+/// The tests' operator: pods may turn on multi-memory, and may not meter fuel (so that a
+/// forbidden annotation can be tried).
+const ENGINE_OPTIONS: &str = r#"allowed_annotations = ["features", "timeout", "max-memory", "http-port", "http-max-concurrency", "http-request-timeout"]
+[wasm]
+allowed_features = ["multi-memory"]
+"#;
+
 /// containerd's runtime type for the Wedge shim.
 pub const WEDGE_RUNTIME: &str = "io.containerd.wedge.v1";
 
@@ -143,7 +150,7 @@ impl Containerd {
         std::fs::write(
             dir.path().join(ENGINE_CONFIG),
             format!(
-                "[cache]\ndir = \"{}\"\n[runc]\nroot = \"{}\"\n",
+                "{ENGINE_OPTIONS}[cache]\ndir = \"{}\"\n[runc]\nroot = \"{}\"\n",
                 dir.path().join("cache").display(),
                 dir.path().join("runc").display()
             ),

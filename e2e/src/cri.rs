@@ -15,9 +15,9 @@ use k8s_cri::v1::{
     ContainerStatus, ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest,
     ExecSyncResponse, ImageSpec, Int64Value, KeyValue, LinuxContainerResources,
     LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount,
-    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
-    StopPodSandboxRequest, UpdateContainerResourcesRequest,
+    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopContainerRequest, StopPodSandboxRequest, UpdateContainerResourcesRequest,
 };
 
 use crate::containerd::{Containerd, Release, PAUSE_IMAGE};
@@ -61,6 +61,16 @@ pub struct ContainerSpec {
     pub annotations: HashMap<String, String>,
 }
 
+/// A busybox `sh -c script` command line.
+pub fn sh(script: &str) -> Vec<String> {
+    vec![
+        "/bin/busybox".into(),
+        "sh".into(),
+        "-c".into(),
+        script.into(),
+    ]
+}
+
 impl CriNode {
     /// Starts containerd with CRI and imports the locally built pause image.
     pub fn start(release: Release) -> Result<Self> {
@@ -91,6 +101,52 @@ impl CriNode {
         })
     }
 
+    /// The static busybox as a native image in `k8s.io`: the sidecar of most tests.
+    pub fn busybox_image(&self) -> Result<String> {
+        let (archive, reference) = images::native_image(
+            self.containerd.dir(),
+            "busybox",
+            Path::new(BUSYBOX),
+            "/bin/busybox",
+            &["/bin/busybox"],
+        )?;
+        self.containerd.import_for_cri(&archive)?;
+        Ok(reference)
+    }
+
+    /// `module` as a wasm image in `k8s.io`.
+    pub fn wasm_image(&self, name: &str, module: &[u8]) -> Result<String> {
+        let (archive, reference) = images::wasm_image(self.containerd.dir(), name, module)?;
+        self.containerd.import_for_cri(&archive)?;
+        Ok(reference)
+    }
+
+    /// Waits until a line of the container's CRI log contains `needle`.
+    pub fn wait_for_log(&self, pod: &Pod, container: &str, needle: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines = self.log_lines(pod, container).unwrap_or_default();
+            if lines.iter().any(|(_, text)| text.contains(needle)) {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{needle:?} never reached the log of {container}: {lines:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The stdout lines of the container's CRI log.
+    pub fn stdout_lines(&self, pod: &Pod, container: &str) -> Result<Vec<String>> {
+        Ok(self
+            .log_lines(pod, container)?
+            .into_iter()
+            .filter(|(stream, _)| stream == "stdout")
+            .map(|(_, text)| text)
+            .collect())
+    }
+
     fn call<T, F>(&self, what: &str, request: F) -> Result<T>
     where
         F: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
@@ -104,15 +160,49 @@ impl CriNode {
     /// RunPodSandbox with `handler`, the pod's logs and cgroups under the test's dirs; each
     /// container in a pid namespace of its own, as kubelet does by default.
     pub fn run_pod(&self, name: &str, handler: &str) -> Result<Pod> {
-        self.run_pod_with(name, handler, NamespaceMode::Container)
+        self.run_pod_with(name, handler, NamespaceMode::Container, &[])
     }
 
     /// A pod with `shareProcessNamespace: true`: one pid namespace for all its containers.
     pub fn run_pod_sharing_pids(&self, name: &str, handler: &str) -> Result<Pod> {
-        self.run_pod_with(name, handler, NamespaceMode::Pod)
+        self.run_pod_with(name, handler, NamespaceMode::Pod, &[])
     }
 
-    fn run_pod_with(&self, name: &str, handler: &str, pids: NamespaceMode) -> Result<Pod> {
+    /// A pod with annotations (`metadata.annotations` of a Kubernetes pod).
+    pub fn run_pod_annotated(
+        &self,
+        name: &str,
+        handler: &str,
+        annotations: &[(&str, &str)],
+    ) -> Result<Pod> {
+        self.run_pod_with(name, handler, NamespaceMode::Container, annotations)
+    }
+
+    /// The pod's IP on the CNI network, as kubelet reports it in `status.podIP`.
+    pub fn pod_ip(&self, pod: &Pod) -> Result<String> {
+        let mut client = self.client.clone();
+        let status = self.call(
+            "PodSandboxStatus",
+            client.pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: pod.id.clone(),
+                verbose: false,
+            }),
+        )?;
+        status
+            .status
+            .and_then(|status| status.network)
+            .map(|network| network.ip)
+            .filter(|ip| !ip.is_empty())
+            .context("the pod has no IP")
+    }
+
+    fn run_pod_with(
+        &self,
+        name: &str,
+        handler: &str,
+        pids: NamespaceMode,
+        annotations: &[(&str, &str)],
+    ) -> Result<Pod> {
         let cri = self
             .containerd
             .cri()
@@ -128,6 +218,10 @@ impl CriNode {
             }),
             hostname: name.into(),
             log_directory: log_directory.display().to_string(),
+            annotations: annotations
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect(),
             linux: Some(LinuxPodSandboxConfig {
                 cgroup_parent: cri.cgroup_parent.clone(),
                 security_context: Some(LinuxSandboxSecurityContext {

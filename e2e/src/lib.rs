@@ -2,8 +2,10 @@
 //! binaries under test, and the wasm programs and images they run.
 
 pub mod binaries;
+pub mod components;
 pub mod containerd;
 pub mod cri;
+pub mod http_load;
 pub mod images;
 pub mod programs;
 pub mod registry;

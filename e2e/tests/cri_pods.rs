@@ -6,56 +6,13 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use k8s_cri::v1::ContainerState;
-use wedge_e2e::cri::{BUSYBOX, RUNC_HANDLER, WEDGE_HANDLER};
+use wedge_e2e::cri::{sh, RUNC_HANDLER, WEDGE_HANDLER};
 use wedge_e2e::{images, programs, ContainerSpec, CriNode, Release};
-
-fn busybox_image(node: &CriNode) -> Result<String> {
-    let (archive, reference) = images::native_image(
-        node.containerd.dir(),
-        "busybox",
-        Path::new(BUSYBOX),
-        "/bin/busybox",
-        &["/bin/busybox"],
-    )?;
-    node.containerd.import_for_cri(&archive)?;
-    Ok(reference)
-}
-
-fn wasm_image(node: &CriNode, name: &str, module: &[u8]) -> Result<String> {
-    let (archive, reference) = images::wasm_image(node.containerd.dir(), name, module)?;
-    node.containerd.import_for_cri(&archive)?;
-    Ok(reference)
-}
-
-/// Waits until a line of the container's CRI log contains `needle`.
-fn wait_for_log(node: &CriNode, pod: &wedge_e2e::Pod, container: &str, needle: &str) -> Result<()> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let lines = node.log_lines(pod, container).unwrap_or_default();
-        if lines.iter().any(|(_, text)| text.contains(needle)) {
-            return Ok(());
-        }
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "{needle:?} never reached the log of {container}: {lines:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn sh(script: &str) -> Vec<String> {
-    vec![
-        "/bin/busybox".into(),
-        "sh".into(),
-        "-c".into(),
-        script.into(),
-    ]
-}
 
 /// What a kubelet observes of a pod with one busybox sidecar: logs, exec, exit status after
 /// a stop with a grace period, and a clean node afterwards.
 fn native_pod_observations(node: &CriNode, handler: &str) -> Result<Vec<String>> {
-    let busybox = busybox_image(node)?;
+    let busybox = node.busybox_image()?;
     let pod = node.run_pod(&format!("native-{handler}"), handler)?;
     let sidecar = node.run_container(
         &pod,
@@ -82,7 +39,7 @@ fn native_pod_observations(node: &CriNode, handler: &str) -> Result<Vec<String>>
     node.stop_container(&sidecar, 5)?;
     let status = node.wait_exited(&sidecar, Duration::from_secs(10))?;
     seen.push(format!("exit {} {}", status.exit_code, status.reason));
-    wait_for_log(node, &pod, "sidecar", "bye")?;
+    node.wait_for_log(&pod, "sidecar", "bye")?;
     let mut lines = node.log_lines(&pod, "sidecar")?;
     lines.sort();
     seen.push(format!("log {lines:?}"));
@@ -111,7 +68,7 @@ fn a_native_pod_behaves_as_under_runc() -> Result<()> {
 #[test]
 fn a_native_container_gets_a_terminal_as_under_runc() -> Result<()> {
     let node = CriNode::start(Release::System)?;
-    let busybox = busybox_image(&node)?;
+    let busybox = node.busybox_image()?;
     let mut seen = Vec::new();
     for handler in [WEDGE_HANDLER, RUNC_HANDLER] {
         let pod = node.run_pod(&format!("tty-{handler}"), handler)?;
@@ -127,8 +84,8 @@ fn a_native_container_gets_a_terminal_as_under_runc() -> Result<()> {
         )?;
         let status = node.wait_exited(&id, Duration::from_secs(20))?;
         // containerd writes the CRI log behind the exit by a moment.
-        wait_for_log(&node, &pod, "tty", "/dev/pts/")?;
-        let lines = stdout_lines(&node, &pod, "tty")?;
+        node.wait_for_log(&pod, "tty", "/dev/pts/")?;
+        let lines = node.stdout_lines(&pod, "tty")?;
         seen.push((status.exit_code, lines));
         node.remove_pod(&pod)?;
     }
@@ -151,7 +108,7 @@ fn a_native_container_gets_a_terminal_as_under_runc() -> Result<()> {
 fn a_wasm_container_logs_and_exits_in_a_pod() -> Result<()> {
     let node = CriNode::start(Release::System)?;
     let module = programs::compile_c(programs::ECHO_C, node.containerd.dir(), "echo")?;
-    let image = wasm_image(&node, "echo", &module)?;
+    let image = node.wasm_image("echo", &module)?;
     let pod = node.run_pod("wasm-echo", WEDGE_HANDLER)?;
     let id = node.run_container(
         &pod,
@@ -201,15 +158,6 @@ fn wait_for_file(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn stdout_lines(node: &CriNode, pod: &wedge_e2e::Pod, container: &str) -> Result<Vec<String>> {
-    Ok(node
-        .log_lines(pod, container)?
-        .into_iter()
-        .filter(|(stream, _)| stream == "stdout")
-        .map(|(_, text)| text)
-        .collect())
-}
-
 /// A wasm container and a busybox sidecar exchange files through an emptyDir; a read-only
 /// volume stays read-only; nothing outside the volumes is reachable through `..` or a
 /// symlink; the module runs as the pod's user.
@@ -229,9 +177,9 @@ fn wasm_and_a_sidecar_share_an_emptydir() -> Result<()> {
     let secret = work.join("secret");
     std::fs::write(&secret, "host secret\n")?;
 
-    let busybox = busybox_image(&node)?;
+    let busybox = node.busybox_image()?;
     let module = programs::compile_c(programs::FILES_C, node.containerd.dir(), "files")?;
-    let files = wasm_image(&node, "files", &module)?;
+    let files = node.wasm_image("files", &module)?;
     let pod = node.run_pod("shared", WEDGE_HANDLER)?;
     let sidecar = node.run_container(
         &pod,
@@ -276,7 +224,7 @@ fn wasm_and_a_sidecar_share_an_emptydir() -> Result<()> {
         },
     )?;
     let status = node.wait_exited(&wasm, Duration::from_secs(20))?;
-    let lines = stdout_lines(&node, &pod, "files")?;
+    let lines = node.stdout_lines(&pod, "files")?;
     ensure!(
         status.exit_code == 0,
         "exit {}: {lines:?}",
@@ -321,8 +269,8 @@ fn wasm_and_a_sidecar_share_an_emptydir() -> Result<()> {
 #[test]
 fn a_wasm_container_is_sandboxed_measured_and_stopped() -> Result<()> {
     let node = CriNode::start(Release::System)?;
-    let busybox = busybox_image(&node)?;
-    let spinner = wasm_image(&node, "spinner", &programs::wat(programs::LOOP_WAT)?)?;
+    let busybox = node.busybox_image()?;
+    let spinner = node.wasm_image("spinner", &programs::wat(programs::LOOP_WAT)?)?;
     let pod = node.run_pod("sandboxed", WEDGE_HANDLER)?;
     let sidecar = node.run_container(
         &pod,
@@ -444,14 +392,16 @@ fn a_wasm_container_is_sandboxed_measured_and_stopped() -> Result<()> {
 fn memory_limits_and_oom_kills() -> Result<()> {
     let node = CriNode::start(Release::System)?;
     let module = programs::compile_c(programs::ALLOCATE_C, node.containerd.dir(), "allocate")?;
-    let allocate = wasm_image(&node, "allocate", &module)?;
-    let two_memories = wasm_image(
-        &node,
-        "memories",
-        &programs::wat(programs::TWO_MEMORIES_WAT)?,
+    let allocate = node.wasm_image("allocate", &module)?;
+    let two_memories = node.wasm_image("memories", &programs::wat(programs::TWO_MEMORIES_WAT)?)?;
+    let busybox = node.busybox_image()?;
+    // Two memories need the multi-memory proposal, which the tests' engine config lets a pod
+    // turn on.
+    let pod = node.run_pod_annotated(
+        "memory",
+        WEDGE_HANDLER,
+        &[("wedge.dev/features", "multi-memory")],
     )?;
-    let busybox = busybox_image(&node)?;
-    let pod = node.run_pod("memory", WEDGE_HANDLER)?;
     let limited = |name: &str, image: &str, args: &[&str]| ContainerSpec {
         name: name.into(),
         image: image.to_string(),
@@ -461,7 +411,7 @@ fn memory_limits_and_oom_kills() -> Result<()> {
     };
     let greedy = node.run_container(&pod, &limited("greedy", &allocate, &["1", "0"]))?;
     let status = node.wait_exited(&greedy, Duration::from_secs(20))?;
-    let lines = stdout_lines(&node, &pod, "greedy")?;
+    let lines = node.stdout_lines(&pod, "greedy")?;
     ensure!(
         status.exit_code == 3,
         "exit {}: {lines:?}",
@@ -561,7 +511,7 @@ fn a_cncf_wasm_artifact_runs_through_cri() -> Result<()> {
         },
     )?;
     let status = node.wait_exited(&id, Duration::from_secs(20))?;
-    let lines = stdout_lines(&node, &pod, "artifact")?;
+    let lines = node.stdout_lines(&pod, "artifact")?;
     ensure!(
         status.exit_code == 0,
         "exit {}: {lines:?}",
@@ -577,8 +527,8 @@ fn a_cncf_wasm_artifact_runs_through_cri() -> Result<()> {
 #[test]
 fn a_wasm_container_joins_a_shared_pid_namespace() -> Result<()> {
     let node = CriNode::start(Release::System)?;
-    let busybox = busybox_image(&node)?;
-    let spinner = wasm_image(&node, "spinner", &programs::wat(programs::LOOP_WAT)?)?;
+    let busybox = node.busybox_image()?;
+    let spinner = node.wasm_image("spinner", &programs::wat(programs::LOOP_WAT)?)?;
     let pod = node.run_pod_sharing_pids("shared-pids", WEDGE_HANDLER)?;
     let second_spinner = spinner.clone();
     let sidecar = node.run_container(

@@ -4,8 +4,14 @@
 //! node is worse than a container that refuses to start with the key named.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use serde::Deserialize;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::annotations::AnnotationKey;
+use crate::features::WasmFeature;
+use crate::quantity;
 
 /// Where the engine config lives when containerd passes no runtime options.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/wedge/config.toml";
@@ -20,11 +26,186 @@ pub const DEFAULT_RUNC_ROOT: &str = "/run/wedge/runc";
 /// Default cap on the cache's total size.
 pub const DEFAULT_CACHE_MAX_SIZE_MB: u64 = 1024;
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
+    /// The shim's log level (`error`, `warn`, `info`, `debug`, `trace`); containerd's
+    /// `--debug` and `RUST_LOG` still win.
+    pub log_level: Option<LogLevel>,
+    /// The `wedge.dev/<key>` annotations pods may use; any other is refused.
+    pub allowed_annotations: Vec<AnnotationKey>,
+    pub wasm: WasmConfig,
+    pub limits: LimitsConfig,
+    pub pooling: PoolingConfig,
+    pub http: HttpConfig,
+    pub network: NetworkConfig,
     pub cache: CacheConfig,
     pub runc: RuncConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            log_level: None,
+            allowed_annotations: AnnotationKey::ALLOWED_BY_DEFAULT.to_vec(),
+            wasm: WasmConfig::default(),
+            limits: LimitsConfig::default(),
+            pooling: PoolingConfig::default(),
+            http: HttpConfig::default(),
+            network: NetworkConfig::default(),
+            cache: CacheConfig::default(),
+            runc: RuncConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// Which wasm proposals the engine accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WasmConfig {
+    /// On for every container.
+    pub features: Vec<WasmFeature>,
+    /// What `wedge.dev/features` may add for one pod: the operator's maximum.
+    pub allowed_features: Vec<WasmFeature>,
+}
+
+impl Default for WasmConfig {
+    fn default() -> Self {
+        WasmConfig {
+            features: WasmFeature::DEFAULTS.to_vec(),
+            allowed_features: Vec::new(),
+        }
+    }
+}
+
+/// Bounds on what one module may use, on top of the container's cgroup limits.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Size any one linear memory may grow to; none = only the container's memory limit.
+    #[serde(deserialize_with = "quantity::optional_memory")]
+    pub memory: Option<u64>,
+    /// The most `wedge.dev/max-memory` may ask for.
+    #[serde(deserialize_with = "quantity::optional_memory")]
+    pub max_memory: Option<u64>,
+    /// Wall-clock deadline of a command module (epoch interruption); none = no deadline.
+    #[serde(deserialize_with = "quantity::optional_duration")]
+    pub timeout: Option<Duration>,
+    /// The longest `wedge.dev/timeout` may ask for.
+    #[serde(deserialize_with = "quantity::optional_duration")]
+    pub max_timeout: Option<Duration>,
+    /// Instructions (fuel units) a command may execute; none = unmetered.
+    pub fuel: Option<u64>,
+    /// The most `wedge.dev/fuel` may ask for.
+    pub max_fuel: Option<u64>,
+}
+
+/// The pooling instance allocator of HTTP servers: slots reserved once per container, so a
+/// request's fresh instance costs no mmap.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolingConfig {
+    /// Component instances alive at once (at least `http.max_concurrency`).
+    pub instances: u32,
+    /// Size of one instance's linear memory slot.
+    #[serde(deserialize_with = "quantity::optional_memory")]
+    pub memory_per_instance: Option<u64>,
+}
+
+pub const DEFAULT_POOLED_MEMORY: u64 = 256 << 20;
+
+impl Default for PoolingConfig {
+    fn default() -> Self {
+        PoolingConfig {
+            instances: 128,
+            memory_per_instance: Some(DEFAULT_POOLED_MEMORY),
+        }
+    }
+}
+
+/// How a component exporting `wasi:http/incoming-handler` is served.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Port when neither `wedge.dev/http-port` nor the container's `PORT` names one.
+    pub port: u16,
+    /// Requests handled at once; further ones wait for a slot.
+    pub max_concurrency: u32,
+    /// Largest request body; a bigger one is answered 413 without calling the guest.
+    #[serde(deserialize_with = "quantity::optional_memory")]
+    pub max_request_body: Option<u64>,
+    /// One request's deadline, guest CPU and I/O together; 504 when it passes.
+    #[serde(deserialize_with = "quantity::duration")]
+    pub request_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            port: 8080,
+            max_concurrency: 64,
+            max_request_body: Some(10 << 20),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What guests may reach through `wasi:sockets` and `wasi:http/outgoing-handler`. The
+/// default is a Linux container's: anything the pod's network allows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Addresses a guest may bind, connect or send to.
+    pub allow: Vec<IpNet>,
+    /// Exceptions to `allow`.
+    pub deny: Vec<IpNet>,
+    pub tcp: bool,
+    pub udp: bool,
+    pub ip_name_lookup: bool,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            allow: vec![
+                IpNet::V4(ipnet::Ipv4Net::default()),
+                IpNet::V6(ipnet::Ipv6Net::default()),
+            ],
+            deny: Vec::new(),
+            tcp: true,
+            udp: true,
+            ip_name_lookup: true,
+        }
+    }
+}
+
+impl NetworkConfig {
+    pub fn permits(&self, address: std::net::IpAddr) -> bool {
+        self.allow.iter().any(|net| net.contains(&address))
+            && !self.deny.iter().any(|net| net.contains(&address))
+    }
 }
 
 /// How native (non-wasm) containers are handed to runc.
@@ -138,6 +319,25 @@ impl EngineConfig {
     }
 
     fn validate(&self) -> Result<(), String> {
+        exceeds("limits.memory", self.limits.memory, self.limits.max_memory)?;
+        exceeds(
+            "limits.timeout",
+            self.limits.timeout,
+            self.limits.max_timeout,
+        )?;
+        exceeds("limits.fuel", self.limits.fuel, self.limits.max_fuel)?;
+        if self.http.port == 0 {
+            return Err("http.port must be a port number, not 0".into());
+        }
+        if self.http.max_concurrency == 0 {
+            return Err("http.max_concurrency must be at least 1".into());
+        }
+        if self.pooling.instances < self.http.max_concurrency {
+            return Err(format!(
+                "pooling.instances ({}) must be at least http.max_concurrency ({})",
+                self.pooling.instances, self.http.max_concurrency
+            ));
+        }
         if !self.runc.root.is_absolute() {
             return Err(format!(
                 "runc.root must be an absolute path, not {:?}",
@@ -151,6 +351,21 @@ impl EngineConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// A default above its own ceiling is a config mistake, not something to clamp quietly.
+fn exceeds<T: PartialOrd + std::fmt::Debug>(
+    key: &str,
+    value: Option<T>,
+    max: Option<T>,
+) -> Result<(), String> {
+    match (value, max) {
+        (Some(value), Some(max)) if value > max => Err(format!(
+            "{key} ({value:?}) is above max_{} ({max:?})",
+            key.rsplit('.').next().unwrap_or(key)
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -1,7 +1,15 @@
 //! Configuration that lives outside the shim binary: the engine config an operator writes
-//! (`/etc/wedge/config.toml`, or the runtime options containerd passes), and — later — the
-//! containerd config patching that registers the runtime.
+//! (`/etc/wedge/config.toml`, or the runtime options containerd passes), the per-pod
+//! overrides of it (`wedge.dev/*` annotations), and the containerd config patching that
+//! registers the runtime.
 
+pub mod annotations;
 pub mod engine;
+pub mod features;
+pub mod quantity;
 
-pub use engine::{CacheConfig, ConfigError, ConfigSource, EngineConfig, RuncConfig};
+pub use annotations::{
+    AnnotationError, AnnotationKey, HttpOptions, WasmOptions, ANNOTATION_PREFIX,
+};
+pub use engine::{CacheConfig, ConfigError, ConfigSource, EngineConfig, NetworkConfig, RuncConfig};
+pub use features::WasmFeature;

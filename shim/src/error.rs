@@ -82,6 +82,8 @@ pub enum Error {
 
     #[error("{0}")]
     EngineConfig(#[from] wedge_runtime_config::ConfigError),
+    #[error("{0}")]
+    Annotation(wedge_runtime_config::AnnotationError),
 
     #[error("wasm module rejected: {0}")]
     ModuleRejected(String),
@@ -153,7 +155,8 @@ impl Error {
             | Error::UnsupportedStdio(_)
             | Error::ModuleRejected(_)
             | Error::ImageLayout { .. }
-            | Error::EngineConfig(_) => Code::INVALID_ARGUMENT,
+            | Error::EngineConfig(_)
+            | Error::Annotation(_) => Code::INVALID_ARGUMENT,
             Error::ContentStore { .. } => Code::UNAVAILABLE,
             Error::EntrypointNotFound { .. } => Code::NOT_FOUND,
             Error::Sandbox { source, .. } if source.is_invalid_spec() => Code::INVALID_ARGUMENT,

@@ -2,24 +2,60 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use tracing_subscriber::EnvFilter;
+use wedge_runtime_config::engine::LogLevel;
+
+/// Set when neither `RUST_LOG` nor containerd's `--debug` chose the level, so that the
+/// engine config's `log_level` may.
+static CONFIGURABLE_LEVEL: OnceLock<Box<dyn Fn(LogLevel) + Send + Sync>> = OnceLock::new();
 
 /// Installs the global subscriber. `RUST_LOG` overrides the level containerd asked for.
 pub fn init(serving: bool, debug: bool, shim_id: &str) {
     let level = if debug { "debug" } else { "info" };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let from_environment = EnvFilter::try_from_default_env().ok();
+    let configurable = from_environment.is_none() && !debug;
+    let filter = from_environment.unwrap_or_else(|| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)
         .with_target(false);
     let installed = match serving.then(open_log_fifo).flatten() {
-        Some(fifo) => builder.with_writer(Mutex::new(fifo)).try_init(),
-        None => builder.with_writer(std::io::stderr).try_init(),
+        Some(fifo) => install(builder.with_writer(Mutex::new(fifo)), configurable),
+        None => install(builder.with_writer(std::io::stderr), configurable),
     };
-    if installed.is_ok() {
+    if installed {
         tracing::debug!(shim = %shim_id, "logging initialised");
+    }
+}
+
+fn install<W>(
+    builder: tracing_subscriber::fmt::SubscriberBuilder<
+        tracing_subscriber::fmt::format::DefaultFields,
+        tracing_subscriber::fmt::format::Format,
+        EnvFilter,
+        W,
+    >,
+    configurable: bool,
+) -> bool
+where
+    W: for<'writer> tracing_subscriber::fmt::MakeWriter<'writer> + Send + Sync + 'static,
+{
+    let builder = builder.with_filter_reloading();
+    let handle = builder.reload_handle();
+    if configurable {
+        let _ = CONFIGURABLE_LEVEL.set(Box::new(move |level: LogLevel| {
+            let _ = handle.reload(EnvFilter::new(level.as_str()));
+        }));
+    }
+    builder.try_init().is_ok()
+}
+
+/// The engine config's `log_level`, unless `RUST_LOG` or containerd's `--debug` decided.
+pub fn apply_configured_level(level: Option<LogLevel>) {
+    if let (Some(level), Some(apply)) = (level, CONFIGURABLE_LEVEL.get()) {
+        apply(level);
     }
 }
 

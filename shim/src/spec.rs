@@ -31,6 +31,8 @@ pub struct ContainerSpec {
     pub rlimits: Vec<(String, u64, u64)>,
     pub mounts: Vec<MountSpec>,
     pub oom_score_adj: Option<i32>,
+    /// The spec's annotations: CRI's own and, where the runtime allows them, the pod's.
+    pub annotations: std::collections::HashMap<String, String>,
 }
 
 /// Who the container's process runs as.
@@ -79,6 +81,14 @@ impl MountSpec {
 }
 
 impl ContainerSpec {
+    /// The container's `PORT` variable, the conventional way to tell a server its port.
+    pub fn port_variable(&self) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(key, _)| key == "PORT")
+            .map(|(_, value)| value.as_str())
+    }
+
     pub fn load(bundle: &Path) -> Result<Self> {
         let path = bundle.join("config.json");
         let spec = Spec::load(&path).map_err(|err| Error::InvalidSpec {
@@ -157,6 +167,7 @@ impl ContainerSpec {
             rlimits,
             mounts,
             oom_score_adj: process.oom_score_adj(),
+            annotations: spec.annotations().clone().unwrap_or_default(),
         })
     }
 }

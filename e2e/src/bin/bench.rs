@@ -1,12 +1,18 @@
 //! `make bench`: cold start of `ctr run --rm` on Wedge against runc, on the same private
 //! containerd in the same run, with medians and ratios; then the first (compiling) and the
-//! cached start of a large module; then memory (PSS) per running container, shim included.
+//! cached start of a large module; then memory (PSS) per running container, shim included;
+//! then requests/s and latency of an HTTP component in a pod against `wasmtime serve`.
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Result};
-use wedge_e2e::{images, programs, Containerd, WEDGE_RUNTIME};
+use anyhow::{ensure, Context, Result};
+use wedge_e2e::cri::WEDGE_HANDLER;
+use wedge_e2e::{
+    binaries, components, http_load, images, programs, ContainerSpec, Containerd, CriNode, Release,
+    WEDGE_RUNTIME,
+};
 
 const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
 
@@ -143,7 +149,116 @@ fn main() -> Result<()> {
     let hello = median(&subjects[2].samples);
     large_module(&containerd, work.path(), runs, hello)?;
     memory(&containerd, work.path())?;
-    containerd.assert_clean()
+    containerd.assert_clean()?;
+    drop(containerd);
+    http(work.path())
+}
+
+/// Requests in each HTTP measurement (`WEDGE_BENCH_REQUESTS`), and how many at a time.
+const HTTP_REQUESTS: usize = 5000;
+const HTTP_IN_FLIGHT: usize = 16;
+
+/// Requests per second and latency of the hello HTTP component served from a Wedge pod
+/// (through the pod IP), and of the same component under `wasmtime serve` on the node, in the
+/// same run with the same client.
+fn http(work: &Path) -> Result<()> {
+    let requests: usize = std::env::var("WEDGE_BENCH_REQUESTS")
+        .ok()
+        .and_then(|requests| requests.parse().ok())
+        .unwrap_or(HTTP_REQUESTS);
+    let component = components::http_hello_component()?;
+    let file = work.join("http-hello.wasm");
+    std::fs::write(&file, &component)?;
+
+    let reference = {
+        let wasmtime = wasmtime_cli()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let address: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut serve = std::process::Command::new(&wasmtime)
+            .args(["serve", "-Scli", "--addr", &address.to_string()])
+            .arg(&file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", wasmtime.display()))?;
+        let measured = measure_http(address, requests);
+        let _ = serve.kill();
+        let _ = serve.wait();
+        measured?
+    };
+
+    let node = CriNode::start(Release::System)?;
+    let image = node.wasm_image("http-hello", &component)?;
+    let pod = node.run_pod("http-bench", WEDGE_HANDLER)?;
+    node.run_container(
+        &pod,
+        &ContainerSpec {
+            name: "app".into(),
+            image,
+            ..Default::default()
+        },
+    )?;
+    let ip: std::net::IpAddr = node.pod_ip(&pod)?.parse()?;
+    let wedge = measure_http(SocketAddr::new(ip, 8080), requests)?;
+    node.remove_pod(&pod)?;
+    node.containerd.assert_clean()?;
+
+    println!(
+        "\nHTTP hello component: {requests} GETs, {HTTP_IN_FLIGHT} in flight, keep-alive, same client"
+    );
+    println!(
+        "{:<36} {:>10} {:>10} {:>10} {:>12}",
+        "server", "req/s", "p50 ms", "p99 ms", "req/s ratio"
+    );
+    for (label, report) in [
+        ("wasmtime serve (127.0.0.1)", &reference),
+        ("wedge pod (pod IP)", &wedge),
+    ] {
+        println!(
+            "{:<36} {:>10.0} {:>10.2} {:>10.2} {:>11.2}x",
+            label,
+            report.requests_per_second(),
+            ms(report.percentile(0.50)),
+            ms(report.percentile(0.99)),
+            report.requests_per_second() / reference.requests_per_second()
+        );
+    }
+    println!(
+        "p99 wedge / wasmtime serve: {:.2}x",
+        wedge.percentile(0.99).as_secs_f64() / reference.percentile(0.99).as_secs_f64()
+    );
+    Ok(())
+}
+
+fn measure_http(address: SocketAddr, requests: usize) -> Result<http_load::LoadReport> {
+    http_load::wait_listening(address, Duration::from_secs(30))?;
+    // Warm-up: connections, the allocator's slots, the code's pages.
+    http_load::load(address, "/warm", "hello", 500, HTTP_IN_FLIGHT)?;
+    let report = http_load::load(address, "/bench", "hello", requests, HTTP_IN_FLIGHT)?;
+    ensure!(
+        report.failures.is_empty(),
+        "{address}: {} of {requests} failed: {:?}",
+        report.failures.len(),
+        report.failures.iter().take(3).collect::<Vec<_>>()
+    );
+    Ok(report)
+}
+
+/// The reference `wasmtime` CLI, built once by `make bench` (`WEDGE_BENCH_WASMTIME`
+/// overrides).
+fn wasmtime_cli() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("WEDGE_BENCH_WASMTIME") {
+        return Ok(PathBuf::from(path));
+    }
+    let built = binaries::dir()?.join("../wasmtime-cli/bin/wasmtime");
+    ensure!(
+        built.is_file(),
+        "no wasmtime CLI at {}: `make bench` builds it",
+        built.display()
+    );
+    Ok(built)
 }
 
 /// PSS of the processes that keep `count` sleeping containers alive: each one's shim and

@@ -1,17 +1,18 @@
 //! Running a program as a WASI command: core modules through preview1 (`_start`, or a named
 //! export for `path.wasm#name`), components through preview2's `wasi:cli/run`.
 
-use std::path::Path;
+use std::time::Duration;
 
 use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{
-    Engine, ExternType, FuncType, InstancePre, Linker, Module, Store, StoreLimits,
-    StoreLimitsBuilder, ValType,
+    Engine, ExternType, FuncType, InstancePre, Linker, Module, Store, StoreLimits, ValType,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::context::CommandContext;
+use super::deadline::{arm, EpochTicker};
 use super::{classify, Outcome, Program, Rejected};
 
 /// The WASI reactor convention: a module that exports this wants it called once before any
@@ -69,34 +70,6 @@ pub struct PreparedCommand {
     linked: Linked,
 }
 
-/// The WASI view a command gets: argv, env, its root filesystem, its mounts and the
-/// process's stdio; and the bound on its linear memories.
-pub struct CommandContext<'a> {
-    pub args: &'a [String],
-    pub env: &'a [(String, String)],
-    pub rootfs: &'a Path,
-    pub readonly_root: bool,
-    pub mounts: &'a [Preopen],
-    /// Total bytes any one linear memory may grow to (the container's memory limit).
-    pub memory_limit: Option<u64>,
-}
-
-/// A host directory the command sees at `guest` (a volume, an emptyDir).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Preopen {
-    pub host: std::path::PathBuf,
-    pub guest: String,
-    pub readonly: bool,
-}
-
-fn fs_perms(readonly: bool) -> FsPerms {
-    if readonly {
-        FsPerms::ReadOnly
-    } else {
-        FsPerms::ReadWrite
-    }
-}
-
 impl PreparedCommand {
     /// Resolves the program's imports and its entry point; `export` is the `#name` of the
     /// entrypoint, if any. Anything wrong shows up here, before the container is created.
@@ -121,44 +94,20 @@ impl PreparedCommand {
 
     /// Builds the WASI context now, so that a filesystem that cannot be opened is a Create
     /// error and not an exit code.
-    pub fn with_context(self, ctx: &CommandContext<'_>) -> Result<ReadyCommand, Rejected> {
-        let mut builder = WasiCtxBuilder::new();
-        builder
-            .args(ctx.args)
-            .envs(ctx.env)
-            .inherit_stdio()
-            // The runner is a process of its own: blocking it on file I/O is what we want,
-            // and it spares a thread pool.
-            .allow_blocking_current_thread(true);
-        builder
-            .preopened_dir(ctx.rootfs, "/", fs_perms(ctx.readonly_root))
-            .map_err(|err| Rejected::from_wasmtime("cannot open the root filesystem", &err))?;
-        for mount in ctx.mounts {
-            builder
-                .preopened_dir(&mount.host, &mount.guest, fs_perms(mount.readonly))
-                .map_err(|err| {
-                    Rejected::from_wasmtime(
-                        &format!(
-                            "cannot open mount {} for {}",
-                            mount.host.display(),
-                            mount.guest
-                        ),
-                        &err,
-                    )
-                })?;
-        }
-        let mut limits = StoreLimitsBuilder::new();
-        if let Some(bytes) = ctx.memory_limit {
-            limits = limits.memory_size(usize::try_from(bytes).unwrap_or(usize::MAX));
-        }
-        let limits = limits.build();
+    pub fn with_context(
+        self,
+        ctx: &CommandContext<'_>,
+        limits: RunLimits,
+    ) -> Result<ReadyCommand, Rejected> {
+        let mut builder = ctx.wasi_builder()?;
+        let store_limits = ctx.store_limits();
         let state = match self.linked {
             Linked::Core { pre, entry } => Ready::Core {
                 pre,
                 entry,
                 state: CoreState {
                     wasi: builder.build_p1(),
-                    limits,
+                    limits: store_limits,
                 },
             },
             Linked::Component { pre } => Ready::Component {
@@ -166,15 +115,23 @@ impl PreparedCommand {
                 state: ComponentState {
                     ctx: builder.build(),
                     table: ResourceTable::new(),
-                    limits,
+                    limits: store_limits,
                 },
             },
         };
         Ok(ReadyCommand {
             engine: self.engine,
             state,
+            limits,
         })
     }
+}
+
+/// How long and how much a command may run; none = unbounded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunLimits {
+    pub deadline: Option<Duration>,
+    pub fuel: Option<u64>,
 }
 
 fn link_core(engine: &Engine, module: &Module, export: Option<&str>) -> Result<Linked, Rejected> {
@@ -276,19 +233,37 @@ enum Ready {
 pub struct ReadyCommand {
     engine: Engine,
     state: Ready,
+    limits: RunLimits,
 }
 
 impl ReadyCommand {
     pub async fn run(self) -> Outcome {
+        // The deadline counts from Start, as a native process's time does.
+        let _ticker = match self.limits.deadline {
+            Some(_) => match EpochTicker::start(&self.engine) {
+                Ok(ticker) => Some(ticker),
+                Err(err) => {
+                    return Outcome::HostError(format!("cannot start the deadline clock: {err}"))
+                }
+            },
+            None => None,
+        };
+        let RunLimits { deadline, fuel } = self.limits;
         match self.state {
             Ready::Core { pre, entry, state } => {
                 let mut store = Store::new(&self.engine, state);
                 store.limiter(|state| &mut state.limits);
+                if let Err(err) = arm(&mut store, deadline, fuel) {
+                    return classify(Err(err));
+                }
                 run_core(&mut store, &pre, &entry).await
             }
             Ready::Component { pre, state } => {
                 let mut store = Store::new(&self.engine, state);
                 store.limiter(|state| &mut state.limits);
+                if let Err(err) = arm(&mut store, deadline, fuel) {
+                    return classify(Err(err));
+                }
                 let result = async {
                     let command = pre.instantiate_async(&mut store).await?;
                     command.wasi_cli_run().call_run(&mut store).await
@@ -350,11 +325,11 @@ async fn run_core(
 
 #[cfg(test)]
 mod tests {
-    use super::super::new_engine;
+    use super::super::tests::{default_options, test_engine};
     use super::*;
 
     fn prepare(wat: &str, export: Option<&str>) -> Result<PreparedCommand, Rejected> {
-        let engine = new_engine().unwrap();
+        let engine = test_engine();
         let bytes = wat::parse_str(wat).unwrap();
         let program = match super::super::wasm_kind(&bytes).unwrap() {
             super::super::WasmKind::CoreModule => {
@@ -372,17 +347,31 @@ mod tests {
     }
 
     fn run_with_memory_limit(wat: &str, export: Option<&str>, limit: Option<u64>) -> Outcome {
+        run_limited(wat, export, limit, RunLimits::default())
+    }
+
+    fn run_limited(
+        wat: &str,
+        export: Option<&str>,
+        memory_limit: Option<u64>,
+        limits: RunLimits,
+    ) -> Outcome {
         let dir = tempfile::tempdir().unwrap();
+        let network = default_options().network;
         let ready = prepare(wat, export)
             .unwrap()
-            .with_context(&CommandContext {
-                args: &["m.wasm".to_string()],
-                env: &[],
-                rootfs: dir.path(),
-                readonly_root: true,
-                mounts: &[],
-                memory_limit: limit,
-            })
+            .with_context(
+                &CommandContext {
+                    args: &["m.wasm".to_string()],
+                    env: &[],
+                    rootfs: dir.path(),
+                    readonly_root: true,
+                    mounts: &[],
+                    memory_limit,
+                    network: &network,
+                },
+                limits,
+            )
             .unwrap();
         tokio::runtime::Builder::new_current_thread()
             .build()
@@ -407,6 +396,21 @@ mod tests {
             0
         );
         assert_eq!(run_with_memory_limit(grow, None, None).exit_code(), 0);
+    }
+
+    #[test]
+    fn a_deadline_stops_a_spinning_module() {
+        let spin = r#"(module (memory (export "memory") 1)
+            (func (export "_start") (loop $forever (br $forever))))"#;
+        let limits = RunLimits {
+            deadline: Some(Duration::from_millis(50)),
+            fuel: None,
+        };
+        let started = std::time::Instant::now();
+        let outcome = run_limited(spin, None, None, limits);
+        assert!(matches!(outcome, Outcome::DeadlineExceeded), "{outcome:?}");
+        assert_eq!(outcome.exit_code(), super::super::DEADLINE_EXIT_CODE);
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

@@ -3,12 +3,19 @@
 
 pub mod cache;
 pub mod command;
+mod context;
+mod deadline;
+pub mod http;
 pub mod program;
 
-use wasmtime::{Config, Engine, Trap};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Trap};
 use wasmtime_wasi::I32Exit;
+use wedge_runtime_config::{WasmFeature, WasmOptions};
 
-pub use command::{CommandContext, Preopen, PreparedCommand, ReadyCommand};
+pub use command::{PreparedCommand, ReadyCommand};
+pub use context::{CommandContext, Preopen};
+pub use deadline::EpochTicker;
+pub use http::{exports_http_handler, PreparedServer, ReadyServer};
 pub use program::{load_program, Program, ProgramOrigin};
 
 /// Exit status of a module that trapped: 128 + SIGABRT, as a native program that aborts.
@@ -16,6 +23,10 @@ pub const TRAP_EXIT_CODE: i32 = 134;
 
 /// Exit status when the host fails the module (not a trap, not `proc_exit`).
 pub const HOST_ERROR_EXIT_CODE: i32 = 1;
+
+/// Exit status of a module stopped at its deadline: what `timeout(1)` uses, so scripts and
+/// operators read it the same way.
+pub const DEADLINE_EXIT_CODE: i32 = 124;
 
 const WASM_MAGIC: &[u8; 4] = b"\0asm";
 
@@ -65,16 +76,90 @@ pub fn wasm_kind(bytes: &[u8]) -> Option<WasmKind> {
     }
 }
 
-/// Engine options that change generated code, as a string the cache key covers. wasmtime's
-/// own compatibility hash covers them too; this keeps the key honest if an option is ever
-/// applied outside `Config`.
-const CODEGEN_OPTIONS: &str = "opt-level=speed";
+/// What the engine will run: a command (one instance) or an HTTP server (an instance per
+/// request, from a pool).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineRole {
+    Command,
+    HttpServer,
+}
 
-/// The engine every runner uses. Options that change generated code go here and nowhere else.
-pub fn new_engine() -> Result<Engine, Rejected> {
+/// The options that change generated code, as a string the cache key covers. wasmtime's own
+/// compatibility hash covers them too; this keeps the key honest if an option is ever applied
+/// outside `Config`.
+pub fn codegen_options(options: &WasmOptions) -> String {
+    let features: Vec<&str> = options.features.iter().map(|f| f.name()).collect();
+    format!(
+        "opt-level=speed;epochs;fuel={};features={}",
+        options.fuel.is_some(),
+        features.join(",")
+    )
+}
+
+/// The engine of one runner. Options that change generated code go here and nowhere else.
+pub fn new_engine(options: &WasmOptions, role: EngineRole) -> Result<Engine, Rejected> {
     let mut config = Config::new();
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    // Deadlines (commands) and request timeouts (servers) interrupt through epochs; the check
+    // is one load and compare per loop header, cheap enough to keep always on and so keep one
+    // compiled form per module.
+    config.epoch_interruption(true);
+    config.consume_fuel(options.fuel.is_some());
+    for feature in WasmFeature::ALL {
+        enable_feature(&mut config, feature, options.features.contains(&feature));
+    }
+    if role == EngineRole::HttpServer {
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(options)));
+    }
     Engine::new(&config).map_err(|err| Rejected::from_wasmtime("cannot configure wasmtime", &err))
+}
+
+fn enable_feature(config: &mut Config, feature: WasmFeature, on: bool) {
+    match feature {
+        WasmFeature::BulkMemory => config.wasm_bulk_memory(on),
+        WasmFeature::ReferenceTypes => config.wasm_reference_types(on),
+        WasmFeature::MultiValue => config.wasm_multi_value(on),
+        WasmFeature::Simd => config.wasm_simd(on),
+        WasmFeature::RelaxedSimd => config.wasm_relaxed_simd(on),
+        WasmFeature::TailCall => config.wasm_tail_call(on),
+        WasmFeature::ExtendedConst => config.wasm_extended_const(on),
+        WasmFeature::MultiMemory => config.wasm_multi_memory(on),
+        WasmFeature::Threads => config.wasm_threads(on),
+        WasmFeature::FunctionReferences => config.wasm_function_references(on),
+        WasmFeature::Gc => config.wasm_gc(on),
+        WasmFeature::Exceptions => config.wasm_exceptions(on),
+        WasmFeature::Memory64 => config.wasm_memory64(on),
+        WasmFeature::WideArithmetic => config.wasm_wide_arithmetic(on),
+        WasmFeature::CustomPageSizes => config.wasm_custom_page_sizes(on),
+    };
+}
+
+/// Slots for `pooling_instances` live requests. Slots are address space reserved once, not
+/// memory: the container's cgroup still bounds what is touched.
+fn pooling(options: &WasmOptions) -> PoolingAllocationConfig {
+    let instances = options.pooling_instances.max(1);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(instances)
+        // A component built with the WASI adapter holds a few core instances, memories and
+        // tables (its module, the adapter, the shims between them).
+        .total_core_instances(instances.saturating_mul(8))
+        .total_memories(instances.saturating_mul(2))
+        .total_tables(instances.saturating_mul(4))
+        .total_stacks(instances)
+        .max_memories_per_module(if options.features.contains(&WasmFeature::MultiMemory) {
+            4
+        } else {
+            1
+        })
+        .max_tables_per_module(4)
+        .max_unused_warm_slots(instances.min(16));
+    if let Some(bytes) = options.pooled_memory {
+        pool.max_memory_size(usize::try_from(bytes).unwrap_or(usize::MAX));
+    }
+    if options.features.contains(&WasmFeature::Gc) {
+        pool.total_gc_heaps(instances);
+    }
+    pool
 }
 
 /// How a command ended, before it becomes an exit status.
@@ -83,6 +168,10 @@ pub enum Outcome {
     Exited(i32),
     Trapped(String),
     HostError(String),
+    /// Stopped by the epoch deadline (`wedge.dev/timeout`).
+    DeadlineExceeded,
+    /// Ran out of fuel (`wedge.dev/fuel`).
+    OutOfFuel,
 }
 
 impl Outcome {
@@ -91,6 +180,8 @@ impl Outcome {
             Outcome::Exited(code) => *code,
             Outcome::Trapped(_) => TRAP_EXIT_CODE,
             Outcome::HostError(_) => HOST_ERROR_EXIT_CODE,
+            Outcome::DeadlineExceeded => DEADLINE_EXIT_CODE,
+            Outcome::OutOfFuel => TRAP_EXIT_CODE,
         }
     }
 }
@@ -101,8 +192,12 @@ fn classify(result: wasmtime::Result<()>) -> Outcome {
         Err(err) => {
             if let Some(exit) = err.downcast_ref::<I32Exit>() {
                 Outcome::Exited(exit.0)
-            } else if err.downcast_ref::<Trap>().is_some() {
-                Outcome::Trapped(format!("{err:?}"))
+            } else if let Some(trap) = err.downcast_ref::<Trap>() {
+                match trap {
+                    Trap::Interrupt => Outcome::DeadlineExceeded,
+                    Trap::OutOfFuel => Outcome::OutOfFuel,
+                    _ => Outcome::Trapped(format!("{err:?}")),
+                }
             } else {
                 Outcome::HostError(format!("{err:?}"))
             }
@@ -111,8 +206,22 @@ fn classify(result: wasmtime::Result<()>) -> Outcome {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    pub fn default_options() -> WasmOptions {
+        wedge_runtime_config::EngineConfig::default()
+            .wasm_options(&Default::default(), None)
+            .unwrap()
+    }
+
+    pub fn test_engine() -> Engine {
+        new_engine(&default_options(), EngineRole::Command).unwrap()
+    }
+
+    pub fn test_codegen() -> String {
+        codegen_options(&default_options())
+    }
 
     #[test]
     fn kinds_come_from_the_preamble() {

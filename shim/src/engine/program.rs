@@ -6,7 +6,7 @@ use wasmtime::component::Component;
 use wasmtime::{Engine, Module};
 
 use super::cache::{CacheKey, Lookup, ModuleCache};
-use super::{wasm_kind, Rejected, WasmKind, CODEGEN_OPTIONS};
+use super::{wasm_kind, Rejected, WasmKind};
 
 /// A compiled core module or component.
 pub enum Program {
@@ -53,6 +53,7 @@ impl ProgramOrigin {
 /// is `Err` (the reason it is unavailable) or has no usable entry.
 pub fn load_program(
     engine: &Engine,
+    codegen_options: &str,
     bytes: &[u8],
     sha256: &str,
     cache: Result<&ModuleCache, String>,
@@ -69,7 +70,7 @@ pub fn load_program(
             ));
         }
     };
-    let key = CacheKey::new(engine, sha256, kind, CODEGEN_OPTIONS);
+    let key = CacheKey::new(engine, sha256, kind, codegen_options);
     let removed = match cache.lookup(&key) {
         Lookup::Hit(entry) => match deserialize(engine, kind, entry) {
             Ok(program) => return Ok((program, ProgramOrigin::Cached)),
@@ -139,7 +140,7 @@ fn deserialize(
 #[cfg(test)]
 mod tests {
     use super::super::cache::sha256_hex;
-    use super::super::new_engine;
+    use super::super::tests::{test_codegen, test_engine};
     use super::*;
 
     const WAT: &str = r#"(module (memory (export "memory") 1) (func (export "_start")))"#;
@@ -148,13 +149,15 @@ mod tests {
     fn second_load_comes_from_the_cache_and_bad_entries_are_recompiled() {
         let dir = tempfile::tempdir().unwrap();
         let cache = ModuleCache::open(dir.path(), 1 << 30).unwrap();
-        let engine = new_engine().unwrap();
+        let engine = test_engine();
         let bytes = wat::parse_str(WAT).unwrap();
         let digest = sha256_hex(&bytes);
 
-        let (_, origin) = load_program(&engine, &bytes, &digest, Ok(&cache)).unwrap();
+        let (_, origin) =
+            load_program(&engine, &test_codegen(), &bytes, &digest, Ok(&cache)).unwrap();
         assert_eq!(origin, ProgramOrigin::Compiled);
-        let (_, origin) = load_program(&engine, &bytes, &digest, Ok(&cache)).unwrap();
+        let (_, origin) =
+            load_program(&engine, &test_codegen(), &bytes, &digest, Ok(&cache)).unwrap();
         assert_eq!(origin, ProgramOrigin::Cached);
 
         // Corrupt the artifact but keep its length: the checksum catches it.
@@ -167,12 +170,14 @@ mod tests {
         let middle = content.len() / 2;
         content[middle] ^= 0xff;
         std::fs::write(&artifact, &content).unwrap();
-        let (_, origin) = load_program(&engine, &bytes, &digest, Ok(&cache)).unwrap();
+        let (_, origin) =
+            load_program(&engine, &test_codegen(), &bytes, &digest, Ok(&cache)).unwrap();
         assert!(
             matches!(origin, ProgramOrigin::Recompiled { .. }),
             "{origin:?}"
         );
-        let (_, origin) = load_program(&engine, &bytes, &digest, Ok(&cache)).unwrap();
+        let (_, origin) =
+            load_program(&engine, &test_codegen(), &bytes, &digest, Ok(&cache)).unwrap();
         assert_eq!(origin, ProgramOrigin::Cached);
     }
 
@@ -180,13 +185,14 @@ mod tests {
     fn an_artifact_of_another_engine_is_refused_by_wasmtime() {
         let dir = tempfile::tempdir().unwrap();
         let cache = ModuleCache::open(dir.path(), 1 << 30).unwrap();
-        let engine = new_engine().unwrap();
+        let engine = test_engine();
         let bytes = wat::parse_str(WAT).unwrap();
         let digest = sha256_hex(&bytes);
         // A well-formed entry under the right key whose content is not a wasmtime artifact.
-        let key = CacheKey::new(&engine, &digest, WasmKind::CoreModule, CODEGEN_OPTIONS);
+        let key = CacheKey::new(&engine, &digest, WasmKind::CoreModule, &test_codegen());
         cache.store(&key, b"not an ELF artifact").unwrap();
-        let (_, origin) = load_program(&engine, &bytes, &digest, Ok(&cache)).unwrap();
+        let (_, origin) =
+            load_program(&engine, &test_codegen(), &bytes, &digest, Ok(&cache)).unwrap();
         match origin {
             ProgramOrigin::Recompiled { reason } => {
                 assert!(reason.contains("wasmtime refused"), "{reason}")
@@ -197,18 +203,31 @@ mod tests {
 
     #[test]
     fn without_a_cache_it_compiles() {
-        let engine = new_engine().unwrap();
+        let engine = test_engine();
         let bytes = wat::parse_str(WAT).unwrap();
-        let (_, origin) = load_program(&engine, &bytes, "x", Err("disabled".into())).unwrap();
+        let (_, origin) = load_program(
+            &engine,
+            &test_codegen(),
+            &bytes,
+            "x",
+            Err("disabled".into()),
+        )
+        .unwrap();
         assert_eq!(
             origin,
             ProgramOrigin::Uncached {
                 reason: "disabled".into()
             }
         );
-        let err = load_program(&engine, b"\x7fELF....", "x", Err("off".into()))
-            .err()
-            .unwrap();
+        let err = load_program(
+            &engine,
+            &test_codegen(),
+            b"\x7fELF....",
+            "x",
+            Err("off".into()),
+        )
+        .err()
+        .unwrap();
         assert!(err.0.contains("not a WebAssembly binary"), "{err}");
     }
 }

@@ -16,9 +16,11 @@ use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
 
 use crate::engine::cache::{sha256_hex, ModuleCache};
+use crate::engine::command::RunLimits;
 use crate::engine::{
-    self, load_program, CommandContext, Outcome, PreparedCommand, ProgramOrigin, ReadyCommand,
-    Rejected,
+    self, codegen_options, exports_http_handler, load_program, wasm_kind, CommandContext,
+    EngineRole, Outcome, PreparedCommand, PreparedServer, Program, ProgramOrigin, ReadyCommand,
+    ReadyServer, Rejected, WasmKind,
 };
 use crate::sandbox::privileges;
 use protocol::{ModuleSource, RunSpec, RunnerMessage, ShimMessage, CONTROL_FD, MODULE_FD};
@@ -80,17 +82,61 @@ fn run() -> i32 {
     }
     drop((reader, writer));
 
-    let outcome = match tokio::runtime::Builder::new_current_thread().build() {
-        Ok(runtime) => runtime.block_on(ready.run()),
-        Err(err) => Outcome::HostError(format!("cannot start the runner's event loop: {err}")),
-    };
-    report_to_stderr(&outcome);
+    let outcome = ready.run();
+    report_to_stderr(&outcome, spec.options.timeout);
     outcome.exit_code()
 }
 
-fn prepare(spec: &RunSpec) -> Result<(ReadyCommand, ProgramOrigin), Rejected> {
+/// A program linked, with its context, waiting for Start.
+enum Ready {
+    Command(Box<ReadyCommand>),
+    Server(Box<ReadyServer>),
+}
+
+impl Ready {
+    fn run(self) -> Outcome {
+        // A command is one instance on one thread; a server's requests spread over the
+        // cores (wasm runs on the runtime's threads while a request is handled).
+        let runtime = match &self {
+            Ready::Command(_) => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
+            Ready::Server(_) => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(server_threads())
+                .thread_stack_size(SERVER_THREAD_STACK)
+                .enable_all()
+                .build(),
+        };
+        let runtime = match runtime {
+            Ok(runtime) => runtime,
+            Err(err) => {
+                return Outcome::HostError(format!("cannot start the runner's event loop: {err}"))
+            }
+        };
+        match self {
+            Ready::Command(command) => runtime.block_on(command.run()),
+            Ready::Server(server) => runtime.block_on(server.serve()),
+        }
+    }
+}
+
+/// Room for the host side of a request; wasm runs on its own fiber stacks.
+const SERVER_THREAD_STACK: usize = 512 << 10;
+
+fn server_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|cores| cores.get())
+        .unwrap_or(1)
+        .clamp(1, 8)
+}
+
+fn prepare(spec: &RunSpec) -> Result<(Ready, ProgramOrigin), Rejected> {
     let (bytes, sha256) = read_module(spec)?;
-    let engine = engine::new_engine()?;
+    let role = match wasm_kind(&bytes) {
+        Some(WasmKind::Component) if exports_http_handler(&bytes) => EngineRole::HttpServer,
+        _ => EngineRole::Command,
+    };
+    let engine = engine::new_engine(&spec.options, role)?;
     let cache = match &spec.cache {
         None => Err("the cache is disabled in the engine config".to_string()),
         Some(settings) => ModuleCache::open(&settings.dir, settings.max_bytes)
@@ -98,6 +144,7 @@ fn prepare(spec: &RunSpec) -> Result<(ReadyCommand, ProgramOrigin), Rejected> {
     };
     let (program, origin) = load_program(
         &engine,
+        &codegen_options(&spec.options),
         &bytes,
         &sha256,
         cache.as_ref().map_err(Clone::clone),
@@ -106,15 +153,29 @@ fn prepare(spec: &RunSpec) -> Result<(ReadyCommand, ProgramOrigin), Rejected> {
     // The preopens are opened while still root, as runc sets up mounts before it drops to
     // the container's user: their host paths sit in root-only directories. Every access
     // through them afterwards is checked against the container's user.
-    let linked = PreparedCommand::new(&engine, program, spec.export.as_deref())?;
-    let ready = linked.with_context(&CommandContext {
+    let context = CommandContext {
         args: &spec.args,
         env: &spec.env,
         rootfs: &spec.rootfs,
         readonly_root: spec.readonly_root,
         mounts: &spec.mounts,
         memory_limit: linear_memory_bound(spec),
-    })?;
+        network: &spec.options.network,
+    };
+    let ready = match (role, program) {
+        (EngineRole::HttpServer, Program::Component(component)) => {
+            let server = PreparedServer::new(&engine, &component)?;
+            Ready::Server(Box::new(server.with_context(&context, &spec.options.http)?))
+        }
+        (_, program) => {
+            let linked = PreparedCommand::new(&engine, program, spec.export.as_deref())?;
+            let limits = RunLimits {
+                deadline: spec.options.timeout,
+                fuel: spec.options.fuel,
+            };
+            Ready::Command(Box::new(linked.with_context(&context, limits)?))
+        }
+    };
     if nix::unistd::geteuid().is_root() {
         privileges::drop_to(&spec.identity).map_err(Rejected)?;
     }
@@ -126,9 +187,18 @@ fn prepare(spec: &RunSpec) -> Result<(ReadyCommand, ProgramOrigin), Rejected> {
 /// short instead of seeing its `memory.grow` fail.
 const HOST_HEADROOM: u64 = 2 << 20;
 
-/// The bound for linear memories: the container's memory limit minus what the runtime
-/// already holds in the container's cgroup (compilation's leftovers, given back first).
+/// The bound for linear memories: the engine options' own bound, and the container's memory
+/// limit minus what the runtime already holds in the container's cgroup (compilation's
+/// leftovers, given back first).
 fn linear_memory_bound(spec: &RunSpec) -> Option<u64> {
+    let from_cgroup = cgroup_room(spec);
+    match (spec.options.max_memory, from_cgroup) {
+        (Some(options), Some(cgroup)) => Some(options.min(cgroup)),
+        (options, cgroup) => options.or(cgroup),
+    }
+}
+
+fn cgroup_room(spec: &RunSpec) -> Option<u64> {
     let limit = spec.memory_limit?;
     // SAFETY: malloc_trim only returns free heap pages to the kernel; no pointer changes.
     unsafe {
@@ -182,11 +252,24 @@ fn read_from_rootfs(spec: &RunSpec, path: &str) -> Result<Vec<u8>, Rejected> {
 
 /// Traps and host failures are the container's business: they go to its stderr, where
 /// `ctr` and the CRI log show them, like a native program's crash message.
-fn report_to_stderr(outcome: &Outcome) {
+fn report_to_stderr(outcome: &Outcome, timeout: Option<std::time::Duration>) {
     let message = match outcome {
         Outcome::Exited(_) => return,
         Outcome::Trapped(message) => format!("wasm trap: {message}\n"),
         Outcome::HostError(message) => format!("wasm runtime error: {message}\n"),
+        Outcome::DeadlineExceeded => format!(
+            "wasm deadline: the module ran past its timeout{} and was stopped \
+             (wedge.dev/timeout, limits.timeout)\n",
+            timeout
+                .map(|timeout| format!(
+                    " of {}",
+                    wedge_runtime_config::quantity::show_duration(timeout)
+                ))
+                .unwrap_or_default()
+        ),
+        Outcome::OutOfFuel => "wasm fuel exhausted: the module used all the fuel it was given \
+             (wedge.dev/fuel, limits.fuel) and was stopped\n"
+            .to_string(),
     };
     let mut stderr = std::io::stderr();
     let _ = stderr.write_all(message.as_bytes());

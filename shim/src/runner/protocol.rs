@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{Preopen, ProgramOrigin};
 use crate::spec::Identity;
+use wedge_runtime_config::WasmOptions;
 
 /// The runner's end of the control socket.
 pub const CONTROL_FD: i32 = 3;
@@ -51,6 +52,8 @@ pub struct RunSpec {
     pub mounts: Vec<Preopen>,
     /// Fork into the pod's pid namespace (set for the runner's children before exec).
     pub enter_pod_pid_namespace: bool,
+    /// Engine options settled from the engine config and the container's annotations.
+    pub options: WasmOptions,
 }
 
 /// Where the module's bytes are.
@@ -160,6 +163,9 @@ mod tests {
                 readonly: true,
             }],
             enter_pod_pid_namespace: true,
+            options: wedge_runtime_config::EngineConfig::default()
+                .wasm_options(&Default::default(), Some("9000"))
+                .unwrap(),
         };
         let mut wire = Vec::new();
         send(&mut wire, &ShimMessage::Prepare(Box::new(spec.clone()))).unwrap();

@@ -144,6 +144,7 @@ impl Inner {
         rootfs_mounted: bool,
     ) -> Result<i32> {
         let engine_config = options::engine_config(req.options.as_ref())?;
+        crate::logging::apply_configured_level(engine_config.log_level);
         let entrypoint = Entrypoint::parse(&spec.args);
         let (module, module_fd) = match self
             .locate_module(&req.id, &spec, entrypoint.as_ref())
@@ -165,6 +166,9 @@ impl Inner {
                     .await;
             }
         };
+        let options = engine_config
+            .wasm_options(&spec.annotations, spec.port_variable())
+            .map_err(Error::Annotation)?;
         let io = stdio::open(&req.stdin, &req.stdout, &req.stderr)?;
         let RunnerSandbox {
             cgroup,
@@ -229,6 +233,7 @@ impl Inner {
                 .filter_map(MountSpec::as_preopen)
                 .collect(),
             enter_pod_pid_namespace,
+            options,
         };
         match runner.prepare(run_spec).await {
             Ok(program) => {

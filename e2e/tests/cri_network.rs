@@ -1,0 +1,172 @@
+//! Wasm servers in pods, reached the way Kubernetes reaches any pod: an HTTP component
+//! (`wasi:http/incoming-handler`) from the node through the pod IP and from a sidecar through
+//! localhost, and a TCP server written against `wasi:sockets`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use wedge_e2e::cri::{sh, WEDGE_HANDLER};
+use wedge_e2e::http_load::{self, wait_listening};
+use wedge_e2e::{components, ContainerSpec, CriNode, Release};
+
+fn pod_address(node: &CriNode, pod: &wedge_e2e::Pod, port: u16) -> Result<SocketAddr> {
+    let ip: std::net::IpAddr = node.pod_ip(pod)?.parse()?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// An HTTP component answers from the node through the pod IP and from a busybox sidecar
+/// through localhost, with the container's env; 200 requests with 16 in flight all succeed;
+/// request bodies come through; outgoing requests reach the sidecar; SIGTERM lets a request
+/// in flight finish, then the container exits 0.
+#[test]
+fn an_http_component_serves_like_any_pod() -> Result<()> {
+    let node = CriNode::start(Release::System)?;
+    let server = node.wasm_image("http-hello", &components::http_hello_component()?)?;
+    let busybox = node.busybox_image()?;
+    let pod = node.run_pod_annotated("http", WEDGE_HANDLER, &[("wedge.dev/http-port", "8080")])?;
+    let sidecar = node.run_container(
+        &pod,
+        &ContainerSpec {
+            name: "sidecar".into(),
+            image: busybox.clone(),
+            command: sh("mkdir -p /www && echo from-the-sidecar > /www/note.txt \
+                         && exec /bin/busybox httpd -f -p 8081 -h /www"),
+            ..Default::default()
+        },
+    )?;
+    let app = node.run_container(
+        &pod,
+        &ContainerSpec {
+            name: "app".into(),
+            image: server,
+            env: vec![("GREETING".into(), "hello-from-env".into())],
+            ..Default::default()
+        },
+    )?;
+    let address = pod_address(&node, &pod, 8080)?;
+    wait_listening(address, Duration::from_secs(20))?;
+
+    let answer = http_load::get(address, "/from/the/node?x=1")?;
+    ensure!(
+        answer.status == 200 && answer.body == "hello from wasm http: GET /from/the/node?x=1\n",
+        "{answer:?}"
+    );
+    let answer = http_load::get(address, "/env/GREETING")?;
+    ensure!(answer.body == "hello-from-env", "{answer:?}");
+    let answer = http_load::post(address, "/echo", b"a body to send back")?;
+    ensure!(answer.body == "a body to send back", "{answer:?}");
+    let answer = http_load::get(address, "/fetch/127.0.0.1:8081/note.txt")?;
+    ensure!(
+        answer.status == 200 && answer.body.contains("fetched 200: from-the-sidecar"),
+        "outgoing request: {answer:?}"
+    );
+
+    let from_sidecar = node.exec_sync(
+        &sidecar,
+        &[
+            "/bin/busybox",
+            "wget",
+            "-qO-",
+            "http://127.0.0.1:8080/from/the/sidecar",
+        ],
+    )?;
+    let text = String::from_utf8_lossy(&from_sidecar.stdout);
+    ensure!(
+        from_sidecar.exit_code == 0 && text == "hello from wasm http: GET /from/the/sidecar\n",
+        "sidecar: exit {} {text:?} {}",
+        from_sidecar.exit_code,
+        String::from_utf8_lossy(&from_sidecar.stderr)
+    );
+
+    let report = http_load::load(address, "/load", "hello from wasm http", 200, 16)?;
+    ensure!(
+        report.succeeded == 200 && report.failures.is_empty(),
+        "{} succeeded, failures: {:?}",
+        report.succeeded,
+        report.failures
+    );
+
+    // A slow request in flight when the container is stopped still gets its answer.
+    let slow = std::thread::spawn(move || http_load::get(address, "/sleep/1500"));
+    std::thread::sleep(Duration::from_millis(300));
+    let stopping = Instant::now();
+    node.stop_container(&app, 30)?;
+    let stopped_after = stopping.elapsed();
+    let answer = slow
+        .join()
+        .map_err(|_| anyhow::anyhow!("the slow request panicked"))??;
+    ensure!(
+        answer.body == "slept 1500\n",
+        "in flight during SIGTERM: {answer:?}"
+    );
+    let status = node.status(&app)?;
+    ensure!(
+        status.exit_code == 0,
+        "after the drain: exit {}",
+        status.exit_code
+    );
+    ensure!(
+        stopped_after < Duration::from_secs(10),
+        "the drain took {stopped_after:?}"
+    );
+    ensure!(
+        TcpStream::connect_timeout(&address, Duration::from_millis(500)).is_err(),
+        "still listening after the stop"
+    );
+    node.remove_pod(&pod)?;
+    node.containerd.assert_clean()
+}
+
+/// A TCP echo server on wasi:sockets answers from the node through the pod IP (two clients
+/// at once) and from a sidecar through localhost.
+#[test]
+fn a_tcp_echo_component_is_reachable() -> Result<()> {
+    let node = CriNode::start(Release::System)?;
+    let echo = node.wasm_image("tcp-echo", &components::tcp_echo_component()?)?;
+    let busybox = node.busybox_image()?;
+    let pod = node.run_pod("tcp", WEDGE_HANDLER)?;
+    node.run_container(
+        &pod,
+        &ContainerSpec {
+            name: "echo".into(),
+            image: echo,
+            env: vec![("PORT".into(), "7000".into())],
+            ..Default::default()
+        },
+    )?;
+    let sidecar = node.run_container(
+        &pod,
+        &ContainerSpec {
+            name: "sidecar".into(),
+            image: busybox,
+            command: sh("sleep 3600"),
+            ..Default::default()
+        },
+    )?;
+    node.wait_for_log(&pod, "echo", "listening on 7000")?;
+    let address = pod_address(&node, &pod, 7000)?;
+    let mut first = TcpStream::connect(address).context("first client")?;
+    let mut second = TcpStream::connect(address).context("second client")?;
+    for (client, line) in [(&mut second, "second\n"), (&mut first, "first\n")] {
+        client.set_read_timeout(Some(Duration::from_secs(10)))?;
+        client.write_all(line.as_bytes())?;
+        let mut echoed = String::new();
+        BufReader::new(&*client).read_line(&mut echoed)?;
+        ensure!(echoed == line, "echoed {echoed:?} for {line:?}");
+    }
+    let from_sidecar = node.exec_sync(
+        &sidecar,
+        &[
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "echo from-the-sidecar | /bin/busybox nc -w 2 127.0.0.1 7000",
+        ],
+    )?;
+    let text = String::from_utf8_lossy(&from_sidecar.stdout);
+    ensure!(text.contains("from-the-sidecar"), "sidecar got {text:?}");
+    node.remove_pod(&pod)?;
+    node.containerd.assert_clean()
+}

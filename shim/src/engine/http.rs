@@ -1,0 +1,417 @@
+//! Serving a component that exports `wasi:http/incoming-handler`: an HTTP/1.1 server in the
+//! pod's network namespace, one fresh instance per request from a pre-linked component and
+//! the pooling allocator, a bound on requests in flight, a request body limit and a per-request
+//! deadline. SIGTERM stops accepting and lets requests in flight finish.
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener as StdTcpListener};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimits};
+use wasmtime_wasi::filesystem::WasiFilesystemCtx;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::io::TokioIo;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use wedge_runtime_config::{HttpOptions, NetworkConfig};
+
+use super::context::{CommandContext, Preopen};
+use super::deadline::{arm, EpochTicker};
+use super::{Outcome, Rejected};
+
+const INCOMING_HANDLER: &str = "wasi:http/incoming-handler@";
+
+/// True when the component's top level exports `wasi:http/incoming-handler`: read from the
+/// binary before compiling, because a server's engine differs (pooling allocator).
+pub fn exports_http_handler(bytes: &[u8]) -> bool {
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        let Ok(payload) = payload else {
+            return false;
+        };
+        match payload {
+            wasmparser::Payload::ModuleSection { .. }
+            | wasmparser::Payload::ComponentSection { .. } => depth += 1,
+            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
+            wasmparser::Payload::ComponentExportSection(exports) if depth == 0 => {
+                let found = exports
+                    .into_iter()
+                    .flatten()
+                    .any(|export| export.name.name.starts_with(INCOMING_HANDLER));
+                if found {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Store data of one request.
+struct RequestState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+}
+
+impl WasiView for RequestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for RequestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: Default::default(),
+        }
+    }
+}
+
+/// A component linked against WASI and wasi:http, ready to instantiate per request.
+pub struct PreparedServer {
+    engine: Engine,
+    pre: ProxyPre<RequestState>,
+}
+
+impl PreparedServer {
+    pub fn new(engine: &Engine, component: &Component) -> Result<Self, Rejected> {
+        let mut linker = Linker::<RequestState>::new(engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|err| Rejected::from_wasmtime("cannot link WASI preview2", &err))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|err| Rejected::from_wasmtime("cannot link wasi:http", &err))?;
+        let instance_pre = linker
+            .instantiate_pre(component)
+            .map_err(|err| Rejected::from_wasmtime("cannot link the component", &err))?;
+        let pre = ProxyPre::new(instance_pre).map_err(|err| {
+            Rejected::from_wasmtime("the component's wasi:http/incoming-handler", &err)
+        })?;
+        Ok(PreparedServer {
+            engine: engine.clone(),
+            pre,
+        })
+    }
+
+    /// Opens the preopens and binds the port now, while still root and at Create: a port in
+    /// use or a missing volume fails the container's creation with the reason.
+    pub fn with_context(
+        self,
+        ctx: &CommandContext<'_>,
+        http: &HttpOptions,
+    ) -> Result<ReadyServer, Rejected> {
+        let mut template = ctx.wasi_builder()?.build();
+        let filesystem = template.filesystem().clone();
+        let listener = bind_all_addresses(http.port)?;
+        Ok(ReadyServer {
+            engine: self.engine,
+            pre: self.pre,
+            listener,
+            requests: RequestTemplate {
+                args: ctx.args.to_vec(),
+                env: ctx.env.to_vec(),
+                rootfs: ctx.rootfs.to_path_buf(),
+                mounts: ctx.mounts.to_vec(),
+                memory_limit: ctx.memory_limit,
+                network: ctx.network.clone(),
+                filesystem,
+            },
+            options: http.clone(),
+        })
+    }
+}
+
+/// Dual-stack where the namespace has IPv6, else IPv4: "all addresses" as a Linux server's
+/// `0.0.0.0`/`::` listen means.
+fn bind_all_addresses(port: u16) -> Result<StdTcpListener, Rejected> {
+    let v6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+    let v4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+    StdTcpListener::bind(v6)
+        .or_else(|_| StdTcpListener::bind(v4))
+        .and_then(|listener| {
+            listener.set_nonblocking(true)?;
+            Ok(listener)
+        })
+        .map_err(|err| Rejected(format!("cannot listen for HTTP on port {port}: {err}")))
+}
+
+/// What every request's WASI context is made of.
+struct RequestTemplate {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    rootfs: PathBuf,
+    mounts: Vec<Preopen>,
+    memory_limit: Option<u64>,
+    network: NetworkConfig,
+    /// The preopens, opened once as root at Create; every request shares the handles.
+    filesystem: WasiFilesystemCtx,
+}
+
+impl RequestTemplate {
+    fn state(&self) -> RequestState {
+        let ctx = CommandContext {
+            args: &self.args,
+            env: &self.env,
+            rootfs: &self.rootfs,
+            readonly_root: true,
+            mounts: &self.mounts,
+            memory_limit: self.memory_limit,
+            network: &self.network,
+        };
+        let mut wasi = ctx.without_filesystem().build();
+        *wasi.filesystem() = self.filesystem.clone();
+        RequestState {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            limits: ctx.store_limits(),
+        }
+    }
+}
+
+/// A server waiting for the container's Start.
+pub struct ReadyServer {
+    engine: Engine,
+    pre: ProxyPre<RequestState>,
+    listener: StdTcpListener,
+    requests: RequestTemplate,
+    options: HttpOptions,
+}
+
+struct Server {
+    engine: Engine,
+    pre: ProxyPre<RequestState>,
+    requests: RequestTemplate,
+    options: HttpOptions,
+    in_flight: Arc<Semaphore>,
+}
+
+impl ReadyServer {
+    /// Serves until SIGTERM or SIGINT, then drains; runs on a multi-threaded runtime.
+    pub async fn serve(self) -> Outcome {
+        let listener = match TcpListener::from_std(self.listener) {
+            Ok(listener) => listener,
+            Err(err) => return Outcome::HostError(format!("cannot serve HTTP: {err}")),
+        };
+        let (mut terminate, mut interrupt) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(terminate), Ok(interrupt)) => (terminate, interrupt),
+            (Err(err), _) | (_, Err(err)) => {
+                return Outcome::HostError(format!("cannot watch for SIGTERM: {err}"))
+            }
+        };
+        let _ticker = match EpochTicker::start(&self.engine) {
+            Ok(ticker) => ticker,
+            Err(err) => {
+                return Outcome::HostError(format!("cannot start the request clock: {err}"))
+            }
+        };
+        let server = Arc::new(Server {
+            in_flight: Arc::new(Semaphore::new(
+                usize::try_from(self.options.max_concurrency).unwrap_or(usize::MAX),
+            )),
+            engine: self.engine,
+            pre: self.pre,
+            requests: self.requests,
+            options: self.options,
+        });
+        let connections = GracefulShutdown::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let stream = match accepted {
+                        Ok((stream, _)) => stream,
+                        // Out of fds or a connection reset before accept: keep serving.
+                        Err(err) => {
+                            log_line(&format!("wasm http: accept failed: {err}"));
+                            continue;
+                        }
+                    };
+                    let server = server.clone();
+                    let service = hyper::service::service_fn(move |request| {
+                        let server = server.clone();
+                        async move { Ok::<_, Infallible>(server.handle(request).await) }
+                    });
+                    let connection = http1::Builder::new()
+                        .keep_alive(true)
+                        .serve_connection(TokioIo::new(stream), service);
+                    let connection = connections.watch(connection);
+                    tokio::spawn(async move {
+                        // A client that goes away mid-request is its own business.
+                        let _ = connection.await;
+                    });
+                }
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
+            }
+        }
+        drop(listener);
+        connections.shutdown().await;
+        Outcome::Exited(0)
+    }
+}
+
+type ServerResponse = Response<HyperOutgoingBody>;
+
+impl Server {
+    async fn handle(self: Arc<Self>, request: Request<Incoming>) -> ServerResponse {
+        if let Some(max) = self.options.max_request_body {
+            let declared = request
+                .headers()
+                .get(hyper::header::CONTENT_LENGTH)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.parse::<u64>().ok());
+            if declared.is_some_and(|length| length > max) {
+                return plain(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body larger than {max} bytes\n"),
+                );
+            }
+        }
+        let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
+        };
+        let method = request.method().clone();
+        let path = request.uri().path().to_string();
+        let timeout = self.options.request_timeout;
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let server = self.clone();
+        let guest = tokio::spawn(async move {
+            let _permit = permit;
+            tokio::time::timeout(timeout, server.call_guest(request, sender))
+                .await
+                .unwrap_or_else(|_| Err(wasmtime::Error::msg("the request timed out")))
+        });
+        let outcome = tokio::time::timeout(timeout, receiver).await;
+        match outcome {
+            Ok(Ok(Ok(response))) => response,
+            Ok(Ok(Err(code))) => {
+                log_line(&format!(
+                    "wasm http: {method} {path}: the handler failed: {code:?}"
+                ));
+                plain(StatusCode::INTERNAL_SERVER_ERROR, "handler error\n".into())
+            }
+            Ok(Err(_)) => {
+                // The guest returned or trapped without setting a response.
+                let reason = match guest.await {
+                    Ok(Ok(())) => "the handler set no response".to_string(),
+                    Ok(Err(err)) => format!("{err:#}"),
+                    Err(err) => format!("{err}"),
+                };
+                log_line(&format!("wasm http: {method} {path}: {reason}"));
+                plain(StatusCode::INTERNAL_SERVER_ERROR, "handler error\n".into())
+            }
+            Err(_) => {
+                log_line(&format!(
+                    "wasm http: {method} {path}: no response within the request timeout of {timeout:?}"
+                ));
+                plain(StatusCode::GATEWAY_TIMEOUT, "request timed out\n".into())
+            }
+        }
+    }
+
+    async fn call_guest(
+        &self,
+        request: Request<Incoming>,
+        sender: tokio::sync::oneshot::Sender<
+            Result<ServerResponse, wasmtime_wasi_http::p2::bindings::http::types::ErrorCode>,
+        >,
+    ) -> wasmtime::Result<()> {
+        let mut store = Store::new(&self.engine, self.requests.state());
+        store.limiter(|state| &mut state.limits);
+        arm(&mut store, Some(self.options.request_timeout), None)?;
+        let request = match self.options.max_request_body {
+            Some(max) => {
+                let usize_max = usize::try_from(max).unwrap_or(usize::MAX);
+                request.map(|body| {
+                    Limited::new(body, usize_max)
+                        .map_err(move |_| wasmtime_wasi_http::Error::HttpRequestBodySize(Some(max)))
+                        .boxed_unsync()
+                })
+            }
+            None => {
+                request.map(|body| body.map_err(wasmtime_wasi_http::Error::from).boxed_unsync())
+            }
+        };
+        let request = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)?;
+        let response = store.data_mut().http().new_response_outparam(sender)?;
+        let proxy = self.pre.instantiate_async(&mut store).await?;
+        proxy
+            .wasi_http_incoming_handler()
+            .call_handle(&mut store, request, response)
+            .await
+    }
+}
+
+fn plain(status: StatusCode, text: String) -> ServerResponse {
+    let mut response = Response::new(
+        Full::new(Bytes::from(text))
+            .map_err(|never: Infallible| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    response
+}
+
+/// The container's stderr is where `kubectl logs` shows a failing request.
+fn log_line(line: &str) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = stderr.write_all(format!("{line}\n").as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_handler_export_at_the_top_level_only() {
+        let server = wat::parse_str(
+            r#"(component
+                (core module $m (func (export "h")))
+                (core instance $i (instantiate $m))
+                (func $h (canon lift (core func $i "h")))
+                (instance $handler (export "handle" (func $h)))
+                (export "wasi:http/incoming-handler@0.2.6" (instance $handler)))"#,
+        )
+        .unwrap();
+        assert!(exports_http_handler(&server));
+        let command = wat::parse_str(
+            r#"(component
+                (component $inner
+                  (core module $m (func (export "h")))
+                  (core instance $i (instantiate $m))
+                  (func $h (canon lift (core func $i "h")))
+                  (instance $handler (export "handle" (func $h)))
+                  (export "wasi:http/incoming-handler@0.2.6" (instance $handler))))"#,
+        )
+        .unwrap();
+        assert!(!exports_http_handler(&command));
+        assert!(!exports_http_handler(b"\0asm\x01\0\0\0"));
+    }
+}
