@@ -18,14 +18,22 @@ fn pod_address(node: &CriNode, pod: &wedge_e2e::Pod, port: u16) -> Result<Socket
 
 /// An HTTP component answers from the node through the pod IP and from a busybox sidecar
 /// through localhost, with the container's env; 200 requests with 16 in flight all succeed;
-/// request bodies come through; outgoing requests reach the sidecar; SIGTERM lets a request
-/// in flight finish, then the container exits 0.
+/// request bodies come through, a body over the limit is refused with 413 and a request past
+/// its timeout answered 504; outgoing requests reach the sidecar; SIGTERM lets a request in
+/// flight finish, then the container exits 0.
 #[test]
 fn an_http_component_serves_like_any_pod() -> Result<()> {
     let node = CriNode::start(Release::System)?;
     let server = node.wasm_image("http-hello", &components::http_hello_component()?)?;
     let busybox = node.busybox_image()?;
-    let pod = node.run_pod_annotated("http", WEDGE_HANDLER, &[("wedge.dev/http-port", "8080")])?;
+    let pod = node.run_pod_annotated(
+        "http",
+        WEDGE_HANDLER,
+        &[
+            ("wedge.dev/http-port", "8080"),
+            ("wedge.dev/http-request-timeout", "3s"),
+        ],
+    )?;
     let sidecar = node.run_container(
         &pod,
         &ContainerSpec {
@@ -57,6 +65,28 @@ fn an_http_component_serves_like_any_pod() -> Result<()> {
     ensure!(answer.body == "hello-from-env", "{answer:?}");
     let answer = http_load::post(address, "/echo", b"a body to send back")?;
     ensure!(answer.body == "a body to send back", "{answer:?}");
+    // A client announcing a body over the limit is answered before it sends it.
+    let mut client = TcpStream::connect(address)?;
+    client.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        client,
+        "POST /echo HTTP/1.1\r\nhost: pod\r\ncontent-length: {}\r\n\r\n",
+        (10 << 20) + 1
+    )?;
+    let mut status_line = String::new();
+    BufReader::new(&client).read_line(&mut status_line)?;
+    ensure!(
+        status_line.starts_with("HTTP/1.1 413"),
+        "a body of 10 MiB + 1: {status_line:?}"
+    );
+    let started = Instant::now();
+    let answer = http_load::get(address, "/sleep/10000")?;
+    ensure!(
+        answer.status == 504 && started.elapsed() < Duration::from_secs(8),
+        "past the request timeout: {} after {:?}",
+        answer.status,
+        started.elapsed()
+    );
     let answer = http_load::get(address, "/fetch/127.0.0.1:8081/note.txt")?;
     ensure!(
         answer.status == 200 && answer.body.contains("fetched 200: from-the-sidecar"),

@@ -427,6 +427,65 @@ mod tests {
     }
 
     #[test]
+    fn every_section_parses_and_the_network_policy_denies_before_it_allows() {
+        let config = EngineConfig::parse(
+            r#"log_level = "debug"
+allowed_annotations = ["features"]
+[wasm]
+features = ["simd", "multi-memory"]
+allowed_features = ["gc"]
+[limits]
+memory = "64Mi"
+max_memory = "1Gi"
+timeout = "30s"
+max_timeout = "5m"
+fuel = 1000
+max_fuel = 5000
+[pooling]
+instances = 100
+memory_per_instance = "128Mi"
+[http]
+port = 3000
+max_concurrency = 16
+max_request_body = "1Mi"
+request_timeout = "5s"
+[network]
+allow = ["10.0.0.0/8", "::1/128"]
+deny = ["10.0.0.1/32"]
+udp = false
+"#,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(config.log_level, Some(LogLevel::Debug));
+        assert_eq!(config.limits.memory, Some(64 << 20));
+        assert_eq!(config.limits.max_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(config.http.request_timeout, Duration::from_secs(5));
+        assert_eq!(config.pooling.memory_per_instance, Some(128 << 20));
+        assert!(config.network.permits("10.1.2.3".parse().unwrap()));
+        assert!(!config.network.permits("10.0.0.1".parse().unwrap()));
+        assert!(!config.network.permits("192.168.1.1".parse().unwrap()));
+        assert!(config.network.permits("::1".parse().unwrap()));
+        assert!(!config.network.udp && config.network.tcp);
+        assert!(EngineConfig::default()
+            .network
+            .permits("169.254.169.254".parse().unwrap()));
+
+        for (text, key) in [
+            (
+                "[limits]\ntimeout = \"10m\"\nmax_timeout = \"1m\"\n",
+                "limits.timeout",
+            ),
+            ("[http]\nmax_concurrency = 500\n", "pooling.instances"),
+            ("[wasm]\nfeatures = [\"multimemory\"]\n", "multimemory"),
+            ("[network]\nallow = [\"10.0.0.0/33\"]\n", "10.0.0.0/33"),
+        ] {
+            let err = EngineConfig::parse(text, "t").unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn loads_from_a_path_and_reports_a_missing_one() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.toml");

@@ -303,7 +303,7 @@ impl Server {
             let _permit = permit;
             tokio::time::timeout(timeout, server.call_guest(request, sender))
                 .await
-                .unwrap_or_else(|_| Err(wasmtime::Error::msg("the request timed out")))
+                .unwrap_or_else(|_| Err(wasmtime::Error::new(RequestTimedOut)))
         });
         let outcome = tokio::time::timeout(timeout, receiver).await;
         match outcome {
@@ -315,21 +315,17 @@ impl Server {
                 plain(StatusCode::INTERNAL_SERVER_ERROR, "handler error\n".into())
             }
             Ok(Err(_)) => {
-                // The guest returned or trapped without setting a response.
+                // The guest returned, trapped or ran out of time without setting a response.
                 let reason = match guest.await {
                     Ok(Ok(())) => "the handler set no response".to_string(),
+                    Ok(Err(err)) if is_timeout(&err) => return timed_out(&method, &path, timeout),
                     Ok(Err(err)) => format!("{err:#}"),
                     Err(err) => format!("{err}"),
                 };
                 log_line(&format!("wasm http: {method} {path}: {reason}"));
                 plain(StatusCode::INTERNAL_SERVER_ERROR, "handler error\n".into())
             }
-            Err(_) => {
-                log_line(&format!(
-                    "wasm http: {method} {path}: no response within the request timeout of {timeout:?}"
-                ));
-                plain(StatusCode::GATEWAY_TIMEOUT, "request timed out\n".into())
-            }
+            Err(_) => timed_out(&method, &path, timeout),
         }
     }
 
@@ -367,6 +363,26 @@ impl Server {
             .call_handle(&mut store, request, response)
             .await
     }
+}
+
+/// The guest's own clock (epochs) or the wait for its response ran past the request timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the request timed out")]
+struct RequestTimedOut;
+
+fn is_timeout(err: &wasmtime::Error) -> bool {
+    err.downcast_ref::<RequestTimedOut>().is_some()
+        || matches!(
+            err.downcast_ref::<wasmtime::Trap>(),
+            Some(wasmtime::Trap::Interrupt)
+        )
+}
+
+fn timed_out(method: &hyper::Method, path: &str, timeout: std::time::Duration) -> ServerResponse {
+    log_line(&format!(
+        "wasm http: {method} {path}: no response within the request timeout of {timeout:?}"
+    ));
+    plain(StatusCode::GATEWAY_TIMEOUT, "request timed out\n".into())
 }
 
 fn plain(status: StatusCode, text: String) -> ServerResponse {
