@@ -13,10 +13,12 @@ use crate::binaries;
 const ENGINE_CONFIG: &str = "wedge.toml";
 
 /// The tests' operator: pods may turn on multi-memory, and may not meter fuel (so that a
-/// forbidden annotation can be tried).
+/// forbidden annotation can be tried); guests may not reach TEST-NET-1.
 const ENGINE_OPTIONS: &str = r#"allowed_annotations = ["features", "timeout", "max-memory", "http-port", "http-max-concurrency", "http-request-timeout"]
 [wasm]
 allowed_features = ["multi-memory"]
+[network]
+deny = ["192.0.2.0/24"]
 "#;
 
 /// containerd's runtime type for the Wedge shim.

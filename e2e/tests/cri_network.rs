@@ -19,7 +19,8 @@ fn pod_address(node: &CriNode, pod: &wedge_e2e::Pod, port: u16) -> Result<Socket
 /// An HTTP component answers from the node through the pod IP and from a busybox sidecar
 /// through localhost, with the container's env; 200 requests with 16 in flight all succeed;
 /// request bodies come through, a body over the limit is refused with 413 and a request past
-/// its timeout answered 504; outgoing requests reach the sidecar; SIGTERM lets a request in
+/// its timeout answered 504; outgoing requests reach the sidecar and not an address the
+/// engine config's network policy denies; SIGTERM lets a request in
 /// flight finish, then the container exits 0.
 #[test]
 fn an_http_component_serves_like_any_pod() -> Result<()> {
@@ -86,6 +87,11 @@ fn an_http_component_serves_like_any_pod() -> Result<()> {
         "past the request timeout: {} after {:?}",
         answer.status,
         started.elapsed()
+    );
+    let answer = http_load::get(address, "/fetch/192.0.2.1:80/denied")?;
+    ensure!(
+        answer.status == 502 && answer.body.contains("destination-IP-prohibited"),
+        "an address the network policy denies: {answer:?}"
     );
     let answer = http_load::get(address, "/fetch/127.0.0.1:8081/note.txt")?;
     ensure!(

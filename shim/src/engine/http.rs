@@ -68,6 +68,57 @@ struct RequestState {
     http: WasiHttpCtx,
     table: ResourceTable,
     limits: StoreLimits,
+    outgoing: OutgoingPolicy,
+}
+
+/// `wasi:http/outgoing-handler` under the same `[network]` policy as `wasi:sockets`: the
+/// destination's addresses are resolved and checked before the request is sent.
+struct OutgoingPolicy {
+    network: Arc<NetworkConfig>,
+}
+
+type OutgoingResponse = Result<
+    (
+        http::Response<wasmtime_wasi_http::WasiBody>,
+        Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ),
+    wasmtime_wasi_http::Error,
+>;
+
+impl wasmtime_wasi_http::WasiHttpHooks for OutgoingPolicy {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        _response_errors: Box<
+            dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send,
+        >,
+    ) -> Box<dyn std::future::Future<Output = OutgoingResponse> + Send> {
+        let network = self.network.clone();
+        Box::new(async move {
+            let authority = request
+                .uri()
+                .authority()
+                .ok_or(wasmtime_wasi_http::Error::HttpRequestUriInvalid)?;
+            let https = request.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
+            let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((authority.host(), port))
+                .await
+                .map_err(|_| wasmtime_wasi_http::Error::DestinationNotFound)?
+                .collect();
+            if addresses
+                .iter()
+                .any(|address| !network.permits(address.ip()))
+            {
+                return Err(wasmtime_wasi_http::Error::DestinationIpProhibited);
+            }
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>,
+            ))
+        })
+    }
 }
 
 impl WasiView for RequestState {
@@ -84,7 +135,7 @@ impl WasiHttpView for RequestState {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: Default::default(),
+            hooks: &mut self.outgoing,
         }
     }
 }
@@ -134,7 +185,7 @@ impl PreparedServer {
                 rootfs: ctx.rootfs.to_path_buf(),
                 mounts: ctx.mounts.to_vec(),
                 memory_limit: ctx.memory_limit,
-                network: ctx.network.clone(),
+                network: Arc::new(ctx.network.clone()),
                 filesystem,
             },
             options: http.clone(),
@@ -163,7 +214,7 @@ struct RequestTemplate {
     rootfs: PathBuf,
     mounts: Vec<Preopen>,
     memory_limit: Option<u64>,
-    network: NetworkConfig,
+    network: Arc<NetworkConfig>,
     /// The preopens, opened once as root at Create; every request shares the handles.
     filesystem: WasiFilesystemCtx,
 }
@@ -186,6 +237,9 @@ impl RequestTemplate {
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             limits: ctx.store_limits(),
+            outgoing: OutgoingPolicy {
+                network: self.network.clone(),
+            },
         }
     }
 }
