@@ -3,5 +3,6 @@
 
 pub mod image;
 pub mod module_image;
+pub mod node;
 pub mod push;
 pub mod wasm_image;

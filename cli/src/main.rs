@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use wedge_cli::image::Platform;
 use wedge_cli::module_image::ModuleForm;
+use wedge_cli::node::command::{self as node, NodeCommand, TargetArgs};
 use wedge_cli::push;
 use wedge_cli::wasm_image::{self, ImageFormat, WasmImageRequest};
 
@@ -20,6 +21,11 @@ enum Command {
     /// Container images of wasm modules.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Install Wedge on this Kubernetes node, remove it, or report its state.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Check this node for what Wedge needs; exits non-zero when something is wrong.
+    Doctor(TargetArgs),
 }
 
 #[derive(Subcommand)]
@@ -95,7 +101,17 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Image(ImageCommand::Build(args)) => build(args),
         Command::Image(ImageCommand::Push(args)) => push(args),
+        Command::Node(command) => exit_unhealthy(node::run(command)?),
+        Command::Doctor(args) => exit_unhealthy(node::doctor(args)?),
     }
+}
+
+/// A report with problems has been printed; the exit status says so to scripts and probes.
+fn exit_unhealthy(healthy: bool) -> Result<()> {
+    if !healthy {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn push(args: PushArgs) -> Result<()> {

@@ -4,6 +4,7 @@
 //! registers the runtime.
 
 pub mod annotations;
+pub mod containerd;
 pub mod engine;
 pub mod features;
 pub mod quantity;

@@ -1,0 +1,185 @@
+//! The files install puts on the host besides containerd's config: the shim binary (verified
+//! by digest after the copy) and the engine config (only where none exists).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+use wedge_runtime_config::EngineConfig;
+
+use super::error::{NodeError, Result};
+
+const SHIM_MODE: u32 = 0o755;
+const ENGINE_CONFIG_MODE: u32 = 0o644;
+
+/// What a copy did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Copied {
+    /// Written; the sha256 of the bytes now in place.
+    Written { sha256: String },
+    /// The destination already held the same bytes.
+    AlreadyThere { sha256: String },
+    /// The destination exists with other contents and was left alone.
+    Kept,
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = File::open(path).map_err(NodeError::io("cannot open", path))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 16];
+    loop {
+        let read = file
+            .read(&mut buffer)
+            .map_err(NodeError::io("cannot read", path))?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+    }
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// Copies the shim to `dest` (temp file + rename, 0755) and checks the digest of what landed.
+/// A running shim keeps its old inode, so replacing it under running pods is safe.
+pub fn install_shim(source: &Path, dest: &Path) -> Result<Copied> {
+    let expected = sha256_file(source)?;
+    if dest.is_file() && sha256_file(dest)? == expected {
+        return Ok(Copied::AlreadyThere { sha256: expected });
+    }
+    let bytes = fs::read(source).map_err(NodeError::io("cannot read", source))?;
+    write_atomically(dest, &bytes, SHIM_MODE)?;
+    let found = sha256_file(dest)?;
+    if found != expected {
+        let _ = fs::remove_file(dest);
+        return Err(NodeError::ShimDigestMismatch {
+            path: dest.to_path_buf(),
+            expected,
+            found,
+        });
+    }
+    Ok(Copied::Written { sha256: found })
+}
+
+/// Writes the engine config from `source` unless `dest` exists: an operator's config on the
+/// node wins over the installer's. The source is validated first.
+pub fn place_engine_config(source: &Path, dest: &Path) -> Result<Copied> {
+    let text = fs::read_to_string(source).map_err(NodeError::io("cannot read", source))?;
+    EngineConfig::parse(&text, &source.display().to_string()).map_err(|err| {
+        NodeError::EngineConfigInvalid {
+            path: source.to_path_buf(),
+            message: err.to_string(),
+        }
+    })?;
+    let sha256 = format!("{:x}", Sha256::digest(text.as_bytes()));
+    match fs::read(dest) {
+        Ok(existing) if existing == text.as_bytes() => Ok(Copied::AlreadyThere { sha256 }),
+        Ok(_) => Ok(Copied::Kept),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            write_atomically(dest, text.as_bytes(), ENGINE_CONFIG_MODE)?;
+            Ok(Copied::Written { sha256 })
+        }
+        Err(err) => Err(NodeError::io("cannot read", dest)(err)),
+    }
+}
+
+/// Removes `path` if it holds exactly `source`'s bytes (what install would have copied);
+/// returns whether it did.
+pub fn remove_if_same(path: &Path, source: &Path) -> Result<bool> {
+    let (Ok(installed), Ok(original)) = (fs::read(path), fs::read(source)) else {
+        return Ok(false);
+    };
+    if installed != original {
+        return Ok(false);
+    }
+    remove(path)
+}
+
+/// Removes `path`; `false` when there was nothing to remove.
+pub fn remove(path: &Path) -> Result<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(NodeError::io("cannot remove", path)(err)),
+    }
+}
+
+fn write_atomically(dest: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let dir = dest.parent().unwrap_or(Path::new("/"));
+    fs::create_dir_all(dir).map_err(NodeError::io("cannot create", dir))?;
+    let name = dest
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = dir.join(format!(".{name}.wedge-{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&temp)?;
+        file.write_all(bytes)?;
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.sync_all()?;
+        fs::rename(&temp, dest)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result.map_err(NodeError::io("cannot write", dest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn shim_copy_is_verified_and_executable() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("shim");
+        fs::write(&source, b"\x7fELF pretend").unwrap();
+        let dest = dir.path().join("bin/containerd-shim-wedge-v1");
+        let Copied::Written { sha256 } = install_shim(&source, &dest).unwrap() else {
+            panic!("not written");
+        };
+        assert_eq!(sha256, sha256_file(&source).unwrap());
+        let mode = fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o755);
+        assert!(matches!(
+            install_shim(&source, &dest).unwrap(),
+            Copied::AlreadyThere { .. }
+        ));
+    }
+
+    #[test]
+    fn engine_config_is_written_only_where_none_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source.toml");
+        fs::write(&source, "[cache]\nenabled = false\n").unwrap();
+        let dest = dir.path().join("etc/wedge/config.toml");
+        assert!(matches!(
+            place_engine_config(&source, &dest).unwrap(),
+            Copied::Written { .. }
+        ));
+        fs::write(&dest, "# the operator's\n").unwrap();
+        assert_eq!(place_engine_config(&source, &dest).unwrap(), Copied::Kept);
+        assert_eq!(fs::read_to_string(&dest).unwrap(), "# the operator's\n");
+        assert!(!remove_if_same(&dest, &source).unwrap());
+    }
+
+    #[test]
+    fn invalid_engine_config_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source.toml");
+        fs::write(&source, "[cache]\nenabeld = false\n").unwrap();
+        let dest = dir.path().join("config.toml");
+        assert!(matches!(
+            place_engine_config(&source, &dest),
+            Err(NodeError::EngineConfigInvalid { .. })
+        ));
+        assert!(!dest.exists());
+    }
+}

@@ -1,0 +1,260 @@
+//! `wedge node install` and `uninstall`, step by step. Install: shim, engine config,
+//! containerd's config, restart, wait for the runtime, label. Uninstall undoes them in the
+//! reverse order, starting with the label so the scheduler stops sending pods here.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use wedge_runtime_config::containerd::{
+    inspect, plan_install, plan_uninstall, Location, Outcome, Plan,
+};
+
+use super::containerd_api;
+use super::error::Result;
+use super::files::{self, Copied};
+use super::kube::{NodeLabeler, READY_LABEL};
+use super::restart;
+use super::target::NodeTarget;
+
+/// How long containerd gets to come back after a restart.
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// Restart containerd through the host's systemd when its config changed (or it does
+    /// not list the runtime yet).
+    Auto,
+    /// Never: tests, and operators who restart containerd themselves.
+    Never,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChangeOptions {
+    pub shim_source: PathBuf,
+    /// Copied to the engine config path when nothing is there.
+    pub engine_config: Option<PathBuf>,
+    pub restart: RestartPolicy,
+    pub label_node: bool,
+    /// Print what would change and change nothing.
+    pub dry_run: bool,
+}
+
+/// Lines of progress go to `out`; a failure stops at the step that failed.
+pub async fn install(
+    target: &NodeTarget,
+    options: &ChangeOptions,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let location = target.locate()?;
+    let spec = target.spec();
+    let plan = plan_install(&location, &spec)?;
+    let shim = target.shim_path();
+    let engine = target.engine_config_path();
+    let shown = |path: &PathBuf| location.root.host_view(path).display().to_string();
+    if options.dry_run {
+        say(
+            out,
+            format!(
+                "would copy {} to {}",
+                options.shim_source.display(),
+                shown(&shim)
+            ),
+        );
+        if let Some(source) = &options.engine_config {
+            let verb = if engine.exists() {
+                "would keep the existing"
+            } else {
+                "would write"
+            };
+            say(
+                out,
+                format!("{verb} {} (from {})", shown(&engine), source.display()),
+            );
+        }
+        describe_plan(out, &location, &plan);
+        describe_follow_up(out, &location, options, "set");
+        return Ok(());
+    }
+
+    match files::install_shim(&options.shim_source, &shim)? {
+        Copied::Written { sha256 } => say(
+            out,
+            format!("copied the shim to {} (sha256 {sha256})", shown(&shim)),
+        ),
+        Copied::AlreadyThere { sha256 } => say(
+            out,
+            format!("shim {} already current (sha256 {sha256})", shown(&shim)),
+        ),
+        Copied::Kept => {}
+    }
+    if let Some(source) = &options.engine_config {
+        match files::place_engine_config(source, &engine)? {
+            Copied::Written { .. } => say(out, format!("wrote {}", shown(&engine))),
+            Copied::AlreadyThere { .. } => say(out, format!("{} already current", shown(&engine))),
+            Copied::Kept => say(
+                out,
+                format!("kept the existing {} (not overwritten)", shown(&engine)),
+            ),
+        }
+    }
+    let changed = report_outcome(out, plan.apply()?);
+    if options.restart == RestartPolicy::Auto {
+        restart_and_wait(out, target, &location, changed, Some(&spec.name)).await?;
+    } else if changed {
+        say(
+            out,
+            "containerd was not restarted (--restart never): it reads the change at its next start",
+        );
+    }
+    if options.label_node {
+        let labeler = NodeLabeler::from_env()?;
+        labeler.set_ready(Some("true")).await?;
+        say(
+            out,
+            format!("labelled node {} {READY_LABEL}=true", labeler.node()),
+        );
+    }
+    Ok(())
+}
+
+pub async fn uninstall(
+    target: &NodeTarget,
+    options: &ChangeOptions,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let location = target.locate()?;
+    let spec = target.spec();
+    let plan = plan_uninstall(&location, &spec)?;
+    let shim = target.shim_path();
+    let engine = target.engine_config_path();
+    let shown = |path: &PathBuf| location.root.host_view(path).display().to_string();
+    if options.dry_run {
+        describe_follow_up(out, &location, options, "remove");
+        describe_plan(out, &location, &plan);
+        say(out, format!("would remove {}", shown(&shim)));
+        return Ok(());
+    }
+
+    if options.label_node {
+        let labeler = NodeLabeler::from_env()?;
+        labeler.set_ready(None).await?;
+        say(
+            out,
+            format!("removed {READY_LABEL} from node {}", labeler.node()),
+        );
+    }
+    let changed = report_outcome(out, plan.apply()?);
+    if options.restart == RestartPolicy::Auto && changed {
+        restart_and_wait(out, target, &location, true, None).await?;
+    } else if changed {
+        say(out, "containerd was not restarted (--restart never): it drops the runtime at its next start");
+    }
+    if let Some(source) = &options.engine_config {
+        if files::remove_if_same(&engine, source)? {
+            say(out, format!("removed {}", shown(&engine)));
+            if let Some(dir) = engine.parent() {
+                // Only if empty: the operator may keep other files there.
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+    if files::remove(&shim)? {
+        say(out, format!("removed {}", shown(&shim)));
+    }
+    Ok(())
+}
+
+fn report_outcome(out: &mut dyn Write, outcome: Outcome) -> bool {
+    match outcome {
+        Outcome::Unchanged => {
+            say(out, "containerd config unchanged");
+            false
+        }
+        Outcome::Changed(files) => {
+            for file in files {
+                say(out, format!("changed {}", file.display()));
+            }
+            true
+        }
+    }
+}
+
+/// Restarts containerd when its config changed or it does not list the runtime yet, then
+/// waits until it answers (and, on install, lists the runtime).
+async fn restart_and_wait(
+    out: &mut dyn Write,
+    target: &NodeTarget,
+    location: &Location,
+    config_changed: bool,
+    runtime: Option<&str>,
+) -> Result<()> {
+    let registration = inspect(location, &target.spec())?;
+    let socket = containerd_api::socket_path(
+        &target.root,
+        registration.socket.as_deref(),
+        location.flavour.default_socket(),
+    );
+    if !config_changed {
+        if let Some(name) = runtime {
+            let live = containerd_api::query(&socket, name).await;
+            if matches!(live, Ok(ref info) if info.runtime_registered == Some(true)) {
+                say(
+                    out,
+                    "containerd already lists the runtime; no restart needed",
+                );
+                return Ok(());
+            }
+        }
+    }
+    let unit = restart::restart(location.flavour)?;
+    say(out, format!("restarted {unit}"));
+    let version = containerd_api::wait_ready(&socket, runtime, READY_TIMEOUT).await?;
+    match runtime {
+        Some(name) => say(out, format!("containerd {version} lists runtime {name:?}")),
+        None => say(out, format!("containerd {version} is back")),
+    }
+    Ok(())
+}
+
+fn describe_plan(out: &mut dyn Write, location: &Location, plan: &Plan) {
+    if plan.is_unchanged() {
+        say(
+            out,
+            format!(
+                "containerd config {} unchanged",
+                location.root.host_view(&location.config).display()
+            ),
+        );
+    } else {
+        let _ = write!(out, "{}", plan.diff());
+    }
+}
+
+fn describe_follow_up(
+    out: &mut dyn Write,
+    location: &Location,
+    options: &ChangeOptions,
+    label_verb: &str,
+) {
+    if options.restart == RestartPolicy::Auto {
+        say(
+            out,
+            format!(
+                "would restart {} if its config changes",
+                location.flavour.services().join(" or ")
+            ),
+        );
+    }
+    if options.label_node {
+        say(
+            out,
+            format!("would {label_verb} the node label {READY_LABEL}"),
+        );
+    }
+}
+
+fn say(out: &mut dyn Write, line: impl AsRef<str>) {
+    // Progress lines are best effort: a closed stdout must not abort a half-done install.
+    let _ = writeln!(out, "{}", line.as_ref());
+}
