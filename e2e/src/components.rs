@@ -6,13 +6,14 @@
 //! and wit-component wraps those with the matching preview1 adapter.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 use wasi_preview1_component_adapter_provider::{
     WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER, WASI_SNAPSHOT_PREVIEW1_PROXY_ADAPTER,
 };
 use wit_bindgen_core::wit_parser::Resolve;
+
+use crate::programs::{clang_for_wasi, run_clang};
 
 /// The interface an HTTP component exports.
 pub const HTTP_HANDLER_EXPORT: &str = "wasi:http/incoming-handler@0.2.12";
@@ -152,9 +153,8 @@ fn generate_bindings(work: &Path, world: &str) -> Result<Vec<PathBuf>> {
 /// Compiles the program and its bindings to a preview1 core module with clang and wasi-libc.
 fn compile(work: &Path, recipe: &Recipe, bindings: &[PathBuf]) -> Result<Vec<u8>> {
     let wasm_file = work.join("core.wasm");
-    let mut clang = Command::new("clang");
+    let mut clang = clang_for_wasi();
     clang
-        .args(["--target=wasm32-wasi", "-O2"])
         // Errors in newer clang; failing on them here keeps the sources building there too.
         .args([
             "-Werror=incompatible-pointer-types",
@@ -169,15 +169,7 @@ fn compile(work: &Path, recipe: &Recipe, bindings: &[PathBuf]) -> Result<Vec<u8>
     if let Shape::HttpProxy = recipe.shape {
         clang.arg("-mexec-model=reactor");
     }
-    let out = clang.output().context(
-        "cannot run clang (apt-get install clang lld wasi-libc libclang-rt-14-dev-wasm32)",
-    )?;
-    ensure!(
-        out.status.success(),
-        "clang failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read(&wasm_file).with_context(|| format!("cannot read {}", wasm_file.display()))
+    run_clang(&mut clang, &wasm_file)
 }
 
 fn componentize(core_module: &[u8], shape: Shape) -> Result<Vec<u8>> {

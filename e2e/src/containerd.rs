@@ -10,7 +10,11 @@ use anyhow::{bail, ensure, Context, Result};
 use crate::binaries;
 
 /// File name of the harness's engine config in the temp dir.
-const ENGINE_CONFIG: &str = "wedge.toml";
+pub const ENGINE_CONFIG: &str = "wedge.toml";
+
+/// Directory in the temp dir that a containerd started with [`Containerd::start_cri_with`]
+/// searches first for shims: where the test's `prepare` installs them.
+pub const PREPARED_BIN: &str = "bin";
 
 /// The tests' operator: pods may turn on multi-memory, and may not meter fuel (so that a
 /// forbidden annotation can be tried); guests may not reach TEST-NET-1.
@@ -49,6 +53,10 @@ impl Release {
         }
     }
 }
+
+/// A test's own step between writing containerd's files and starting it: gets containerd's
+/// `config.toml` and the test's temp dir.
+type Prepare<'a> = Box<dyn FnOnce(&Path, &Path) -> Result<()> + 'a>;
 
 pub struct Containerd {
     dir: tempfile::TempDir,
@@ -112,17 +120,29 @@ impl Containerd {
 
     /// Starts the given containerd release and waits until it answers.
     pub fn start_release(release: Release) -> Result<Self> {
-        Self::launch(release, false)
+        Self::launch(release, false, None)
     }
 
     /// Starts containerd with its CRI plugin on: runtime handler `wedge` (this shim) and
     /// `runc` (the reference), a sandbox image to be imported by the caller, CNI from
     /// Debian's plugins, netns mounts and runc state under the temp dir.
     pub fn start_cri(release: Release) -> Result<Self> {
-        Self::launch(release, true)
+        Self::launch(release, true, None)
     }
 
-    fn launch(release: Release, with_cri: bool) -> Result<Self> {
+    /// [`Self::start_cri`] with `prepare` run after containerd's config and the engine
+    /// config are written and before containerd starts; it gets the config's path and the
+    /// temp dir. The config then lacks the `wedge` runtime: registering it is up to
+    /// `prepare` (the installer under test). containerd looks for shims in the temp dir's
+    /// [`PREPARED_BIN`] first.
+    pub fn start_cri_with(
+        release: Release,
+        prepare: impl FnOnce(&Path, &Path) -> Result<()>,
+    ) -> Result<Self> {
+        Self::launch(release, true, Some(Box::new(prepare)))
+    }
+
+    fn launch(release: Release, with_cri: bool, prepare: Option<Prepare<'_>>) -> Result<Self> {
         ensure!(
             nix::unistd::geteuid().is_root(),
             "the end-to-end tests start containerd and must run as root"
@@ -145,9 +165,10 @@ impl Containerd {
         }
         let cri = with_cri.then(|| CriSetup::new(dir.path()));
         let config = dir.path().join("config.toml");
+        let prepared = prepare.is_some();
         std::fs::write(
             &config,
-            private_config(&binary("containerd"), dir.path(), cri.as_ref())?,
+            private_config(&binary("containerd"), dir.path(), cri.as_ref(), !prepared)?,
         )?;
         std::fs::write(
             dir.path().join(ENGINE_CONFIG),
@@ -157,9 +178,18 @@ impl Containerd {
                 dir.path().join("runc").display()
             ),
         )?;
+        if let Some(prepare) = prepare {
+            prepare(&config, dir.path()).context("the test's preparation of containerd failed")?;
+        }
         let log = std::fs::File::create(dir.path().join("containerd.log"))?;
-        // The shim under test first; then this release's own shims (runc).
-        let mut path = format!("{}:", binaries::dir()?.display());
+        // The shim under test first; then this release's own shims (runc). A prepared
+        // containerd looks in the temp dir's `bin` before that: whatever `prepare` installs
+        // there (the installer's shim) is what runs, not the build's copy.
+        let mut path = String::new();
+        if prepared {
+            path.push_str(&format!("{}:", dir.path().join(PREPARED_BIN).display()));
+        }
+        path.push_str(&format!("{}:", binaries::dir()?.display()));
         if let Some(bin) = &bin_dir {
             path.push_str(&format!("{}:", bin.display()));
         }
@@ -420,7 +450,9 @@ impl Containerd {
         }
     }
 
-    fn stop(&mut self) {
+    /// Stops the containerd daemon (SIGTERM, SIGKILL after 10 s) and nothing else: shims and
+    /// containers it leaves are still there for [`Self::assert_clean`] to find.
+    pub fn stop_daemon(&mut self) {
         if let Some(mut daemon) = self.daemon.take() {
             let pid = nix::unistd::Pid::from_raw(daemon.id() as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
@@ -434,6 +466,10 @@ impl Containerd {
             let _ = daemon.kill();
             let _ = daemon.wait();
         }
+    }
+
+    fn stop(&mut self) {
+        self.stop_daemon();
         // Whatever a failed test left: kill it (shims and runners by command line,
         // container processes by cgroup) and unmount, so the temp dir can go.
         let mut leftovers: Vec<i32> = self
@@ -493,8 +529,14 @@ impl Drop for Containerd {
 pub const PAUSE_IMAGE: &str = "wedge.test/pause:latest";
 
 /// `containerd config default` with every path moved under `dir`; the CRI plugin off (tests
-/// talk to containerd directly) unless `cri` says how to set it up.
-fn private_config(containerd: &Path, dir: &Path, cri: Option<&CriSetup>) -> Result<String> {
+/// talk to containerd directly) unless `cri` says how to set it up, with the `wedge` runtime
+/// when `register_wedge`.
+fn private_config(
+    containerd: &Path,
+    dir: &Path,
+    cri: Option<&CriSetup>,
+    register_wedge: bool,
+) -> Result<String> {
     let out = Command::new(containerd)
         .args(["config", "default"])
         .output()
@@ -510,7 +552,7 @@ fn private_config(containerd: &Path, dir: &Path, cri: Option<&CriSetup>) -> Resu
     config["debug"]["level"] = toml_edit::value("debug");
     let mut disabled = toml_edit::Array::new();
     match cri {
-        Some(cri) => configure_cri(&mut config, dir, cri)?,
+        Some(cri) => configure_cri(&mut config, dir, cri, register_wedge)?,
         None => disabled.push("io.containerd.grpc.v1.cri"),
     }
     config["disabled_plugins"] = toml_edit::value(disabled);
@@ -523,7 +565,12 @@ fn private_config(containerd: &Path, dir: &Path, cri: Option<&CriSetup>) -> Resu
     Ok(config.to_string())
 }
 
-fn configure_cri(config: &mut toml_edit::DocumentMut, dir: &Path, cri: &CriSetup) -> Result<()> {
+fn configure_cri(
+    config: &mut toml_edit::DocumentMut,
+    dir: &Path,
+    cri: &CriSetup,
+    register_wedge: bool,
+) -> Result<()> {
     let path = |name: &str| dir.join(name).display().to_string();
     let cni_dir = dir.join("cni");
     std::fs::create_dir_all(&cni_dir)?;
@@ -541,6 +588,9 @@ fn configure_cri(config: &mut toml_edit::DocumentMut, dir: &Path, cri: &CriSetup
     cni["conf_dir"] = toml_edit::value(cni_dir.display().to_string());
     let runtimes = &mut config["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"];
     runtimes["runc"]["options"]["Root"] = toml_edit::value(path("runc-reference"));
+    if !register_wedge {
+        return Ok(());
+    }
     let mut annotations = toml_edit::Array::new();
     annotations.push("wedge.dev/*");
     let mut wedge = toml_edit::Table::new();

@@ -74,7 +74,20 @@ pub fn sh(script: &str) -> Vec<String> {
 impl CriNode {
     /// Starts containerd with CRI and imports the locally built pause image.
     pub fn start(release: Release) -> Result<Self> {
-        let containerd = Containerd::start_cri(release)?;
+        Self::attach(Containerd::start_cri(release)?)
+    }
+
+    /// [`Self::start`] with `prepare` run before containerd starts, and without the `wedge`
+    /// runtime unless `prepare` registers it (see [`Containerd::start_cri_with`]).
+    pub fn start_with(
+        release: Release,
+        prepare: impl FnOnce(&Path, &Path) -> Result<()>,
+    ) -> Result<Self> {
+        Self::attach(Containerd::start_cri_with(release, prepare)?)
+    }
+
+    /// Imports the pause image into a started containerd and connects to its CRI plugin.
+    fn attach(containerd: Containerd) -> Result<Self> {
         let (archive, reference) = images::native_image(
             containerd.dir(),
             "pause",

@@ -228,18 +228,27 @@ pub fn compile_c(source: &str, work: &Path, name: &str) -> Result<Vec<u8>> {
     let c_file = work.join(format!("{name}.c"));
     let wasm_file = work.join(format!("{name}.wasm"));
     std::fs::write(&c_file, source)?;
-    let out = Command::new("clang")
-        .args(["--target=wasm32-wasi", "-O2", "-o"])
-        .arg(&wasm_file)
-        .arg(&c_file)
-        .output()
-        .context(
-            "cannot run clang (apt-get install clang lld wasi-libc libclang-rt-14-dev-wasm32)",
-        )?;
+    let mut clang = clang_for_wasi();
+    clang.arg("-o").arg(&wasm_file).arg(&c_file);
+    run_clang(&mut clang, &wasm_file)
+}
+
+/// Debian's clang aimed at wasm32-wasi (wasi-libc), optimised; the caller adds the rest.
+pub(crate) fn clang_for_wasi() -> Command {
+    let mut clang = Command::new("clang");
+    clang.args(["--target=wasm32-wasi", "-O2"]);
+    clang
+}
+
+/// Runs a command from [`clang_for_wasi`] and reads the module it wrote to `wasm_file`.
+pub(crate) fn run_clang(clang: &mut Command, wasm_file: &Path) -> Result<Vec<u8>> {
+    let out = clang.output().context(
+        "cannot run clang (apt-get install clang lld wasi-libc libclang-rt-14-dev-wasm32)",
+    )?;
     ensure!(
         out.status.success(),
         "clang failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok(std::fs::read(wasm_file)?)
+    std::fs::read(wasm_file).with_context(|| format!("cannot read {}", wasm_file.display()))
 }

@@ -1,6 +1,8 @@
 //! `wedge node install` / `uninstall` on a fake host root holding the real
 //! `containerd config default` output, and the patched config loaded by a real containerd
-//! whose CRI plugin must then list the runtime (`wedge doctor` reads that over the socket).
+//! whose CRI plugin must then list the runtime (`wedge doctor` reads that over the socket);
+//! and the whole way to a running pod: the installer registers the runtime in the CRI
+//! harness's containerd, a `wedge` pod runs, uninstall gives the config its bytes back.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -9,7 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use sha2::{Digest, Sha256};
 use wedge_e2e::binaries;
-use wedge_e2e::containerd::CONTAINERD_1_7_DIR;
+use wedge_e2e::containerd::{CONTAINERD_1_7_DIR, ENGINE_CONFIG, PREPARED_BIN};
+use wedge_e2e::cri::WEDGE_HANDLER;
+use wedge_e2e::{programs, ContainerSpec, CriNode, Release};
 
 const CONFIG: &str = "etc/containerd/config.toml";
 const SHIM_DEST: &str = "usr/local/bin";
@@ -284,4 +288,128 @@ fn containerd_1_7_loads_the_patched_config() -> Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(CONTAINERD_1_7_DIR));
     real_containerd_registers_the_runtime(&dir.join("containerd"))
+}
+
+/// The flags of the CRI test: the harness's temp dir as the host root, its containerd
+/// config, and as the shim's directory the one that containerd searches first.
+fn cri_node_flags(config: &Path, dir: &Path) -> Vec<String> {
+    vec![
+        "--host-root".into(),
+        dir.display().to_string(),
+        "--containerd-config".into(),
+        config.display().to_string(),
+        "--shim-dest".into(),
+        dir.join(PREPARED_BIN).display().to_string(),
+    ]
+}
+
+fn cri_node(command: &str, config: &Path, dir: &Path) -> Result<Output> {
+    let flags = cri_node_flags(config, dir);
+    let mut args = vec!["node", command];
+    args.extend(flags.iter().map(String::as_str));
+    args.extend(["--restart", "never"]);
+    wedge(&args)
+}
+
+/// Points the runtime entry the installer wrote at the harness's engine config: the
+/// installer writes the host's /etc/wedge/config.toml, which (absent, or the host's own)
+/// would put the shim's compiled-module cache in the real /var/lib/wedge and its runc state
+/// in the host's; the harness's engine config keeps both under the temp dir, where the leak
+/// checks look.
+fn aim_engine_config_at_the_test(config: &Path, dir: &Path) -> Result<()> {
+    let mut doc: toml_edit::DocumentMut = std::fs::read_to_string(config)?.parse()?;
+    let entry = doc
+        .get_mut("plugins")
+        .and_then(|plugins| plugins.get_mut("io.containerd.grpc.v1.cri"))
+        .and_then(|cri| cri.get_mut("containerd"))
+        .and_then(|containerd| containerd.get_mut("runtimes"))
+        .and_then(|runtimes| runtimes.get_mut(WEDGE_HANDLER))
+        .and_then(toml_edit::Item::as_table_like_mut)
+        .context("wedge node install did not register the runtime")?;
+    let options = entry
+        .get_mut("options")
+        .and_then(toml_edit::Item::as_table_like_mut)
+        .context("the runtime entry has no options")?;
+    ensure!(
+        options.get("ConfigPath").and_then(|path| path.as_str()) == Some("/etc/wedge/config.toml"),
+        "the installer's ConfigPath: {:?}",
+        options.get("ConfigPath").map(ToString::to_string)
+    );
+    options.insert(
+        "ConfigPath",
+        toml_edit::value(dir.join(ENGINE_CONFIG).display().to_string()),
+    );
+    std::fs::write(config, doc.to_string())?;
+    Ok(())
+}
+
+/// Acceptance of the installer: containerd's default config (the harness's private copy,
+/// without the `wedge` runtime) → `wedge node install` → containerd started on the result →
+/// a pod with handler `wedge` runs a wasm container through the installed shim; after
+/// `wedge node uninstall` the config holds its original bytes again.
+#[test]
+fn installed_runtime_runs_a_cri_pod_and_uninstall_restores_the_config() -> Result<()> {
+    require_root()?;
+    let mut original = None;
+    let mut node = CriNode::start_with(Release::System, |config, dir| {
+        original = Some(std::fs::read(config)?);
+        cri_node("install", config, dir)?;
+        aim_engine_config_at_the_test(config, dir)
+    })?;
+    let original = original.context("prepare did not run")?;
+    let dir = node.containerd.dir().to_path_buf();
+    let config = dir.join("config.toml");
+    let installed_shim = dir.join(PREPARED_BIN).join(binaries::SHIM);
+    assert_eq!(
+        sha256(&installed_shim)?,
+        sha256(&binaries::path(binaries::SHIM)?)?,
+        "the shim beside wedge was installed"
+    );
+
+    let hello = node.wasm_image("hello", &programs::wat(programs::HELLO_WAT)?)?;
+    let pod = node.run_pod("installed", WEDGE_HANDLER)?;
+    let id = node.run_container(
+        &pod,
+        &ContainerSpec {
+            name: "hello".into(),
+            image: hello,
+            ..Default::default()
+        },
+    )?;
+    let status = node.wait_exited(&id, Duration::from_secs(30))?;
+    ensure!(status.exit_code == 0, "exit {}", status.exit_code);
+    let lines = node.stdout_lines(&pod, "hello")?;
+    ensure!(
+        lines.iter().any(|line| line == "hello from wasm"),
+        "stdout: {lines:?}"
+    );
+    // The pod's shim (alive until the pod goes) runs from where the installer put it.
+    let shims: Vec<PathBuf> = node
+        .containerd
+        .container_processes()
+        .into_iter()
+        .filter_map(|(pid, _)| std::fs::read_link(format!("/proc/{pid}/exe")).ok())
+        .filter(|exe| exe.file_name().is_some_and(|name| name == binaries::SHIM))
+        .collect();
+    ensure!(
+        !shims.is_empty() && shims.iter().all(|exe| *exe == installed_shim),
+        "shim processes run {shims:?}, not {}",
+        installed_shim.display()
+    );
+    node.remove_pod(&pod)?;
+    node.containerd.assert_clean()?;
+
+    node.containerd.stop_daemon();
+    cri_node("uninstall", &config, &dir)?;
+    ensure!(
+        std::fs::read(&config)? == original,
+        "after uninstall the config differs from the original:\n{}",
+        String::from_utf8_lossy(&std::fs::read(&config)?)
+    );
+    ensure!(!installed_shim.exists(), "uninstall left the shim");
+    ensure!(
+        !PathBuf::from(format!("{}.wedge-backup", config.display())).exists(),
+        "uninstall left the backup"
+    );
+    node.containerd.assert_clean()
 }

@@ -8,6 +8,8 @@ use clap::{Args, Subcommand, ValueEnum};
 use wedge_runtime_config::containerd::{Flavour, HostRoot};
 
 use super::error::{NodeError, Result};
+use super::files::ExistingEngineConfig;
+use super::report::Expected;
 use super::steps::{self, ChangeOptions, RestartPolicy};
 use super::target::{NodeTarget, SHIM_NAME};
 use super::{report, wait};
@@ -18,8 +20,9 @@ pub enum NodeCommand {
     Install(ChangeArgs),
     /// Undo `install`: label, runtime entry, restart, engine config, shim.
     Uninstall(ChangeArgs),
-    /// Report the node's state; exits non-zero when there is a problem.
-    Status(TargetArgs),
+    /// Report the node's state; exits non-zero when there is a problem (with --expect: when
+    /// the node is not in the expected state).
+    Status(StatusArgs),
     /// Sleep until SIGTERM (the installer DaemonSet's main container).
     Wait,
 }
@@ -64,9 +67,10 @@ pub struct TargetArgs {
     /// containerd's config (or k3s'/rke2's generated config.toml), instead of detecting it.
     #[arg(long, value_name = "PATH")]
     pub containerd_config: Option<PathBuf>,
-    /// The CRI runtime handler to register (a RuntimeClass's handler).
-    #[arg(long, default_value = "wedge")]
-    pub runtime_name: String,
+    /// The CRI runtime handler to register (a RuntimeClass's handler); `--runtime-name` is
+    /// the older spelling of the same flag.
+    #[arg(long, alias = "runtime-name", default_value = "wedge")]
+    pub runtime_class: String,
     /// Host directory for containerd-shim-wedge-v1.
     #[arg(long, value_name = "DIR", default_value = "/usr/local/bin")]
     pub shim_dest: PathBuf,
@@ -78,10 +82,29 @@ impl TargetArgs {
             root: HostRoot::new(&self.host_root),
             flavour: self.flavour.flavour(),
             containerd_config: self.containerd_config.clone(),
-            runtime_name: self.runtime_name.clone(),
+            runtime_name: self.runtime_class.clone(),
             shim_dest: self.shim_dest.clone(),
         }
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExpectArg {
+    /// Shim in place, runtime in containerd's config and listed by its CRI plugin, no
+    /// problem found.
+    Installed,
+    /// Runtime in neither containerd's config nor its CRI plugin, shim gone.
+    Uninstalled,
+}
+
+#[derive(Args, Clone)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Exit 0 only when the node is in this state (the installer's readiness probe); the
+    /// reasons it is not are printed after the report.
+    #[arg(long, value_enum, value_name = "STATE")]
+    pub expect: Option<ExpectArg>,
 }
 
 #[derive(Args, Clone)]
@@ -95,6 +118,10 @@ pub struct ChangeArgs {
     /// (uninstall: removed when it still holds exactly this file).
     #[arg(long, value_name = "FILE")]
     pub engine_config: Option<PathBuf>,
+    /// Install: replace a /etc/wedge/config.toml that differs from --engine-config (the
+    /// first file replaced is kept as config.toml.wedge-previous).
+    #[arg(long, requires = "engine_config")]
+    pub overwrite_engine_config: bool,
     /// Whether to restart containerd after changing its config.
     #[arg(long, value_enum, default_value = "auto")]
     pub restart: RestartArg,
@@ -120,6 +147,11 @@ impl ChangeArgs {
         Ok(ChangeOptions {
             shim_source,
             engine_config: self.engine_config.clone(),
+            existing_engine_config: if self.overwrite_engine_config {
+                ExistingEngineConfig::Replace
+            } else {
+                ExistingEngineConfig::Keep
+            },
             restart: match self.restart {
                 RestartArg::Auto => RestartPolicy::Auto,
                 RestartArg::Never => RestartPolicy::Never,
@@ -157,12 +189,132 @@ pub fn run(command: NodeCommand) -> Result<bool> {
 }
 
 /// `wedge doctor`: the status report.
-pub fn doctor(args: TargetArgs) -> Result<bool> {
-    run(NodeCommand::Status(args))
+pub fn doctor(target: TargetArgs) -> Result<bool> {
+    run(NodeCommand::Status(StatusArgs {
+        target,
+        expect: None,
+    }))
 }
 
-async fn print_report(args: &TargetArgs, out: &mut dyn Write) -> Result<bool> {
-    let report = report::gather(&args.target()).await;
+async fn print_report(args: &StatusArgs, out: &mut dyn Write) -> Result<bool> {
+    let report = report::gather(&args.target.target()).await;
     let _ = write!(out, "{report}");
-    Ok(report.is_healthy())
+    let Some(expect) = args.expect else {
+        return Ok(report.is_healthy());
+    };
+    let expected = match expect {
+        ExpectArg::Installed => Expected::Installed,
+        ExpectArg::Uninstalled => Expected::Uninstalled,
+    };
+    let reasons = report.mismatches(expected);
+    if reasons.is_empty() {
+        let _ = writeln!(out, "expected {expected}: yes");
+    } else {
+        let _ = writeln!(out, "expected {expected}: no");
+        for reason in &reasons {
+            let _ = writeln!(out, "  - {reason}");
+        }
+    }
+    Ok(reasons.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// `wedge node …` on its own, as the binary parses it.
+    #[derive(Parser)]
+    struct NodeCli {
+        #[command(subcommand)]
+        command: NodeCommand,
+    }
+
+    fn parse(args: &[&str]) -> std::result::Result<NodeCommand, clap::Error> {
+        NodeCli::try_parse_from(std::iter::once("node").chain(args.iter().copied()))
+            .map(|cli| cli.command)
+    }
+
+    /// The install step exactly as deploy/base/daemonset.yaml and the chart run it.
+    #[test]
+    fn the_manifests_install_arguments_parse() {
+        let Ok(NodeCommand::Install(args)) = parse(&[
+            "install",
+            "--host-root=/host",
+            "--flavour=auto",
+            "--shim-source=/usr/local/bin/containerd-shim-wedge-v1",
+            "--shim-dest=/usr/local/bin",
+            "--engine-config=/etc/wedge-installer/config.toml",
+            "--overwrite-engine-config",
+            "--runtime-class=wedge",
+            "--label-node",
+            "--containerd-config=/etc/containerd/config.toml",
+            "--dry-run",
+        ]) else {
+            panic!("install arguments refused");
+        };
+        assert_eq!(args.target.runtime_class, "wedge");
+        assert_eq!(args.target.host_root, PathBuf::from("/host"));
+        assert!(args.overwrite_engine_config && args.label_node && args.dry_run);
+        let options = args.options().unwrap();
+        assert_eq!(
+            options.existing_engine_config,
+            ExistingEngineConfig::Replace
+        );
+        assert_eq!(
+            options.shim_source,
+            PathBuf::from("/usr/local/bin/containerd-shim-wedge-v1")
+        );
+    }
+
+    #[test]
+    fn the_manifests_uninstall_and_probe_arguments_parse() {
+        let node_flags = [
+            "--host-root=/host",
+            "--flavour=auto",
+            "--shim-dest=/usr/local/bin",
+            "--runtime-class=wedge",
+        ];
+        let mut uninstall = vec!["uninstall"];
+        uninstall.extend(node_flags);
+        uninstall.push("--label-node");
+        assert!(matches!(parse(&uninstall), Ok(NodeCommand::Uninstall(_))));
+        for (state, expected) in [
+            ("installed", ExpectArg::Installed),
+            ("uninstalled", ExpectArg::Uninstalled),
+        ] {
+            let expect = format!("--expect={state}");
+            let mut status = vec!["status"];
+            status.extend(node_flags);
+            status.push(&expect);
+            let Ok(NodeCommand::Status(args)) = parse(&status) else {
+                panic!("status --expect={state} refused");
+            };
+            assert!(args.expect == Some(expected));
+        }
+        assert!(matches!(parse(&["wait"]), Ok(NodeCommand::Wait)));
+        assert!(parse(&["status", "--expect=gone"]).is_err());
+    }
+
+    #[test]
+    fn runtime_name_is_still_accepted() {
+        let Ok(NodeCommand::Status(args)) = parse(&["status", "--runtime-name", "wasm"]) else {
+            panic!("--runtime-name refused");
+        };
+        assert_eq!(args.target.runtime_class, "wasm");
+        assert_eq!(args.target.target().runtime_name, "wasm");
+    }
+
+    #[test]
+    fn overwrite_needs_an_engine_config_and_defaults_to_keeping() {
+        assert!(parse(&["install", "--overwrite-engine-config"]).is_err());
+        let Ok(NodeCommand::Install(args)) = parse(&["install", "--engine-config=/x.toml"]) else {
+            panic!("install refused");
+        };
+        assert_eq!(
+            args.options().unwrap().existing_engine_config,
+            ExistingEngineConfig::Keep
+        );
+    }
 }

@@ -1,10 +1,11 @@
 //! The files install puts on the host besides containerd's config: the shim binary (verified
-//! by digest after the copy) and the engine config (only where none exists).
+//! by digest after the copy) and the engine config (only where none exists, unless the
+//! operator asks for it to be replaced).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use wedge_runtime_config::EngineConfig;
@@ -13,6 +14,18 @@ use super::error::{NodeError, Result};
 
 const SHIM_MODE: u32 = 0o755;
 const ENGINE_CONFIG_MODE: u32 = 0o644;
+/// Appended to the engine config's name for the file `--overwrite-engine-config` replaced
+/// first; later replacements leave it alone, so it stays the operator's own file.
+pub const PREVIOUS_SUFFIX: &str = ".wedge-previous";
+
+/// What to do with an engine config already on the host that differs from the installer's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExistingEngineConfig {
+    /// Leave it: the operator's config on the node wins.
+    Keep,
+    /// Replace it: the installer's config (a ConfigMap) is the source of truth.
+    Replace,
+}
 
 /// What a copy did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +36,12 @@ pub enum Copied {
     AlreadyThere { sha256: String },
     /// The destination exists with other contents and was left alone.
     Kept,
+    /// The destination held other contents and was replaced; `previous` is where the old
+    /// contents were saved, when this replacement saved them (only the first one does).
+    Replaced {
+        sha256: String,
+        previous: Option<PathBuf>,
+    },
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
@@ -62,9 +81,14 @@ pub fn install_shim(source: &Path, dest: &Path) -> Result<Copied> {
     Ok(Copied::Written { sha256: found })
 }
 
-/// Writes the engine config from `source` unless `dest` exists: an operator's config on the
-/// node wins over the installer's. The source is validated first.
-pub fn place_engine_config(source: &Path, dest: &Path) -> Result<Copied> {
+/// Writes the engine config from `source` to `dest`; an existing `dest` with other contents
+/// is kept or replaced as `existing` says. The source is validated first, so a bad config
+/// never replaces a working one.
+pub fn place_engine_config(
+    source: &Path,
+    dest: &Path,
+    existing: ExistingEngineConfig,
+) -> Result<Copied> {
     let text = fs::read_to_string(source).map_err(NodeError::io("cannot read", source))?;
     EngineConfig::parse(&text, &source.display().to_string()).map_err(|err| {
         NodeError::EngineConfigInvalid {
@@ -74,13 +98,41 @@ pub fn place_engine_config(source: &Path, dest: &Path) -> Result<Copied> {
     })?;
     let sha256 = format!("{:x}", Sha256::digest(text.as_bytes()));
     match fs::read(dest) {
-        Ok(existing) if existing == text.as_bytes() => Ok(Copied::AlreadyThere { sha256 }),
-        Ok(_) => Ok(Copied::Kept),
+        Ok(current) if current == text.as_bytes() => Ok(Copied::AlreadyThere { sha256 }),
+        Ok(current) => match existing {
+            ExistingEngineConfig::Keep => Ok(Copied::Kept),
+            ExistingEngineConfig::Replace => {
+                let previous = save_previous_once(dest, &current)?;
+                write_atomically(dest, text.as_bytes(), ENGINE_CONFIG_MODE)?;
+                Ok(Copied::Replaced { sha256, previous })
+            }
+        },
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             write_atomically(dest, text.as_bytes(), ENGINE_CONFIG_MODE)?;
             Ok(Copied::Written { sha256 })
         }
         Err(err) => Err(NodeError::io("cannot read", dest)(err)),
+    }
+}
+
+/// The name `dest`'s replaced contents are saved under.
+pub fn previous_path(dest: &Path) -> PathBuf {
+    let mut name = dest.as_os_str().to_os_string();
+    name.push(PREVIOUS_SUFFIX);
+    PathBuf::from(name)
+}
+
+/// Saves `contents` (what `dest` held) beside it unless an earlier replacement already did;
+/// returns where, when it wrote.
+fn save_previous_once(dest: &Path, contents: &[u8]) -> Result<Option<PathBuf>> {
+    let previous = previous_path(dest);
+    match fs::symlink_metadata(&previous) {
+        Ok(_) => Ok(None),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            write_atomically(&previous, contents, ENGINE_CONFIG_MODE)?;
+            Ok(Some(previous))
+        }
+        Err(err) => Err(NodeError::io("cannot inspect", previous)(err)),
     }
 }
 
@@ -161,11 +213,15 @@ mod tests {
         fs::write(&source, "[cache]\nenabled = false\n").unwrap();
         let dest = dir.path().join("etc/wedge/config.toml");
         assert!(matches!(
-            place_engine_config(&source, &dest).unwrap(),
+            place_engine_config(&source, &dest, ExistingEngineConfig::Keep).unwrap(),
             Copied::Written { .. }
         ));
         fs::write(&dest, "# the operator's\n").unwrap();
-        assert_eq!(place_engine_config(&source, &dest).unwrap(), Copied::Kept);
+        assert_eq!(
+            place_engine_config(&source, &dest, ExistingEngineConfig::Keep).unwrap(),
+            Copied::Kept
+        );
+        assert!(!previous_path(&dest).exists());
         assert_eq!(fs::read_to_string(&dest).unwrap(), "# the operator's\n");
         assert!(!remove_if_same(&dest, &source).unwrap());
     }
@@ -177,9 +233,73 @@ mod tests {
         fs::write(&source, "[cache]\nenabeld = false\n").unwrap();
         let dest = dir.path().join("config.toml");
         assert!(matches!(
-            place_engine_config(&source, &dest),
+            place_engine_config(&source, &dest, ExistingEngineConfig::Keep),
             Err(NodeError::EngineConfigInvalid { .. })
         ));
         assert!(!dest.exists());
+    }
+
+    #[test]
+    fn overwrite_replaces_a_different_config_and_keeps_the_first_previous_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("etc/wedge/config.toml");
+        fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        fs::write(&dest, "# the operator's\n").unwrap();
+        let first = dir.path().join("first.toml");
+        fs::write(&first, "[cache]\nenabled = false\n").unwrap();
+
+        let Copied::Replaced { previous, .. } =
+            place_engine_config(&first, &dest, ExistingEngineConfig::Replace).unwrap()
+        else {
+            panic!("not replaced");
+        };
+        let saved = previous_path(&dest);
+        assert_eq!(
+            saved,
+            dir.path().join("etc/wedge/config.toml.wedge-previous")
+        );
+        assert_eq!(previous.as_deref(), Some(saved.as_path()));
+        assert_eq!(fs::read(&dest).unwrap(), fs::read(&first).unwrap());
+        assert_eq!(fs::read_to_string(&saved).unwrap(), "# the operator's\n");
+
+        // The same content again: nothing to do.
+        assert!(matches!(
+            place_engine_config(&first, &dest, ExistingEngineConfig::Replace).unwrap(),
+            Copied::AlreadyThere { .. }
+        ));
+        // A new ConfigMap: replaced, and the operator's original stays the saved one.
+        let second = dir.path().join("second.toml");
+        fs::write(&second, "[cache]\nenabled = true\n").unwrap();
+        assert_eq!(
+            place_engine_config(&second, &dest, ExistingEngineConfig::Replace).unwrap(),
+            Copied::Replaced {
+                sha256: sha256_file(&second).unwrap(),
+                previous: None
+            }
+        );
+        assert_eq!(fs::read(&dest).unwrap(), fs::read(&second).unwrap());
+        assert_eq!(fs::read_to_string(&saved).unwrap(), "# the operator's\n");
+        // No temp file is left beside them.
+        let mut names: Vec<String> = fs::read_dir(dest.parent().unwrap())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["config.toml", "config.toml.wedge-previous"]);
+    }
+
+    #[test]
+    fn overwrite_never_replaces_with_an_invalid_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("config.toml");
+        fs::write(&dest, "# the operator's\n").unwrap();
+        let source = dir.path().join("source.toml");
+        fs::write(&source, "[cache]\nenabeld = false\n").unwrap();
+        assert!(matches!(
+            place_engine_config(&source, &dest, ExistingEngineConfig::Replace),
+            Err(NodeError::EngineConfigInvalid { .. })
+        ));
+        assert_eq!(fs::read_to_string(&dest).unwrap(), "# the operator's\n");
+        assert!(!previous_path(&dest).exists());
     }
 }

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use wedge_runtime_config::containerd::{inspect, EntryState, Location, Registration};
 use wedge_runtime_config::EngineConfig;
@@ -29,11 +29,51 @@ pub struct Problem {
     pub fix: String,
 }
 
+/// The state `wedge node status --expect` checks the node against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    Installed,
+    Uninstalled,
+}
+
+impl fmt::Display for Expected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Expected::Installed => "installed",
+            Expected::Uninstalled => "uninstalled",
+        })
+    }
+}
+
+/// What containerd's running CRI plugin says about the runtime.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CriListing {
+    /// containerd was not asked (its config could not be read), did not answer, or its CRI
+    /// plugin did not.
+    #[default]
+    Unknown,
+    Listed,
+    NotListed,
+}
+
+/// Where Wedge's own pieces were found: what `--expect` decides on.
+#[derive(Debug, Clone, Default)]
+pub struct Presence {
+    /// The runtime's entry in containerd's config; `None` when the config could not be read.
+    pub registration: Option<Registration>,
+    pub cri: CriListing,
+    /// The shim's host path, when a file is there.
+    pub shim: Option<PathBuf>,
+}
+
 #[derive(Debug, Default)]
 pub struct NodeReport {
     /// (topic, finding), in the order found.
     pub facts: Vec<(&'static str, String)>,
     pub problems: Vec<Problem>,
+    pub presence: Presence,
+    /// The runtime (CRI handler) the report is about.
+    pub runtime: String,
 }
 
 impl NodeReport {
@@ -50,6 +90,72 @@ impl NodeReport {
 
     pub fn is_healthy(&self) -> bool {
         self.problems.is_empty()
+    }
+
+    /// Why the node is not in the `expected` state; empty when it is.
+    ///
+    /// Installed: no problem at all and containerd's CRI plugin lists the runtime.
+    /// Uninstalled: the runtime is in neither containerd's config nor its CRI plugin and the
+    /// shim is gone. The problems an uninstalled node has by design (runtime not registered,
+    /// shim missing) do not count, and neither do those that only matter to a node running
+    /// Wedge (runc, cgroups, the engine config, which uninstall leaves in place); what could
+    /// not be checked (containerd's config, containerd itself) does.
+    pub fn mismatches(&self, expected: Expected) -> Vec<String> {
+        let name = &self.runtime;
+        let presence = &self.presence;
+        let mut reasons = Vec::new();
+        match expected {
+            Expected::Installed => {
+                reasons.extend(self.problems.iter().map(|problem| problem.what.clone()));
+                if presence.cri == CriListing::Unknown {
+                    reasons.push(format!(
+                        "containerd's CRI plugin did not confirm that it lists runtime {name:?}"
+                    ));
+                }
+            }
+            Expected::Uninstalled => {
+                match &presence.registration {
+                    None => reasons.push(format!(
+                        "cannot tell whether containerd's config registers runtime {name:?}: \
+                         it could not be read (see the problems above)"
+                    )),
+                    Some(registration) => {
+                        let file = registration.file.display();
+                        match registration.state {
+                            EntryState::Absent => {}
+                            EntryState::Ours { .. } => reasons
+                                .push(format!("runtime {name:?} is still registered in {file}")),
+                            EntryState::Foreign { .. } => reasons.push(format!(
+                                "runtime {name:?} is registered in {file}, not by wedge \
+                                 (uninstall leaves it): remove it by hand"
+                            )),
+                        }
+                        if registration.state == EntryState::Absent
+                            && registration.in_effective_config
+                        {
+                            reasons.push(format!(
+                                "the config containerd reads still names runtime {name:?}: \
+                                 restart containerd so it is regenerated"
+                            ));
+                        }
+                    }
+                }
+                match presence.cri {
+                    CriListing::NotListed => {}
+                    CriListing::Listed => reasons.push(format!(
+                        "containerd's CRI plugin still lists runtime {name:?}: restart \
+                         containerd so it rereads its config"
+                    )),
+                    CriListing::Unknown => reasons.push(format!(
+                        "containerd's CRI plugin did not confirm that runtime {name:?} is gone"
+                    )),
+                }
+                if let Some(shim) = &presence.shim {
+                    reasons.push(format!("the shim {} is still there", shim.display()));
+                }
+            }
+        }
+        reasons
     }
 }
 
@@ -76,7 +182,10 @@ impl fmt::Display for NodeReport {
 }
 
 pub async fn gather(target: &NodeTarget) -> NodeReport {
-    let mut report = NodeReport::default();
+    let mut report = NodeReport {
+        runtime: target.runtime_name.clone(),
+        ..NodeReport::default()
+    };
     let spec = target.spec();
     let location = match target.locate() {
         Ok(location) => Some(location),
@@ -109,6 +218,7 @@ pub async fn gather(target: &NodeTarget) -> NodeReport {
         describe_registration(&mut report, location, registration, &spec.name);
         containerd_state(&mut report, target, location, registration).await;
     }
+    report.presence.registration = registration.clone();
     cgroups(&mut report, target, registration.as_ref());
     runc(&mut report, target);
     shim(&mut report, target);
@@ -144,7 +254,7 @@ fn describe_registration(
         EntryState::Foreign { same: false } => {
             report.problem(
                 format!("runtime {name:?} in {file} was defined by someone else, differently"),
-                "remove it or install under another --runtime-name",
+                "remove it or install under another --runtime-class",
             );
             "defined differently by someone else".to_string()
         }
@@ -185,6 +295,11 @@ async fn containerd_state(
                 "containerd version",
                 format!("{} ({})", info.version, info.revision),
             );
+            report.presence.cri = match info.runtime_registered {
+                Some(true) => CriListing::Listed,
+                Some(false) => CriListing::NotListed,
+                None => CriListing::Unknown,
+            };
             let registered = match info.runtime_registered {
                 Some(true) => "yes",
                 Some(false) => {
@@ -251,6 +366,10 @@ fn runc(report: &mut NodeReport, target: &NodeTarget) {
 fn shim(report: &mut NodeReport, target: &NodeTarget) {
     let path = target.shim_path();
     let shown = target.root.host_view(&path).display().to_string();
+    // Any file there counts as present: uninstall removes whatever has the shim's name.
+    if std::fs::symlink_metadata(&path).is_ok() {
+        report.presence.shim = Some(PathBuf::from(&shown));
+    }
     if !is_executable(&path) {
         report.fact("shim", format!("{shown}: missing"));
         report.problem(
@@ -294,4 +413,195 @@ fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path)
         .map(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use wedge_runtime_config::containerd::{HostRoot, SchemaVersion};
+
+    use super::*;
+    use crate::node::files::ExistingEngineConfig;
+    use crate::node::steps::{self, ChangeOptions, RestartPolicy};
+
+    const CONTAINERD_1_6_DEFAULT: &str = include_str!(
+        "../../../runtime-config/tests/fixtures/containerd/containerd-1.6-default.toml"
+    );
+    const CONFIG: &str = "/etc/containerd/config.toml";
+
+    /// A node under `root` with containerd 1.6's default config (and no containerd running:
+    /// its socket does not exist under the fake root).
+    fn fake_node(root: &Path) -> NodeTarget {
+        let config = HostRoot::new(root).resolve(CONFIG);
+        std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+        std::fs::write(&config, CONTAINERD_1_6_DEFAULT).unwrap();
+        NodeTarget {
+            root: HostRoot::new(root),
+            flavour: None,
+            containerd_config: Some(CONFIG.into()),
+            runtime_name: "wedge".into(),
+            shim_dest: "/usr/local/bin".into(),
+        }
+    }
+
+    fn options(root: &Path) -> ChangeOptions {
+        let shim_source = root.join("shim-source");
+        std::fs::write(&shim_source, b"\x7fELF pretend").unwrap();
+        ChangeOptions {
+            shim_source,
+            engine_config: None,
+            existing_engine_config: ExistingEngineConfig::Keep,
+            restart: RestartPolicy::Never,
+            label_node: false,
+            dry_run: false,
+        }
+    }
+
+    fn report(presence: Presence, problems: &[&str]) -> NodeReport {
+        NodeReport {
+            problems: problems
+                .iter()
+                .map(|what| Problem {
+                    what: what.to_string(),
+                    fix: String::new(),
+                })
+                .collect(),
+            presence,
+            runtime: "wedge".into(),
+            ..NodeReport::default()
+        }
+    }
+
+    fn registration(state: EntryState, in_effective_config: bool) -> Option<Registration> {
+        Some(Registration {
+            file: CONFIG.into(),
+            state,
+            version: SchemaVersion::V2,
+            in_effective_config,
+            systemd_cgroup: None,
+            socket: None,
+        })
+    }
+
+    #[test]
+    fn uninstalled_ignores_the_problems_of_a_node_without_wedge() {
+        let gone = Presence {
+            registration: registration(EntryState::Absent, false),
+            cri: CriListing::NotListed,
+            shim: None,
+        };
+        let node = report(
+            gone.clone(),
+            &[
+                "runtime \"wedge\" is not registered",
+                "/usr/local/bin/containerd-shim-wedge-v1 is missing or not executable",
+                "no runc in /usr/bin on the host",
+            ],
+        );
+        assert!(node.mismatches(Expected::Uninstalled).is_empty());
+        assert!(!node.mismatches(Expected::Installed).is_empty());
+
+        let listed = report(
+            Presence {
+                cri: CriListing::Listed,
+                ..gone.clone()
+            },
+            &[],
+        );
+        let reasons = listed.mismatches(Expected::Uninstalled);
+        assert_eq!(reasons.len(), 1, "{reasons:?}");
+        assert!(reasons[0].contains("still lists"), "{reasons:?}");
+
+        // k3s: the template is clean but the config it generated is not yet.
+        let stale = report(
+            Presence {
+                registration: registration(EntryState::Absent, true),
+                ..gone.clone()
+            },
+            &[],
+        );
+        assert_eq!(stale.mismatches(Expected::Uninstalled).len(), 1);
+
+        let unreadable = report(
+            Presence {
+                registration: None,
+                ..gone
+            },
+            &["no containerd config found"],
+        );
+        assert_eq!(unreadable.mismatches(Expected::Uninstalled).len(), 1);
+    }
+
+    #[test]
+    fn installed_needs_no_problem_and_the_runtime_listed() {
+        let installed = Presence {
+            registration: registration(EntryState::Ours { current: true }, true),
+            cri: CriListing::Listed,
+            shim: Some("/usr/local/bin/containerd-shim-wedge-v1".into()),
+        };
+        assert!(report(installed.clone(), &[])
+            .mismatches(Expected::Installed)
+            .is_empty());
+        assert_eq!(
+            report(installed.clone(), &["no runc"]).mismatches(Expected::Installed),
+            ["no runc"]
+        );
+        let unconfirmed = report(
+            Presence {
+                cri: CriListing::Unknown,
+                ..installed.clone()
+            },
+            &[],
+        );
+        assert_eq!(unconfirmed.mismatches(Expected::Installed).len(), 1);
+        // Everything still there: not uninstalled, for each piece (config, CRI, shim).
+        assert_eq!(
+            report(installed, &[])
+                .mismatches(Expected::Uninstalled)
+                .len(),
+            3
+        );
+    }
+
+    #[tokio::test]
+    async fn status_follows_install_and_uninstall_on_a_fake_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = fake_node(dir.path());
+        let options = options(dir.path());
+        let mut out = Vec::new();
+
+        let before = gather(&target).await;
+        assert_eq!(
+            before.presence.registration.as_ref().map(|r| r.state),
+            Some(EntryState::Absent)
+        );
+        assert!(before.presence.shim.is_none());
+
+        steps::install(&target, &options, &mut out).await.unwrap();
+        let installed = gather(&target).await;
+        assert_eq!(
+            installed.presence.shim,
+            Some(PathBuf::from("/usr/local/bin/containerd-shim-wedge-v1"))
+        );
+        let reasons = installed.mismatches(Expected::Uninstalled);
+        assert!(
+            reasons.iter().any(|r| r.contains("still registered"))
+                && reasons.iter().any(|r| r.contains("shim")),
+            "{reasons:?}"
+        );
+        // No containerd answers on the fake root's socket.
+        assert_eq!(installed.presence.cri, CriListing::Unknown);
+        assert!(!installed.mismatches(Expected::Installed).is_empty());
+
+        steps::uninstall(&target, &options, &mut out).await.unwrap();
+        let uninstalled = gather(&target).await;
+        assert_eq!(
+            std::fs::read_to_string(target.root.resolve(CONFIG)).unwrap(),
+            CONTAINERD_1_6_DEFAULT
+        );
+        assert!(uninstalled.presence.shim.is_none());
+        // All that is left is what only a running containerd can confirm.
+        let reasons = uninstalled.mismatches(Expected::Uninstalled);
+        assert_eq!(reasons.len(), 1, "{reasons:?}");
+        assert!(reasons[0].contains("did not confirm"), "{reasons:?}");
+    }
 }

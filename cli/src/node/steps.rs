@@ -12,7 +12,7 @@ use wedge_runtime_config::containerd::{
 
 use super::containerd_api;
 use super::error::Result;
-use super::files::{self, Copied};
+use super::files::{self, Copied, ExistingEngineConfig};
 use super::kube::{NodeLabeler, READY_LABEL};
 use super::restart;
 use super::target::NodeTarget;
@@ -34,6 +34,8 @@ pub struct ChangeOptions {
     pub shim_source: PathBuf,
     /// Copied to the engine config path when nothing is there.
     pub engine_config: Option<PathBuf>,
+    /// What install does with an engine config on the host that differs from it.
+    pub existing_engine_config: ExistingEngineConfig,
     pub restart: RestartPolicy,
     pub label_node: bool,
     /// Print what would change and change nothing.
@@ -62,10 +64,10 @@ pub async fn install(
             ),
         );
         if let Some(source) = &options.engine_config {
-            let verb = if engine.exists() {
-                "would keep the existing"
-            } else {
-                "would write"
+            let verb = match (engine.exists(), options.existing_engine_config) {
+                (false, _) => "would write",
+                (true, ExistingEngineConfig::Keep) => "would keep the existing",
+                (true, ExistingEngineConfig::Replace) => "would replace, if it differs,",
             };
             say(
                 out,
@@ -86,11 +88,23 @@ pub async fn install(
             out,
             format!("shim {} already current (sha256 {sha256})", shown(&shim)),
         ),
-        Copied::Kept => {}
+        // install_shim reports an older shim it wrote over as Written.
+        Copied::Kept | Copied::Replaced { .. } => {}
     }
     if let Some(source) = &options.engine_config {
-        match files::place_engine_config(source, &engine)? {
+        match files::place_engine_config(source, &engine, options.existing_engine_config)? {
             Copied::Written { .. } => say(out, format!("wrote {}", shown(&engine))),
+            Copied::Replaced { previous, .. } => say(
+                out,
+                match previous {
+                    Some(previous) => format!(
+                        "replaced {} (the replaced file is kept as {})",
+                        shown(&engine),
+                        shown(&previous)
+                    ),
+                    None => format!("replaced {}", shown(&engine)),
+                },
+            ),
             Copied::AlreadyThere { .. } => say(out, format!("{} already current", shown(&engine))),
             Copied::Kept => say(
                 out,

@@ -40,7 +40,7 @@ pub enum ContainerdConfigError {
 
     #[error(
         "{path}: runtime {name:?} is already defined differently and was not added by wedge; \
-         remove it or install under another --runtime-name"
+         remove it or install under another --runtime-class"
     )]
     ConflictingRuntime { path: PathBuf, name: String },
 
