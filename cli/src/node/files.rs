@@ -2,9 +2,8 @@
 //! by digest after the copy) and the engine config (only where none exists, unless the
 //! operator asks for it to be replaced).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs::{self, File};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -158,29 +157,8 @@ pub fn remove(path: &Path) -> Result<bool> {
 }
 
 fn write_atomically(dest: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let dir = dest.parent().unwrap_or(Path::new("/"));
-    fs::create_dir_all(dir).map_err(NodeError::io("cannot create", dir))?;
-    let name = dest
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = dir.join(format!(".{name}.wedge-{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&temp)?;
-        file.write_all(bytes)?;
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.sync_all()?;
-        fs::rename(&temp, dest)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result.map_err(NodeError::io("cannot write", dest))
+    wedge_runtime_config::containerd::replace_file(dest, bytes, mode, None)
+        .map_err(NodeError::io("cannot write", dest))
 }
 
 #[cfg(test)]

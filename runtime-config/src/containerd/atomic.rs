@@ -13,16 +13,27 @@ use super::error::{ContainerdConfigError, Result};
 const NEW_FILE_MODE: u32 = 0o644;
 
 pub fn write(path: &Path, contents: &[u8], like: &Path) -> Result<()> {
-    let failed = |source| ContainerdConfigError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(failed)?;
     let existing = fs::metadata(like).ok();
     let mode = existing
         .as_ref()
         .map_or(NEW_FILE_MODE, |meta| meta.mode() & 0o7777);
+    let owner = existing.as_ref().map(|meta| (meta.uid(), meta.gid()));
+    replace_file(path, contents, mode, owner).map_err(|source| ContainerdConfigError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Puts `contents` at `path` with `mode` (and `owner`, if given) so that a reader sees the old
+/// file or the new one, never part of it; creates the directory if needed.
+pub fn replace_file(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
     let name = path
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
@@ -37,8 +48,8 @@ pub fn write(path: &Path, contents: &[u8], like: &Path) -> Result<()> {
         file.write_all(contents)?;
         // The umask may have narrowed the mode given to open.
         file.set_permissions(fs::Permissions::from_mode(mode))?;
-        if let Some(meta) = &existing {
-            std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
         }
         file.sync_all()?;
         fs::rename(&temp, path)?;
@@ -47,7 +58,7 @@ pub fn write(path: &Path, contents: &[u8], like: &Path) -> Result<()> {
     if result.is_err() {
         let _ = fs::remove_file(&temp);
     }
-    result.map_err(failed)
+    result
 }
 
 pub fn remove(path: &Path) -> Result<()> {

@@ -21,6 +21,7 @@ mod plan;
 mod schema;
 mod template;
 
+pub use atomic::replace_file;
 pub use document::EntryState;
 pub use entry::{RuntimeSpec, MARKER};
 pub use error::ContainerdConfigError;
