@@ -156,18 +156,19 @@ fn an_http_component_serves_like_any_pod() -> Result<()> {
 }
 
 /// A TCP echo server on wasi:sockets answers from the node through the pod IP (two clients
-/// at once) and from a sidecar through localhost.
+/// at once) and from a sidecar through localhost; the UDP echo answers a datagram from the
+/// node; a name lookup resolves.
 #[test]
 fn a_tcp_echo_component_is_reachable() -> Result<()> {
     let node = CriNode::start(Release::System)?;
-    let echo = node.wasm_image("tcp-echo", &components::tcp_echo_component()?)?;
+    let echo_image = node.wasm_image("tcp-echo", &components::tcp_echo_component()?)?;
     let busybox = node.busybox_image()?;
     let pod = node.run_pod("tcp", WEDGE_HANDLER)?;
     node.run_container(
         &pod,
         &ContainerSpec {
             name: "echo".into(),
-            image: echo,
+            image: echo_image.clone(),
             env: vec![("PORT".into(), "7000".into())],
             ..Default::default()
         },
@@ -203,6 +204,47 @@ fn a_tcp_echo_component_is_reachable() -> Result<()> {
     )?;
     let text = String::from_utf8_lossy(&from_sidecar.stdout);
     ensure!(text.contains("from-the-sidecar"), "sidecar got {text:?}");
+
+    // The same program echoing UDP datagrams, and a name lookup, through wasi:sockets.
+    node.run_container(
+        &pod,
+        &ContainerSpec {
+            name: "udp".into(),
+            image: echo_image.clone(),
+            args: vec!["udp".into()],
+            env: vec![("PORT".into(), "7001".into())],
+            ..Default::default()
+        },
+    )?;
+    node.wait_for_log(&pod, "udp", "listening on 7001")?;
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+    socket.send_to(b"datagram", pod_address(&node, &pod, 7001)?)?;
+    let mut buffer = [0u8; 64];
+    let (length, _) = socket.recv_from(&mut buffer).context("no UDP echo")?;
+    ensure!(
+        &buffer[..length] == b"datagram",
+        "UDP echo {:?}",
+        &buffer[..length]
+    );
+
+    let lookup = node.wasm_image("ip-lookup", &components::ip_lookup_component()?)?;
+    let id = node.run_container(
+        &pod,
+        &ContainerSpec {
+            name: "lookup".into(),
+            image: lookup,
+            args: vec!["localhost".into()],
+            ..Default::default()
+        },
+    )?;
+    let status = node.wait_exited(&id, Duration::from_secs(20))?;
+    let lines = node.stdout_lines(&pod, "lookup")?;
+    ensure!(
+        status.exit_code == 0 && lines.iter().any(|line| line == "127.0.0.1"),
+        "lookup: exit {} {lines:?}",
+        status.exit_code
+    );
     node.remove_pod(&pod)?;
     node.containerd.assert_clean()
 }
