@@ -33,8 +33,10 @@ fmt-check:
 lint:
 	$(CARGO) clippy $(PROFILE) --workspace --all-targets -- -D warnings
 
+## unit: every crate's own tests (libraries, binaries, tests/ such as runtime-config's config
+## fixtures); e2e runs the end-to-end crate.
 unit:
-	$(CARGO) test $(PROFILE) --workspace --lib --bins
+	$(CARGO) test $(PROFILE) --workspace --exclude wedge-e2e --lib --bins --tests
 
 e2e: build
 	$(CARGO) test $(PROFILE) -p wedge-e2e --tests -- --test-threads=$(E2E_THREADS)
