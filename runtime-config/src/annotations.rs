@@ -229,11 +229,7 @@ impl EngineConfig {
                 options.max_memory = Some(wanted);
             }
             AnnotationKey::Fuel => {
-                let wanted: u64 = value
-                    .trim()
-                    .parse()
-                    .ok()
-                    .filter(|fuel| *fuel > 0)
+                let wanted: u64 = parse_positive(value)
                     .ok_or_else(|| malformed(format!("{value:?} is not a positive number")))?;
                 check_ceiling(
                     key,
@@ -249,11 +245,7 @@ impl EngineConfig {
                     .ok_or_else(|| malformed(format!("{value:?} is not a port number")))?;
             }
             AnnotationKey::HttpMaxConcurrency => {
-                let wanted: u32 = value
-                    .trim()
-                    .parse()
-                    .ok()
-                    .filter(|n| *n > 0)
+                let wanted: u32 = parse_positive(value)
                     .ok_or_else(|| malformed(format!("{value:?} is not a positive number")))?;
                 check_ceiling(
                     key,
@@ -301,8 +293,15 @@ fn check_ceiling<T: PartialOrd>(
     }
 }
 
+fn parse_positive<T: std::str::FromStr + PartialOrd + Default>(text: &str) -> Option<T> {
+    text.trim()
+        .parse::<T>()
+        .ok()
+        .filter(|number| *number > T::default())
+}
+
 fn parse_port(text: &str) -> Option<u16> {
-    text.trim().parse::<u16>().ok().filter(|port| *port != 0)
+    parse_positive(text)
 }
 
 fn listing(features: &[WasmFeature]) -> String {
