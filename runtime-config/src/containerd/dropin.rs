@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use toml_edit::{DocumentMut, Item, Table};
+use toml_edit::DocumentMut;
 
 use super::entry::{self, Layout, RuntimeSpec};
 use super::host::HostRoot;
@@ -47,18 +47,9 @@ pub fn contents(spec: &RuntimeSpec, systemd_cgroup: Option<bool>) -> String {
         options_prefix: "\n".into(),
         options_keys: "  ".into(),
     };
-    let mut item = Item::Table(entry::build(spec, systemd_cgroup, &layout));
-    let mut name = spec.name.as_str();
-    for key in version.runtimes_path().into_iter().rev() {
-        let mut parent = Table::new();
-        parent.set_implicit(true);
-        parent.insert(name, item);
-        item = Item::Table(parent);
-        name = key;
-    }
     let mut doc = DocumentMut::new();
     doc.insert("version", toml_edit::value(version.number()));
-    doc.insert(name, item);
+    entry::insert_nested(&mut doc, version, spec, systemd_cgroup, &layout);
     format!("{HEADER}\n{doc}")
 }
 

@@ -3,6 +3,8 @@
 
 use toml_edit::{Array, Item, Table};
 
+use super::schema::SchemaVersion;
+
 /// The line that marks a table (or a block of a template) as written by the installer;
 /// uninstall removes only what carries it.
 pub const MARKER: &str = "# added by wedge node install";
@@ -91,6 +93,28 @@ fn first_key_indent(table: &Table) -> Option<String> {
 
 /// The entry as it should be: `runtime_type`, annotations, and `options` with the engine
 /// config path and, when the node's runc says, its cgroup driver.
+/// Adds the runtime's table to a document of its own (a drop-in, a template block) at the
+/// schema's runtimes path. Built from the leaf up: the table inside implicit parents, which
+/// print no header of their own.
+pub fn insert_nested(
+    doc: &mut toml_edit::DocumentMut,
+    version: SchemaVersion,
+    spec: &RuntimeSpec,
+    systemd_cgroup: Option<bool>,
+    layout: &Layout,
+) {
+    let mut item = Item::Table(build(spec, systemd_cgroup, layout));
+    let mut name = spec.name.as_str();
+    for key in version.runtimes_path().into_iter().rev() {
+        let mut parent = Table::new();
+        parent.set_implicit(true);
+        parent.insert(name, item);
+        item = Item::Table(parent);
+        name = key;
+    }
+    doc.insert(name, item);
+}
+
 pub fn build(spec: &RuntimeSpec, systemd_cgroup: Option<bool>, layout: &Layout) -> Table {
     let annotations = || {
         let mut array = Array::new();

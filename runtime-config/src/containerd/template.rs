@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use toml_edit::{DocumentMut, Item, Table};
+use toml_edit::DocumentMut;
 
 use super::entry::{self, Layout, RuntimeSpec, MARKER};
 use super::schema::SchemaVersion;
@@ -46,19 +46,8 @@ pub fn block(spec: &RuntimeSpec, version: SchemaVersion, systemd_cgroup: Option<
         options_prefix: String::new(),
         options_keys: "  ".into(),
     };
-    // Built from the leaf up: the runtime's table inside implicit parents, which print no
-    // header of their own.
-    let mut item = Item::Table(entry::build(spec, systemd_cgroup, &layout));
-    let mut name = spec.name.as_str();
-    for key in version.runtimes_path().into_iter().rev() {
-        let mut parent = Table::new();
-        parent.set_implicit(true);
-        parent.insert(name, item);
-        item = Item::Table(parent);
-        name = key;
-    }
     let mut doc = DocumentMut::new();
-    doc.insert(name, item);
+    entry::insert_nested(&mut doc, version, spec, systemd_cgroup, &layout);
     format!("{}{END_MARKER}\n", doc)
 }
 
