@@ -42,7 +42,7 @@ impl CommandContext<'_> {
     /// Opens the preopens now, so that a filesystem that cannot be opened is a Create error
     /// and not an exit code.
     pub(super) fn wasi_builder(&self) -> Result<WasiCtxBuilder, Rejected> {
-        let mut builder = self.without_filesystem();
+        let mut builder = without_filesystem(self.args, self.env, self.network);
         builder
             .preopened_dir(self.rootfs, "/", fs_perms(self.readonly_root))
             .map_err(|err| Rejected::from_wasmtime("cannot open the root filesystem", &err))?;
@@ -63,28 +63,37 @@ impl CommandContext<'_> {
         Ok(builder)
     }
 
-    /// Everything but the preopens: an HTTP server builds one of these per request and gives
-    /// it the directories opened once at Create.
-    pub(super) fn without_filesystem(&self) -> WasiCtxBuilder {
-        let mut builder = WasiCtxBuilder::new();
-        builder
-            .args(self.args)
-            .envs(self.env)
-            .inherit_stdio()
-            // The runner is a process of its own: blocking it on file I/O is what we want,
-            // and it spares a thread pool.
-            .allow_blocking_current_thread(true);
-        apply_network_policy(&mut builder, self.network);
-        builder
-    }
-
     pub(super) fn store_limits(&self) -> StoreLimits {
-        let mut limits = StoreLimitsBuilder::new();
-        if let Some(bytes) = self.memory_limit {
-            limits = limits.memory_size(usize::try_from(bytes).unwrap_or(usize::MAX));
-        }
-        limits.build()
+        store_limits(self.memory_limit)
     }
+}
+
+/// Everything but the preopens: an HTTP server builds one of these per request and gives it
+/// the directories opened once at Create.
+pub(super) fn without_filesystem(
+    args: &[String],
+    env: &[(String, String)],
+    network: &NetworkConfig,
+) -> WasiCtxBuilder {
+    let mut builder = WasiCtxBuilder::new();
+    builder
+        .args(args)
+        .envs(env)
+        .inherit_stdio()
+        // The runner is a process of its own: blocking it on file I/O is what we want,
+        // and it spares a thread pool.
+        .allow_blocking_current_thread(true);
+    apply_network_policy(&mut builder, network);
+    builder
+}
+
+/// Bounds every linear memory of a store at `memory_limit` bytes, if given.
+pub(super) fn store_limits(memory_limit: Option<u64>) -> StoreLimits {
+    let mut limits = StoreLimitsBuilder::new();
+    if let Some(bytes) = memory_limit {
+        limits = limits.memory_size(usize::try_from(bytes).unwrap_or(usize::MAX));
+    }
+    limits.build()
 }
 
 /// `wasi:sockets` as the operator's `[network]` section says: which protocols, name lookup,

@@ -6,7 +6,6 @@
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener as StdTcpListener};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -29,7 +28,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use wedge_runtime_config::{HttpOptions, NetworkConfig};
 
-use super::context::{CommandContext, Preopen};
+use super::context::{store_limits, without_filesystem, CommandContext};
 use super::deadline::{arm, EpochTicker};
 use super::{Outcome, Rejected};
 
@@ -182,8 +181,6 @@ impl PreparedServer {
             requests: RequestTemplate {
                 args: ctx.args.to_vec(),
                 env: ctx.env.to_vec(),
-                rootfs: ctx.rootfs.to_path_buf(),
-                mounts: ctx.mounts.to_vec(),
                 memory_limit: ctx.memory_limit,
                 network: Arc::new(ctx.network.clone()),
                 filesystem,
@@ -211,8 +208,6 @@ fn bind_all_addresses(port: u16) -> Result<StdTcpListener, Rejected> {
 struct RequestTemplate {
     args: Vec<String>,
     env: Vec<(String, String)>,
-    rootfs: PathBuf,
-    mounts: Vec<Preopen>,
     memory_limit: Option<u64>,
     network: Arc<NetworkConfig>,
     /// The preopens, opened once as root at Create; every request shares the handles.
@@ -221,22 +216,13 @@ struct RequestTemplate {
 
 impl RequestTemplate {
     fn state(&self) -> RequestState {
-        let ctx = CommandContext {
-            args: &self.args,
-            env: &self.env,
-            rootfs: &self.rootfs,
-            readonly_root: true,
-            mounts: &self.mounts,
-            memory_limit: self.memory_limit,
-            network: &self.network,
-        };
-        let mut wasi = ctx.without_filesystem().build();
+        let mut wasi = without_filesystem(&self.args, &self.env, &self.network).build();
         *wasi.filesystem() = self.filesystem.clone();
         RequestState {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            limits: ctx.store_limits(),
+            limits: store_limits(self.memory_limit),
             outgoing: OutgoingPolicy {
                 network: self.network.clone(),
             },
