@@ -135,10 +135,18 @@ pub fn write_oci_archive(spec: &ImageSpec, out: impl Write) -> Result<BuiltImage
 /// The root-filesystem form: the files in one tar layer, one manifest per platform, all
 /// under an image index.
 pub fn rootfs_image(spec: &ImageSpec) -> Result<ImageContent, ImageError> {
+    rootfs_image_from_layer(spec, layer_tar(&spec.files)?)
+}
+
+/// The root-filesystem form around an uncompressed tar `layer` made elsewhere (`spec.files`
+/// is not used): for layers with entries the builder does not write, such as special files.
+pub fn rootfs_image_from_layer(
+    spec: &ImageSpec,
+    layer: Vec<u8>,
+) -> Result<ImageContent, ImageError> {
     let (reference, tag) = normalize_reference(&spec.reference)?;
     let mut blobs = Blobs::default();
 
-    let layer = layer_tar(&spec.files)?;
     let layer_digest = blobs.add(layer);
     let layer_descriptor = blobs.descriptor(MediaType::ImageLayer, &layer_digest)?;
 

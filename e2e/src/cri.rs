@@ -16,8 +16,9 @@ use k8s_cri::v1::{
     ExecSyncResponse, ImageSpec, Int64Value, KeyValue, LinuxContainerResources,
     LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount,
     NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopContainerRequest, StopPodSandboxRequest, UpdateContainerResourcesRequest,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, SecurityProfile,
+    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    UpdateContainerResourcesRequest,
 };
 
 use crate::containerd::{Containerd, Release, PAUSE_IMAGE};
@@ -56,6 +57,12 @@ pub struct ContainerSpec {
     pub mounts: Vec<(PathBuf, String, bool)>,
     pub memory_limit: Option<i64>,
     pub run_as_user: Option<i64>,
+    pub run_as_group: Option<i64>,
+    pub supplemental_groups: Vec<i64>,
+    /// The container's seccomp profile (`securityContext.seccompProfile`).
+    pub seccomp: Option<SecurityProfile>,
+    /// A stdin for the container (`kubectl run -i`).
+    pub stdin: bool,
     /// A terminal for the container (`kubectl run -t`).
     pub tty: bool,
     pub annotations: HashMap<String, String>,
@@ -294,6 +301,7 @@ impl CriNode {
                 })
                 .collect(),
             log_path: format!("{}.log", spec.name),
+            stdin: spec.stdin,
             tty: spec.tty,
             annotations: spec.annotations.clone(),
             linux: Some(k8s_cri::v1::LinuxContainerConfig {
@@ -303,6 +311,9 @@ impl CriNode {
                 }),
                 security_context: Some(LinuxContainerSecurityContext {
                     run_as_user: spec.run_as_user.map(|value| Int64Value { value }),
+                    run_as_group: spec.run_as_group.map(|value| Int64Value { value }),
+                    supplemental_groups: spec.supplemental_groups.clone(),
+                    seccomp: spec.seccomp.clone(),
                     // As kubelet: the pod's namespace choices, repeated per container.
                     namespace_options: pod
                         .config

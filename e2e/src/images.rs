@@ -230,3 +230,68 @@ pub fn docker_save_archive(work: &Path, name: &str, module: &[u8]) -> Result<(Pa
     out.into_inner()?;
     Ok((archive, reference))
 }
+
+/// A special file in a test image's layer: what a hostile image can carry.
+pub enum SpecialFile<'a> {
+    Fifo(&'a str),
+    CharDevice {
+        path: &'a str,
+        major: u32,
+        minor: u32,
+    },
+    Directory(&'a str),
+}
+
+/// A root-filesystem image for this host's platform holding `files` (path, bytes) and the
+/// `special` entries, with `entrypoint`.
+pub fn image_with_special_files(
+    work: &Path,
+    name: &str,
+    files: &[(&str, &[u8])],
+    special: &[SpecialFile<'_>],
+    entrypoint: &[&str],
+) -> Result<(PathBuf, String)> {
+    let mut layer = tar::Builder::new(Vec::new());
+    let entry = |kind: tar::EntryType, mode: u32, size: u64| {
+        let mut header = tar::Header::new_ustar();
+        header.set_entry_type(kind);
+        header.set_size(size);
+        header.set_mode(mode);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header
+    };
+    for (path, bytes) in files {
+        let mut header = entry(tar::EntryType::Regular, 0o755, bytes.len() as u64);
+        layer.append_data(&mut header, path.trim_start_matches('/'), *bytes)?;
+    }
+    for file in special {
+        let (path, mut header) = match file {
+            SpecialFile::Fifo(path) => (path, entry(tar::EntryType::Fifo, 0o666, 0)),
+            SpecialFile::Directory(path) => (path, entry(tar::EntryType::Directory, 0o755, 0)),
+            SpecialFile::CharDevice { path, major, minor } => {
+                // Readable by anyone: only the device policy stands in the way.
+                let mut header = entry(tar::EntryType::Char, 0o666, 0);
+                header.set_device_major(*major)?;
+                header.set_device_minor(*minor)?;
+                (path, header)
+            }
+        };
+        layer.append_data(&mut header, path.trim_start_matches('/'), std::io::empty())?;
+    }
+    let reference = format!("wedge.test/{name}:latest");
+    let spec = ImageSpec {
+        reference: reference.clone(),
+        files: vec![],
+        entrypoint: entrypoint.iter().map(|arg| arg.to_string()).collect(),
+        cmd: vec![],
+        env: vec!["PATH=/bin".into()],
+        workdir: None,
+        platforms: vec![host_platform()],
+    };
+    let content = wedge_cli::image::rootfs_image_from_layer(&spec, layer.into_inner()?)?;
+    let archive = work.join(format!("{name}.tar"));
+    wedge_cli::image::write_layout(&content, std::fs::File::create(&archive)?)?;
+    Ok((archive, reference))
+}

@@ -61,6 +61,15 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error(
+        "entrypoint {path} is a {kind}, not a regular file: a wasm entrypoint must be a \
+         regular file of the image"
+    )]
+    EntrypointNotRegular { path: String, kind: &'static str },
+
+    #[error("{field}: {reason}")]
+    UnsupportedSpecField { field: &'static str, reason: String },
+
     #[error("the container has no entrypoint: process.args is empty")]
     NoEntrypoint,
 
@@ -151,6 +160,8 @@ impl Error {
             | Error::InvalidRequest(_)
             | Error::NotWasm { .. }
             | Error::NoEntrypoint
+            | Error::EntrypointNotRegular { .. }
+            | Error::UnsupportedSpecField { .. }
             | Error::TerminalUnsupported
             | Error::UnsupportedStdio(_)
             | Error::ModuleRejected(_)

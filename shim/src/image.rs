@@ -4,7 +4,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use cap_std::fs::Dir;
+use cap_std::fs::{Dir, File, FileTypeExt, OpenOptions, OpenOptionsExt};
 
 use crate::engine::has_wasm_magic;
 use crate::error::{Error, Result};
@@ -65,10 +65,10 @@ pub fn resolve_wasm_entrypoint(
         })?
     };
 
+    let mut file = open_regular_file(&root, &path)?;
     let mut magic = [0u8; 4];
-    let read = root
-        .open(relative(&path))
-        .and_then(|mut file| file.read(&mut magic))
+    let read = file
+        .read(&mut magic)
         .map_err(|source| Error::EntrypointNotFound {
             path: path.clone(),
             source,
@@ -77,6 +77,65 @@ pub fn resolve_wasm_entrypoint(
         return Err(Error::NotWasm { path });
     }
     Ok(path)
+}
+
+/// Opens the entrypoint `path` (absolute, inside `root`) for reading without ever blocking,
+/// and only if it is a regular file: opening a FIFO would wait for a writer that never
+/// comes, and a device, socket or directory is no program.
+pub fn open_regular_file(root: &Dir, path: &str) -> Result<File> {
+    // Looked at first, so that a socket (which cannot be opened at all) is named as one.
+    if let Ok(metadata) = root.metadata(relative(path)) {
+        if let Some(kind) = file_type_name(metadata.file_type()) {
+            return Err(Error::EntrypointNotRegular {
+                path: path.to_string(),
+                kind,
+            });
+        }
+    }
+    let mut options = OpenOptions::new();
+    options
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
+    let file =
+        root.open_with(relative(path), &options)
+            .map_err(|source| Error::EntrypointNotFound {
+                path: path.to_string(),
+                source,
+            })?;
+    // Looked at again on the opened file: the image could have changed in between.
+    let file_type = file
+        .metadata()
+        .map_err(|source| Error::EntrypointNotFound {
+            path: path.to_string(),
+            source,
+        })?
+        .file_type();
+    match file_type_name(file_type) {
+        None => Ok(file),
+        Some(kind) => Err(Error::EntrypointNotRegular {
+            path: path.to_string(),
+            kind,
+        }),
+    }
+}
+
+/// What a non-regular file is, for the user; None for a regular file.
+fn file_type_name(file_type: cap_std::fs::FileType) -> Option<&'static str> {
+    if file_type.is_file() {
+        None
+    } else if file_type.is_dir() {
+        Some("directory")
+    } else if file_type.is_fifo() {
+        Some("FIFO (named pipe)")
+    } else if file_type.is_char_device() {
+        Some("character device")
+    } else if file_type.is_block_device() {
+        Some("block device")
+    } else if file_type.is_socket() {
+        Some("socket")
+    } else {
+        Some("special file")
+    }
 }
 
 fn search_path(root: &Dir, name: &str, env: &[(String, String)]) -> Option<String> {
@@ -194,5 +253,29 @@ mod tests {
             resolve_wasm_entrypoint(r, "/../secret.wasm", &[], "/"),
             Err(Error::EntrypointNotFound { .. })
         ));
+    }
+
+    #[test]
+    fn special_files_are_refused_at_once_with_their_type() {
+        let root = rootfs_with(&[("/dir/x", b"")]);
+        let r = root.path();
+        nix::unistd::mkfifo(&r.join("app.wasm"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let started = std::time::Instant::now();
+        let err = resolve_wasm_entrypoint(r, "/app.wasm", &[], "/").unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert!(
+            matches!(&err, Error::EntrypointNotRegular { kind, .. } if kind.contains("FIFO")),
+            "{err}"
+        );
+        assert!(err.to_string().contains("/app.wasm"), "{err}");
+        let err = resolve_wasm_entrypoint(r, "/dir", &[], "/").unwrap_err();
+        assert!(
+            matches!(&err, Error::EntrypointNotRegular { kind, .. } if *kind == "directory"),
+            "{err}"
+        );
+        let socket = std::os::unix::net::UnixListener::bind(r.join("sock.wasm")).unwrap();
+        let err = resolve_wasm_entrypoint(r, "/sock.wasm", &[], "/").unwrap_err();
+        assert!(err.to_string().contains("socket"), "{err}");
+        drop(socket);
     }
 }

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::{LinuxDeviceCgroup, LinuxNamespaceType, LinuxSeccomp, Spec};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::Preopen;
@@ -33,6 +33,16 @@ pub struct ContainerSpec {
     pub oom_score_adj: Option<i32>,
     /// The spec's annotations: CRI's own and, where the runtime allows them, the pod's.
     pub annotations: std::collections::HashMap<String, String>,
+    /// `linux.resources.devices`: the device cgroup rules on top of the default policy.
+    pub device_rules: Vec<LinuxDeviceCgroup>,
+    /// `linux.seccomp`, applied on top of Wedge's own filter.
+    pub seccomp: Option<LinuxSeccomp>,
+    /// `process.apparmorProfile`.
+    pub apparmor_profile: Option<String>,
+    /// `process.selinuxLabel`.
+    pub selinux_label: Option<String>,
+    /// Paths of `linux.devices`: nodes the spec wants created in the container.
+    pub device_nodes: Vec<PathBuf>,
 }
 
 /// Who the container's process runs as.
@@ -73,6 +83,27 @@ impl MountSpec {
     pub fn as_preopen(&self) -> Option<Preopen> {
         let source = self.source.as_ref()?;
         (self.is_bind() && source.is_dir()).then(|| Preopen {
+            host: source.clone(),
+            guest: self.destination.clone(),
+            readonly: self.is_readonly(),
+        })
+    }
+}
+
+/// A file the container's spec binds into it (kubelet's `/etc/hosts`, `/etc/resolv.conf`,
+/// `/etc/hostname`, `/dev/termination-log`): the runner binds it into its root, where both
+/// the guest and the runner's own name lookups find it, as runc does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileBind {
+    pub host: PathBuf,
+    pub guest: String,
+    pub readonly: bool,
+}
+
+impl MountSpec {
+    pub fn as_file_bind(&self) -> Option<FileBind> {
+        let source = self.source.as_ref()?;
+        (self.is_bind() && source.is_file()).then(|| FileBind {
             host: source.clone(),
             guest: self.destination.clone(),
             readonly: self.is_readonly(),
@@ -168,6 +199,19 @@ impl ContainerSpec {
             mounts,
             oom_score_adj: process.oom_score_adj(),
             annotations: spec.annotations().clone().unwrap_or_default(),
+            device_rules: linux
+                .and_then(|linux| linux.resources().as_ref())
+                .and_then(|resources| resources.devices().clone())
+                .unwrap_or_default(),
+            seccomp: linux.and_then(|linux| linux.seccomp().clone()),
+            apparmor_profile: process.apparmor_profile().clone().filter(|p| !p.is_empty()),
+            selinux_label: process.selinux_label().clone().filter(|l| !l.is_empty()),
+            device_nodes: linux
+                .and_then(|linux| linux.devices().as_ref())
+                .into_iter()
+                .flatten()
+                .map(|device| device.path().clone())
+                .collect(),
         })
     }
 }

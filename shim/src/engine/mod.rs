@@ -16,7 +16,7 @@ pub use command::{PreparedCommand, ReadyCommand};
 pub use context::{CommandContext, Preopen};
 pub use deadline::EpochTicker;
 pub use http::{exports_http_handler, PreparedServer, ReadyServer};
-pub use program::{load_program, Program, ProgramOrigin};
+pub use program::{compile_here, load_program, CompileArtifact, Program, ProgramOrigin};
 
 /// Exit status of a module that trapped: 128 + SIGABRT, as a native program that aborts.
 pub const TRAP_EXIT_CODE: i32 = 134;

@@ -1,5 +1,5 @@
 //! Turning wasm bytes into a loaded program: from the compiled-module cache when a verified
-//! entry exists, else by compiling here, in the runner, and storing the result.
+//! entry exists, else by compiling (in the runner's compile child) and storing the result.
 
 use serde::{Deserialize, Serialize};
 use wasmtime::component::Component;
@@ -49,14 +49,28 @@ impl ProgramOrigin {
     }
 }
 
-/// Loads `bytes` (whose sha256 is `sha256`) through `cache`, or compiles them when the cache
-/// is `Err` (the reason it is unavailable) or has no usable entry.
+/// Turns wasm bytes of a kind into a serialised wasmtime artifact for an engine. The runner
+/// compiles in a child process of its own (so that no compiler thread outlives the
+/// compilation in the process that runs the guest); tests compile in place.
+pub type CompileArtifact = dyn Fn(&Engine, WasmKind, &[u8]) -> Result<Vec<u8>, Rejected>;
+
+/// Compiles and serialises in this process.
+pub fn compile_here(engine: &Engine, kind: WasmKind, bytes: &[u8]) -> Result<Vec<u8>, Rejected> {
+    let program = compile(engine, kind, bytes)?;
+    serialize(&program).map_err(Rejected)
+}
+
+/// Loads `bytes` (whose sha256 is `sha256`) through `cache`, or compiles them with `compile`
+/// when the cache is `Err` (the reason it is unavailable) or has no usable entry. A fresh
+/// artifact is stored and then loaded from the cache like any other entry, so that every
+/// container of a module maps the same pages.
 pub fn load_program(
     engine: &Engine,
     codegen_options: &str,
     bytes: &[u8],
     sha256: &str,
     cache: Result<&ModuleCache, String>,
+    compile: &CompileArtifact,
 ) -> Result<(Program, ProgramOrigin), Rejected> {
     let kind = wasm_kind(bytes).ok_or_else(|| {
         Rejected("the entrypoint is not a WebAssembly binary (bad magic or version)".into())
@@ -64,8 +78,9 @@ pub fn load_program(
     let cache = match cache {
         Ok(cache) => cache,
         Err(reason) => {
+            let artifact = compile(engine, kind, bytes)?;
             return Ok((
-                compile(engine, kind, bytes)?,
+                from_fresh_artifact(engine, kind, &artifact)?,
                 ProgramOrigin::Uncached { reason },
             ));
         }
@@ -82,12 +97,21 @@ pub fn load_program(
         Lookup::Miss => None,
         Lookup::Removed { reason } => Some(reason),
     };
-    let program = compile(engine, kind, bytes)?;
-    let stored = serialize(&program).and_then(|artifact| {
-        cache
-            .store(&key, &artifact)
-            .map_err(|err| format!("cannot store the compiled module: {err}"))
-    });
+    let artifact = compile(engine, kind, bytes)?;
+    let stored = cache
+        .store(&key, &artifact)
+        .map_err(|err| format!("cannot store the compiled module: {err}"));
+    let from_cache = match &stored {
+        Ok(()) => match cache.lookup(&key) {
+            Lookup::Hit(entry) => deserialize(engine, kind, entry).ok(),
+            _ => None,
+        },
+        Err(_) => None,
+    };
+    let program = match from_cache {
+        Some(program) => program,
+        None => from_fresh_artifact(engine, kind, &artifact)?,
+    };
     let origin = match (removed, stored) {
         (_, Err(reason)) => ProgramOrigin::Uncached { reason },
         (Some(reason), Ok(())) => ProgramOrigin::Recompiled { reason },
@@ -113,6 +137,24 @@ fn serialize(program: &Program) -> Result<Vec<u8>, String> {
         Program::Component(component) => component.serialize(),
     }
     .map_err(|err| format!("cannot serialise the compiled module: {err:#}"))
+}
+
+/// Loads an artifact that `compile` has just produced with this very engine.
+fn from_fresh_artifact(
+    engine: &Engine,
+    kind: WasmKind,
+    artifact: &[u8],
+) -> Result<Program, Rejected> {
+    let result = match kind {
+        // SAFETY: the artifact comes straight from this runtime's own compiler (in this
+        // process or its compile child) for this engine; it never touched the disk.
+        WasmKind::CoreModule => unsafe { Module::deserialize(engine, artifact) }.map(Program::Core),
+        // SAFETY: as above.
+        WasmKind::Component => {
+            unsafe { Component::deserialize(engine, artifact) }.map(Program::Component)
+        }
+    };
+    result.map_err(|err| Rejected::from_wasmtime("cannot load the compiled module", &err))
 }
 
 fn deserialize(
@@ -153,11 +195,25 @@ mod tests {
         let bytes = wat::parse_str(WAT).unwrap();
         let digest = sha256_hex(&bytes);
 
-        let (_, origin) =
-            load_program(&engine, &test_codegen(), &bytes, &digest, Ok(&cache)).unwrap();
+        let (_, origin) = load_program(
+            &engine,
+            &test_codegen(),
+            &bytes,
+            &digest,
+            Ok(&cache),
+            &compile_here,
+        )
+        .unwrap();
         assert_eq!(origin, ProgramOrigin::Compiled);
-        let (_, origin) =
-            load_program(&engine, &test_codegen(), &bytes, &digest, Ok(&cache)).unwrap();
+        let (_, origin) = load_program(
+            &engine,
+            &test_codegen(),
+            &bytes,
+            &digest,
+            Ok(&cache),
+            &compile_here,
+        )
+        .unwrap();
         assert_eq!(origin, ProgramOrigin::Cached);
 
         // Corrupt the artifact but keep its length: the checksum catches it.
@@ -170,14 +226,28 @@ mod tests {
         let middle = content.len() / 2;
         content[middle] ^= 0xff;
         std::fs::write(&artifact, &content).unwrap();
-        let (_, origin) =
-            load_program(&engine, &test_codegen(), &bytes, &digest, Ok(&cache)).unwrap();
+        let (_, origin) = load_program(
+            &engine,
+            &test_codegen(),
+            &bytes,
+            &digest,
+            Ok(&cache),
+            &compile_here,
+        )
+        .unwrap();
         assert!(
             matches!(origin, ProgramOrigin::Recompiled { .. }),
             "{origin:?}"
         );
-        let (_, origin) =
-            load_program(&engine, &test_codegen(), &bytes, &digest, Ok(&cache)).unwrap();
+        let (_, origin) = load_program(
+            &engine,
+            &test_codegen(),
+            &bytes,
+            &digest,
+            Ok(&cache),
+            &compile_here,
+        )
+        .unwrap();
         assert_eq!(origin, ProgramOrigin::Cached);
     }
 
@@ -191,8 +261,15 @@ mod tests {
         // A well-formed entry under the right key whose content is not a wasmtime artifact.
         let key = CacheKey::new(&engine, &digest, WasmKind::CoreModule, &test_codegen());
         cache.store(&key, b"not an ELF artifact").unwrap();
-        let (_, origin) =
-            load_program(&engine, &test_codegen(), &bytes, &digest, Ok(&cache)).unwrap();
+        let (_, origin) = load_program(
+            &engine,
+            &test_codegen(),
+            &bytes,
+            &digest,
+            Ok(&cache),
+            &compile_here,
+        )
+        .unwrap();
         match origin {
             ProgramOrigin::Recompiled { reason } => {
                 assert!(reason.contains("wasmtime refused"), "{reason}")
@@ -211,6 +288,7 @@ mod tests {
             &bytes,
             "x",
             Err("disabled".into()),
+            &compile_here,
         )
         .unwrap();
         assert_eq!(
@@ -225,6 +303,7 @@ mod tests {
             b"\x7fELF....",
             "x",
             Err("off".into()),
+            &compile_here,
         )
         .err()
         .unwrap();

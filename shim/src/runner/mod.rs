@@ -4,6 +4,8 @@
 //! touches only its own container, and compilation of untrusted wasm happens in a process
 //! the container's limits can later apply to.
 
+mod compile;
+mod confine;
 pub mod module_fd;
 mod pid_namespace;
 pub mod protocol;
@@ -22,8 +24,10 @@ use crate::engine::{
     EngineRole, Outcome, PreparedCommand, PreparedServer, Program, ProgramOrigin, ReadyCommand,
     ReadyServer, Rejected, WasmKind,
 };
-use crate::sandbox::privileges;
+use confine::FileView;
+use pid_namespace::SupervisorConfinement;
 use protocol::{ModuleSource, RunSpec, RunnerMessage, ShimMessage, CONTROL_FD, MODULE_FD};
+use stdin::StdinRelay;
 
 /// Exit status when the runner cannot even talk to the shim; the shim reports the details.
 const SETUP_FAILED_EXIT_CODE: i32 = 125;
@@ -50,28 +54,41 @@ fn run() -> i32 {
         Ok(ShimMessage::Prepare(spec)) => *spec,
         _ => return SETUP_FAILED_EXIT_CODE,
     };
+    let reject = |writer: &mut UnixStream, reason: String| {
+        let _ = protocol::send(writer, &RunnerMessage::Rejected { reason });
+        SETUP_FAILED_EXIT_CODE
+    };
     // Prepare comes once the shim has moved this process into the container's cgroup, so
     // the child is born there.
-    if spec.enter_pod_pid_namespace {
-        if let Err(reason) = pid_namespace::fork_into_pod_namespace() {
-            let _ = protocol::send(&mut writer, &RunnerMessage::Rejected { reason });
-            return SETUP_FAILED_EXIT_CODE;
+    let confined_notice = if spec.enter_pod_pid_namespace {
+        let supervisor = SupervisorConfinement {
+            identity: &spec.identity,
+            filters: &spec.seccomp,
+        };
+        match pid_namespace::fork_into_pod_namespace(supervisor) {
+            Ok(notice) => Some(notice),
+            Err(reason) => return reject(&mut writer, reason),
         }
-    }
-    if let Some(fifo) = spec.stdin_fifo.clone() {
-        if let Err(err) = stdin::relay_fifo_to_stdin(fifo) {
-            let reason = format!("cannot attach stdin: {err}");
-            let _ = protocol::send(&mut writer, &RunnerMessage::Rejected { reason });
-            return SETUP_FAILED_EXIT_CODE;
-        }
-    }
+    } else {
+        None
+    };
+    let stdin = match spec.stdin_fifo.as_deref().map(StdinRelay::open).transpose() {
+        Ok(stdin) => stdin,
+        Err(err) => return reject(&mut writer, format!("cannot attach stdin: {err}")),
+    };
     let (ready, program) = match prepare(&spec) {
         Ok(prepared) => prepared,
-        Err(Rejected(reason)) => {
-            let _ = protocol::send(&mut writer, &RunnerMessage::Rejected { reason });
-            return SETUP_FAILED_EXIT_CODE;
-        }
+        Err(Rejected(reason)) => return reject(&mut writer, reason),
     };
+    // Confined from here on: threads started now inherit it.
+    if let Some(notice) = confined_notice {
+        notice.send();
+    }
+    if let Some(stdin) = stdin {
+        if let Err(err) = stdin.start() {
+            return reject(&mut writer, format!("cannot start the stdin relay: {err}"));
+        }
+    }
     if protocol::send(&mut writer, &RunnerMessage::Ready { program }).is_err() {
         return SETUP_FAILED_EXIT_CODE;
     }
@@ -130,6 +147,9 @@ fn server_threads() -> usize {
         .clamp(1, 8)
 }
 
+/// Everything before the guest's first instruction, done single-threaded and ending
+/// confined (see `confine`): the program loaded, its WASI context built from the guest's own
+/// mounts, the root pivoted, the container's user taken on and seccomp applied.
 fn prepare(spec: &RunSpec) -> Result<(Ready, ProgramOrigin), Rejected> {
     let (bytes, sha256) = read_module(spec)?;
     let role = match wasm_kind(&bytes) {
@@ -148,18 +168,31 @@ fn prepare(spec: &RunSpec) -> Result<(Ready, ProgramOrigin), Rejected> {
         &bytes,
         &sha256,
         cache.as_ref().map_err(Clone::clone),
+        &compile::compile_in_child,
     )?;
-    drop(bytes);
+    drop((bytes, cache));
+    let memory_limit = linear_memory_bound(spec);
+    let apparmor = spec
+        .apparmor_profile
+        .as_deref()
+        .map(confine::AppArmorChange::open)
+        .transpose()?;
     // The preopens are opened while still root, as runc sets up mounts before it drops to
     // the container's user: their host paths sit in root-only directories. Every access
     // through them afterwards is checked against the container's user.
+    let view = FileView::prepare(
+        &spec.rootfs,
+        spec.readonly_root,
+        &spec.mounts,
+        &spec.file_binds,
+    )?;
     let context = CommandContext {
         args: &spec.args,
         env: &spec.env,
-        rootfs: &spec.rootfs,
+        rootfs: &view.rootfs,
         readonly_root: spec.readonly_root,
-        mounts: &spec.mounts,
-        memory_limit: linear_memory_bound(spec),
+        mounts: &view.mounts,
+        memory_limit,
         network: &spec.options.network,
     };
     let ready = match (role, program) {
@@ -176,9 +209,16 @@ fn prepare(spec: &RunSpec) -> Result<(Ready, ProgramOrigin), Rejected> {
             Ready::Command(Box::new(linked.with_context(&context, limits)?))
         }
     };
-    if nix::unistd::geteuid().is_root() {
-        privileges::drop_to(&spec.identity).map_err(Rejected)?;
+    drop(view);
+    confine::require_single_thread()?;
+    confine::pivot_into_rootfs(&spec.rootfs)?;
+    if let Some(apparmor) = apparmor {
+        apparmor.apply()?;
     }
+    confine::become_container_user(&spec.identity)?;
+    spec.seccomp
+        .apply()
+        .map_err(|err| Rejected(format!("cannot apply seccomp: {err}")))?;
     Ok((ready, origin))
 }
 
@@ -237,7 +277,7 @@ fn read_module(spec: &RunSpec) -> Result<(Vec<u8>, String), Rejected> {
 }
 
 /// Reads the module through a capability on the root filesystem, so that symlinks inside
-/// the image cannot lead the runner outside it.
+/// the image cannot lead the runner outside it; only a regular file is read.
 fn read_from_rootfs(spec: &RunSpec, path: &str) -> Result<Vec<u8>, Rejected> {
     let root = cap_std::fs::Dir::open_ambient_dir(&spec.rootfs, cap_std::ambient_authority())
         .map_err(|err| {
@@ -246,8 +286,12 @@ fn read_from_rootfs(spec: &RunSpec, path: &str) -> Result<Vec<u8>, Rejected> {
                 spec.rootfs.display()
             ))
         })?;
-    root.read(path.trim_start_matches('/'))
-        .map_err(|err| Rejected(format!("cannot read {path}: {err}")))
+    let mut file =
+        crate::image::open_regular_file(&root, path).map_err(|err| Rejected(err.to_string()))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|err| Rejected(format!("cannot read {path}: {err}")))?;
+    Ok(bytes)
 }
 
 /// Traps and host failures are the container's business: they go to its stderr, where

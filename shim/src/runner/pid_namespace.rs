@@ -6,14 +6,25 @@
 //! as the process the shim watches, forwards termination signals to the child and ends the
 //! way the child ended. The child dies with the parent (PDEATHSIG), so a SIGKILL to the
 //! parent still ends the container at once.
+//!
+//! The parent runs no guest code, but it lives in the container's cgroup next to the guest,
+//! so it is confined like the guest: once the child reports that it has become the
+//! container's user (until then the parent needs root to signal it), the parent takes on the
+//! same user, drops every capability, sets no_new_privs and installs the same seccomp
+//! filters.
 
-use nix::sys::signal::{kill, raise, signal, SigHandler, SigSet, SigmaskHow, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
-use nix::fcntl::OFlag;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, raise, signal, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
+
+use crate::sandbox::privileges;
+use crate::sandbox::seccomp::Filters;
+use crate::spec::Identity;
 
 /// Signals the parent passes on to the module's process.
 const FORWARDED: [Signal; 6] = [
@@ -25,9 +36,31 @@ const FORWARDED: [Signal; 6] = [
     Signal::SIGUSR2,
 ];
 
+/// Lowest descriptor the supervisor's own pipes are moved to, clear of the container's
+/// stdio, the control socket and the module memfd that it closes.
+const FIRST_PRIVATE_FD: i32 = 10;
+
+/// The child's way to tell its supervisor that it is confined.
+pub struct ConfinedNotice(OwnedFd);
+
+impl ConfinedNotice {
+    /// Tells the supervising parent that this process has become the container's user.
+    pub fn send(self) {
+        let _ = nix::unistd::write(&self.0, b"1");
+    }
+}
+
+/// How the supervisor confines itself once the child has.
+pub struct SupervisorConfinement<'a> {
+    pub identity: &'a Identity,
+    pub filters: &'a Filters,
+}
+
 /// Forks into the pid namespace the shim joined before exec. Returns in the child; the
 /// parent never returns (it exits with the child's status).
-pub fn fork_into_pod_namespace() -> Result<(), String> {
+pub fn fork_into_pod_namespace(
+    confinement: SupervisorConfinement<'_>,
+) -> Result<ConfinedNotice, String> {
     let mut watched = SigSet::empty();
     for signal in FORWARDED {
         watched.add(signal);
@@ -39,13 +72,13 @@ pub fn fork_into_pod_namespace() -> Result<(), String> {
         .map_err(|err| format!("cannot block signals: {err}"))?;
     // The parent holds the write end until it exits: the child's way to see whether the
     // parent is still there (getppid says 0 across a pid namespace boundary).
-    let (alive_read, alive_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
-        .map_err(|err| format!("cannot create a pipe: {err}"))?;
+    let (alive_read, alive_write) = private_pipe()?;
+    let (confined_read, confined_write) = private_pipe()?;
     // SAFETY: the runner is single-threaded here (no stdin relay, no runtime yet), so the
     // child may do anything the parent could.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
-            drop(alive_write);
+            drop((alive_write, confined_read));
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
                 .map_err(|err| format!("cannot tie the module to its runner: {err}"))?;
             let mut poll = [PollFd::new(alive_read.as_fd(), PollFlags::POLLIN)];
@@ -55,29 +88,70 @@ pub fn fork_into_pod_namespace() -> Result<(), String> {
             }
             nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&previous), None)
                 .map_err(|err| format!("cannot restore the signal mask: {err}"))?;
-            Ok(())
+            Ok(ConfinedNotice(confined_write))
         }
         Ok(ForkResult::Parent { child }) => {
-            drop(alive_read);
+            drop((alive_read, confined_write));
             // Kept open (and leaked on purpose) for as long as this process lives.
             std::mem::forget(alive_write);
-            supervise(child, &watched)
+            supervise(child, &watched, confined_read, confinement)
         }
         Err(err) => Err(format!("cannot fork into the pod's pid namespace: {err}")),
     }
 }
 
-fn supervise(child: Pid, watched: &SigSet) -> ! {
-    // The child owns the container's stdio and the control socket from here on.
-    for fd in 0..=4 {
-        let _ = nix::unistd::close(fd);
+/// A close-on-exec pipe whose ends sit above the descriptors the supervisor closes.
+fn private_pipe() -> Result<(OwnedFd, OwnedFd), String> {
+    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+        .map_err(|err| format!("cannot create a pipe: {err}"))?;
+    Ok((raise_fd(read)?, raise_fd(write)?))
+}
+
+fn raise_fd(fd: OwnedFd) -> Result<OwnedFd, String> {
+    let raised = fcntl(&fd, FcntlArg::F_DUPFD_CLOEXEC(FIRST_PRIVATE_FD))
+        .map_err(|err| format!("cannot move a descriptor: {err}"))?;
+    // SAFETY: F_DUPFD_CLOEXEC just returned this new descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raised) })
+}
+
+fn supervise(
+    child: Pid,
+    watched: &SigSet,
+    confined: OwnedFd,
+    confinement: SupervisorConfinement<'_>,
+) -> ! {
+    // The child owns the container's stdio, the control socket and the module from here on.
+    for fd in 0..FIRST_PRIVATE_FD {
+        if fd != confined.as_raw_fd() {
+            let _ = nix::unistd::close(fd);
+        }
     }
-    if nix::unistd::geteuid().is_root() {
-        // Not fatal: the parent runs no guest code, and failing here would orphan the child.
-        let _ = crate::sandbox::privileges::keep_only_kill();
-    }
+    let Ok(signals) = SignalFd::with_flags(watched, SfdFlags::SFD_CLOEXEC) else {
+        let _ = kill(child, Signal::SIGKILL);
+        std::process::exit(super::SETUP_FAILED_EXIT_CODE);
+    };
+    let mut waiting_for_child = Some(confined);
     loop {
-        let Ok(received) = watched.wait() else {
+        let (signal_ready, notice_ready) = wait_for_events(&signals, waiting_for_child.as_ref());
+        if notice_ready {
+            if let Some(confined) = waiting_for_child.take() {
+                let mut byte = [0u8; 1];
+                if matches!(nix::unistd::read(&confined, &mut byte), Ok(1))
+                    && confine_self(&confinement).is_err()
+                {
+                    // A supervisor that stays privileged next to the guest is not allowed.
+                    let _ = kill(child, Signal::SIGKILL);
+                    std::process::exit(super::SETUP_FAILED_EXIT_CODE);
+                }
+            }
+        }
+        if !signal_ready {
+            continue;
+        }
+        let Ok(Some(info)) = signals.read_signal() else {
+            continue;
+        };
+        let Ok(received) = Signal::try_from(info.ssi_signo as i32) else {
             continue;
         };
         if received != Signal::SIGCHLD {
@@ -91,6 +165,29 @@ fn supervise(child: Pid, watched: &SigSet) -> ! {
             Ok(_) => {}
         }
     }
+}
+
+/// Blocks until a signal or the child's notice (or its end of the pipe closing) arrives.
+fn wait_for_events(signals: &SignalFd, notice: Option<&OwnedFd>) -> (bool, bool) {
+    let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+    if let Some(notice) = notice {
+        fds.push(PollFd::new(notice.as_fd(), PollFlags::POLLIN));
+    }
+    if nix::poll::poll(&mut fds, PollTimeout::NONE).is_err() {
+        return (false, false);
+    }
+    let ready = |fd: &PollFd| fd.revents().is_some_and(|events| !events.is_empty());
+    (ready(&fds[0]), fds.get(1).is_some_and(ready))
+}
+
+fn confine_self(confinement: &SupervisorConfinement<'_>) -> Result<(), String> {
+    if nix::unistd::geteuid().is_root() {
+        privileges::drop_to(confinement.identity)?;
+    }
+    confinement
+        .filters
+        .apply()
+        .map_err(|err| format!("cannot apply seccomp: {err}"))
 }
 
 /// Dies of the signal that killed the child, so the shim reports 128 + signal as for any

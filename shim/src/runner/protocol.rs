@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{Preopen, ProgramOrigin};
-use crate::spec::Identity;
+use crate::sandbox::seccomp::Filters;
+use crate::spec::{FileBind, Identity};
 use wedge_runtime_config::WasmOptions;
 
 /// The runner's end of the control socket.
@@ -50,10 +51,16 @@ pub struct RunSpec {
     pub memory_usage_file: Option<PathBuf>,
     /// The container's directory mounts, seen by the module at their destinations.
     pub mounts: Vec<Preopen>,
+    /// The container's file mounts, bound into its root filesystem.
+    pub file_binds: Vec<FileBind>,
     /// Fork into the pod's pid namespace (set for the runner's children before exec).
     pub enter_pod_pid_namespace: bool,
     /// Engine options settled from the engine config and the container's annotations.
     pub options: WasmOptions,
+    /// The seccomp filters every thread of the runner gets before the guest runs.
+    pub seccomp: Filters,
+    /// The spec's AppArmor profile, changed to before the runner gives up root.
+    pub apparmor_profile: Option<String>,
 }
 
 /// Where the module's bytes are.
@@ -162,10 +169,17 @@ mod tests {
                 guest: "/data".into(),
                 readonly: true,
             }],
+            file_binds: vec![FileBind {
+                host: "/var/lib/containerd/sandboxes/p/hosts".into(),
+                guest: "/etc/hosts".into(),
+                readonly: false,
+            }],
             enter_pod_pid_namespace: true,
             options: wedge_runtime_config::EngineConfig::default()
                 .wasm_options(&Default::default(), Some("9000"))
                 .unwrap(),
+            seccomp: Filters::for_container(None).unwrap(),
+            apparmor_profile: Some("cri-containerd.apparmor.d".into()),
         };
         let mut wire = Vec::new();
         send(&mut wire, &ShimMessage::Prepare(Box::new(spec.clone()))).unwrap();

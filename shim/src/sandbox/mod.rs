@@ -1,14 +1,18 @@
-//! What confines a wasm container before any of its code runs: its cgroup, its namespaces,
-//! its rlimits (all set up by the shim around the runner's exec) and the identity the runner
-//! takes on once the module is compiled (`privileges`, in the runner).
+//! What confines a wasm container before any of its code runs: its cgroup with runc's device
+//! policy, its namespaces, its rlimits (all set up by the shim around the runner's exec), and
+//! what the runner applies to itself before the guest's first instruction: the identity
+//! (`privileges`), the spec's security fields (`security`) and seccomp (`seccomp`).
 
 pub mod cgroup;
 pub mod namespaces;
 pub mod privileges;
 pub mod rlimits;
+pub mod seccomp;
+pub mod security;
 
 use std::path::PathBuf;
 
+pub use cgroup::devices::DevicePolicy;
 pub use cgroup::{Cgroup, CgroupError};
 pub use namespaces::Namespaces;
 pub use rlimits::Rlimits;
@@ -32,9 +36,13 @@ impl RunnerSandbox {
             rlimits: Rlimits::from_spec(&spec.rlimits)?,
             oom_score_adj: spec.oom_score_adj.and_then(oom_score_adj_to_write),
         };
+        let devices = DevicePolicy::from_spec(&spec.device_rules).map_err(CgroupError::from)?;
         let cgroup = Cgroup::for_container(&spec.cgroups_path, namespace, id)?;
         cgroup.create()?;
-        if let Err(err) = cgroup.apply(&spec.resources) {
+        let limited = cgroup
+            .apply(&spec.resources)
+            .and_then(|()| cgroup.apply_devices(&devices));
+        if let Err(err) = limited {
             let _ = cgroup.remove();
             return Err(err.into());
         }
@@ -106,16 +114,24 @@ pub enum SandboxError {
     UserNamespace,
     #[error("unknown rlimit {0:?} in process.rlimits")]
     UnknownRlimit(String),
+    #[error("{field}: {reason}")]
+    Unsupported { field: &'static str, reason: String },
+    #[error("{0}")]
+    Seccomp(#[from] seccomp::SeccompError),
 }
 
 impl SandboxError {
     /// A spec asking for something Wedge cannot do, as opposed to a failure of the host.
     pub fn is_invalid_spec(&self) -> bool {
-        matches!(
-            self,
-            SandboxError::UserNamespace
-                | SandboxError::UnknownRlimit(_)
-                | SandboxError::Cgroup(CgroupError::InvalidPath(_))
-        )
+        match self {
+            SandboxError::Seccomp(err) => err.is_invalid_spec(),
+            other => matches!(
+                other,
+                SandboxError::UserNamespace
+                    | SandboxError::UnknownRlimit(_)
+                    | SandboxError::Unsupported { .. }
+                    | SandboxError::Cgroup(CgroupError::InvalidPath(_))
+            ),
+        }
     }
 }

@@ -34,7 +34,10 @@ impl Namespaces {
     /// Opens the namespaces to join now, in the shim, so that the child only calls setns.
     pub fn open(requested: &[(LinuxNamespaceType, Option<PathBuf>)]) -> Result<Self, SandboxError> {
         let mut joins = Vec::new();
-        let mut unshare = CloneFlags::empty();
+        // The runner always gets a mount namespace of its own, whatever the spec says: it
+        // pivots into the container's root there, which in a shared namespace would move
+        // the host's processes too.
+        let mut unshare = CloneFlags::CLONE_NEWNS;
         for (kind, path) in requested {
             let (flag, name) = match kind {
                 LinuxNamespaceType::Network => (CloneFlags::CLONE_NEWNET, "network"),
@@ -49,6 +52,19 @@ impl Namespaces {
                 }
                 LinuxNamespaceType::User => return Err(SandboxError::UserNamespace),
             };
+            if flag == CloneFlags::CLONE_NEWNS {
+                if let Some(path) = path {
+                    return Err(SandboxError::Unsupported {
+                        field: "linux.namespaces",
+                        reason: format!(
+                            "joining the mount namespace {} is not supported for wasm \
+                             containers: each one gets a mount namespace of its own",
+                            path.display()
+                        ),
+                    });
+                }
+                continue;
+            }
             match path {
                 Some(path) => {
                     let file =
@@ -120,5 +136,14 @@ mod tests {
             Namespaces::open(&[(LinuxNamespaceType::User, None)]),
             Err(SandboxError::UserNamespace)
         ));
+        let joined_mounts =
+            Namespaces::open(&[(LinuxNamespaceType::Mount, Some("/proc/self/ns/mnt".into()))]);
+        let Err(err) = joined_mounts else {
+            panic!("joined a mount namespace")
+        };
+        assert!(err.to_string().contains("linux.namespaces"), "{err}");
+        // No mount namespace in the spec: the runner gets one all the same.
+        let unasked = Namespaces::open(&[]).unwrap();
+        assert_eq!(unasked.unshare, CloneFlags::CLONE_NEWNS);
     }
 }

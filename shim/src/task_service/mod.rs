@@ -37,6 +37,7 @@ use crate::runner::module_fd::sealed_memfd;
 use crate::runner::protocol::{CacheSettings, ModuleSource, RunSpec};
 use crate::runner::spawn::{spawn_runner, Runner};
 use crate::sandbox::cgroup::path::is_systemd_form;
+use crate::sandbox::security::SecurityPlan;
 use crate::sandbox::{Cgroup, CgroupError, RunnerSandbox};
 use crate::spec::MountSpec;
 use crate::{image, options, rootfs, spec, stdio};
@@ -169,6 +170,10 @@ impl Inner {
         let options = engine_config
             .wasm_options(&spec.annotations, spec.port_variable())
             .map_err(Error::Annotation)?;
+        let security = SecurityPlan::for_container(&spec).map_err(|source| Error::Sandbox {
+            id: req.id.clone(),
+            source,
+        })?;
         let io = stdio::open(&req.stdin, &req.stdout, &req.stderr)?;
         let RunnerSandbox {
             cgroup,
@@ -232,8 +237,15 @@ impl Inner {
                 .iter()
                 .filter_map(MountSpec::as_preopen)
                 .collect(),
+            file_binds: spec
+                .mounts
+                .iter()
+                .filter_map(MountSpec::as_file_bind)
+                .collect(),
             enter_pod_pid_namespace,
             options,
+            seccomp: security.filters,
+            apparmor_profile: security.apparmor_profile,
         };
         match runner.prepare(run_spec).await {
             Ok(program) => {
@@ -367,8 +379,25 @@ impl Inner {
         entrypoint: Option<&Entrypoint>,
     ) -> Result<Plan> {
         let in_rootfs = match entrypoint {
+            // The image's file system can be slow or hostile: look on a blocking thread, so
+            // that the pod's other containers are served meanwhile.
             Some(entrypoint) => {
-                image::resolve_wasm_entrypoint(&spec.rootfs, &entrypoint.path, &spec.env, &spec.cwd)
+                let (rootfs, path, env, cwd) = (
+                    spec.rootfs.clone(),
+                    entrypoint.path.clone(),
+                    spec.env.clone(),
+                    spec.cwd.clone(),
+                );
+                tokio::task::spawn_blocking(move || {
+                    image::resolve_wasm_entrypoint(&rootfs, &path, &env, &cwd)
+                })
+                .await
+                .unwrap_or_else(|err| {
+                    Err(Error::Runner {
+                        id: id.to_string(),
+                        reason: format!("looking for the entrypoint failed: {err}"),
+                    })
+                })
             }
             None => Err(Error::NoEntrypoint),
         };
@@ -381,6 +410,8 @@ impl Inner {
             }
             // A native binary: no image layer is going to change that.
             Err(Error::NotWasm { .. }) => return Ok(Plan::Native),
+            // A FIFO, device or directory at the entrypoint is no program of any kind.
+            Err(err @ Error::EntrypointNotRegular { .. }) => return Err(err),
             Err(_) => {}
         }
         match self.content.wasm_layer(id).await? {

@@ -5,6 +5,7 @@
 //! Only cgroupfs is written: with the systemd driver the path is the unit's directory, made
 //! directly rather than through systemd's D-Bus API, which a shim per pod cannot afford.
 
+pub mod devices;
 pub mod oom;
 pub mod path;
 mod resources;
@@ -27,15 +28,18 @@ pub enum Controller {
     Cpuacct,
     Pids,
     Freezer,
+    /// v1 only: on v2 the device policy is a BPF program attached to the one directory.
+    Devices,
 }
 
 impl Controller {
-    const ALL: [Controller; 5] = [
+    const ALL: [Controller; 6] = [
         Controller::Memory,
         Controller::Cpu,
         Controller::Cpuacct,
         Controller::Pids,
         Controller::Freezer,
+        Controller::Devices,
     ];
 
     fn name(self) -> &'static str {
@@ -45,6 +49,7 @@ impl Controller {
             Controller::Cpuacct => "cpuacct",
             Controller::Pids => "pids",
             Controller::Freezer => "freezer",
+            Controller::Devices => "devices",
         }
     }
 }
@@ -62,6 +67,10 @@ pub enum CgroupError {
         #[source]
         source: io::Error,
     },
+    #[error("device policy: {0}")]
+    Devices(#[from] devices::DeviceError),
+    #[error("no devices cgroup hierarchy is mounted: the device policy cannot be applied")]
+    NoDevicesHierarchy,
     #[error("cgroup {path} did not become {state} within {timeout:?}")]
     Stuck {
         path: PathBuf,
@@ -204,6 +213,21 @@ impl Cgroup {
 
     pub fn apply(&self, resources: &Resources) -> Result<(), CgroupError> {
         resources::apply(self, resources)
+    }
+
+    /// Limits which device nodes the cgroup's processes may open or create: the devices
+    /// controller on v1, a BPF program on v2.
+    pub fn apply_devices(&self, policy: &devices::DevicePolicy) -> Result<(), CgroupError> {
+        match &self.layout {
+            Layout::Unified(root) => policy.apply_v2(&root.join(&self.relative))?,
+            Layout::Legacy(_) => {
+                let dir = self
+                    .dir(Controller::Devices)
+                    .ok_or(CgroupError::NoDevicesHierarchy)?;
+                policy.apply_v1(&dir)?;
+            }
+        }
+        Ok(())
     }
 
     /// Moves process `pid` (all its threads) into the cgroup, in every hierarchy.

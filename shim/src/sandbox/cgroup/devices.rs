@@ -1,0 +1,1152 @@
+//! Which device nodes a container may create, read and write: runc's default policy plus the
+//! spec's `linux.resources.devices`, as `devices.allow`/`devices.deny` lines on cgroup v1 and
+//! as a `BPF_PROG_TYPE_CGROUP_DEVICE` program on cgroup v2, which has no devices files.
+//!
+//! Semantics are runc's: everything is denied, then the spec's rules and after them runc's
+//! default allow entries are applied in order, and the last rule that matches an access
+//! decides. The v2 program implements exactly that. v1 is the kernel's exception list, which
+//! differs in one corner: a deny only takes away what an earlier allow granted for the very
+//! same type and major:minor, so a narrower allow followed by a broader deny keeps the
+//! narrower allow there. Real specs (deny all first, then allows) mean the same on both.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("invalid linux.resources.devices[{index}].{field} {value:?}: expected {expected}")]
+    InvalidRule {
+        index: usize,
+        field: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "bpf(BPF_PROG_LOAD) of the device program for {cgroup}: {source}{}",
+        verifier_log_suffix(.verifier_log)
+    )]
+    BpfLoad {
+        cgroup: PathBuf,
+        #[source]
+        source: io::Error,
+        verifier_log: String,
+    },
+    #[error("bpf(BPF_PROG_ATTACH) of the device program to {cgroup}: {source}")]
+    BpfAttach {
+        cgroup: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn verifier_log_suffix(log: &str) -> String {
+    if log.is_empty() {
+        String::new()
+    } else {
+        format!("\nverifier log:\n{log}")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceType {
+    /// Block and character devices (`a`).
+    All,
+    Block,
+    Char,
+}
+
+impl DeviceType {
+    fn letter(self) -> char {
+        match self {
+            DeviceType::All => 'a',
+            DeviceType::Block => 'b',
+            DeviceType::Char => 'c',
+        }
+    }
+}
+
+/// A subset of `rwm`. The bits are the kernel's `BPF_DEVCG_ACC_*` values, so the BPF program
+/// compares them as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access(u8);
+
+impl Access {
+    pub const MKNOD: Access = Access(1);
+    pub const READ: Access = Access(2);
+    pub const WRITE: Access = Access(4);
+    pub const ALL: Access = Access(7);
+    pub const NONE: Access = Access(0);
+
+    const LETTERS: [(char, Access); 3] = [
+        ('r', Access::READ),
+        ('w', Access::WRITE),
+        ('m', Access::MKNOD),
+    ];
+
+    pub fn parse(text: &str) -> Option<Access> {
+        text.chars().try_fold(Access::NONE, |access, letter| {
+            let (_, bit) = Access::LETTERS.iter().find(|(l, _)| *l == letter)?;
+            Some(Access(access.0 | bit.0))
+        })
+    }
+
+    pub fn contains(self, other: Access) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl std::fmt::Display for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (letter, bit) in Access::LETTERS {
+            if self.contains(bit) {
+                write!(f, "{letter}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One allow or deny entry; `None` for major or minor matches any number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceRule {
+    pub allow: bool,
+    pub device_type: DeviceType,
+    pub major: Option<u32>,
+    pub minor: Option<u32>,
+    pub access: Access,
+}
+
+impl DeviceRule {
+    const fn allow_char(major: u32, minor: Option<u32>) -> DeviceRule {
+        DeviceRule {
+            allow: true,
+            device_type: DeviceType::Char,
+            major: Some(major),
+            minor,
+            access: Access::ALL,
+        }
+    }
+
+    fn from_spec(index: usize, device: &LinuxDeviceCgroup) -> Result<Self, DeviceError> {
+        let invalid = |field, value: String, expected| DeviceError::InvalidRule {
+            index,
+            field,
+            value,
+            expected,
+        };
+        let device_type = match device.typ() {
+            None | Some(LinuxDeviceType::A) => DeviceType::All,
+            Some(LinuxDeviceType::B) => DeviceType::Block,
+            Some(LinuxDeviceType::C) => DeviceType::Char,
+            Some(other @ (LinuxDeviceType::U | LinuxDeviceType::P)) => {
+                return Err(invalid("type", other.as_str().to_string(), "a, b or c"))
+            }
+        };
+        let number = |field, value: Option<i64>| match value {
+            // runc's own spelling of "any", which some spec writers copy.
+            None | Some(-1) => Ok(None),
+            Some(number) => u32::try_from(number).map(Some).map_err(|_| {
+                invalid(
+                    field,
+                    number.to_string(),
+                    "a device number from 0 to 4294967295, or none for any",
+                )
+            }),
+        };
+        // A missing access grants (or takes) nothing, as the kernel reads an empty one.
+        let access_text = device.access().as_deref().unwrap_or_default();
+        let access = Access::parse(access_text).ok_or_else(|| {
+            invalid(
+                "access",
+                access_text.to_string(),
+                "a combination of r, w and m",
+            )
+        })?;
+        Ok(DeviceRule {
+            allow: device.allow(),
+            device_type,
+            major: number("major", device.major())?,
+            minor: number("minor", device.minor())?,
+            access,
+        })
+    }
+
+    fn matches_everything(&self) -> bool {
+        self.device_type == DeviceType::All
+            && self.major.is_none()
+            && self.minor.is_none()
+            && self.access == Access::ALL
+    }
+
+    /// The `devices.allow`/`devices.deny` syntax, e.g. `c 136:* rwm`.
+    fn v1_line(&self, device_type: DeviceType) -> String {
+        let number = |n: Option<u32>| n.map_or_else(|| "*".to_string(), |n| n.to_string());
+        format!(
+            "{} {}:{} {}",
+            device_type.letter(),
+            number(self.major),
+            number(self.minor),
+            self.access
+        )
+    }
+}
+
+/// runc's default allow entries, applied after the spec's rules. `/dev/net/tun`, which some
+/// runc releases add, is left out: a wasm guest has no use for it. `/dev/console` is not
+/// among them (runc binds the console in only for a terminal, which wasm containers refuse).
+const DEFAULT_ALLOWED: [DeviceRule; 10] = [
+    DeviceRule {
+        allow: true,
+        device_type: DeviceType::Char,
+        major: None,
+        minor: None,
+        access: Access::MKNOD,
+    },
+    DeviceRule {
+        allow: true,
+        device_type: DeviceType::Block,
+        major: None,
+        minor: None,
+        access: Access::MKNOD,
+    },
+    DeviceRule::allow_char(1, Some(3)), // /dev/null
+    DeviceRule::allow_char(1, Some(5)), // /dev/zero
+    DeviceRule::allow_char(1, Some(7)), // /dev/full
+    DeviceRule::allow_char(1, Some(8)), // /dev/random
+    DeviceRule::allow_char(1, Some(9)), // /dev/urandom
+    DeviceRule::allow_char(5, Some(0)), // /dev/tty
+    DeviceRule::allow_char(5, Some(2)), // /dev/ptmx
+    DeviceRule::allow_char(136, None),  // /dev/pts/*
+];
+
+/// The rules of one container, in the order they apply, on top of an implicit deny-all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevicePolicy {
+    rules: Vec<DeviceRule>,
+}
+
+impl Default for DevicePolicy {
+    /// runc's default policy alone.
+    fn default() -> Self {
+        DevicePolicy {
+            rules: DEFAULT_ALLOWED.to_vec(),
+        }
+    }
+}
+
+impl DevicePolicy {
+    /// The spec's `linux.resources.devices`, followed by runc's default allow entries.
+    pub fn from_spec(devices: &[LinuxDeviceCgroup]) -> Result<Self, DeviceError> {
+        let mut rules = devices
+            .iter()
+            .enumerate()
+            .map(|(index, device)| DeviceRule::from_spec(index, device))
+            .collect::<Result<Vec<_>, _>>()?;
+        rules.extend(DEFAULT_ALLOWED);
+        Ok(DevicePolicy { rules })
+    }
+
+    pub fn rules(&self) -> &[DeviceRule] {
+        &self.rules
+    }
+
+    /// (file, line) in the order to write them to a v1 devices cgroup, starting with the
+    /// deny-all.
+    pub fn v1_writes(&self) -> Vec<(&'static str, String)> {
+        let deny_all = DeviceRule {
+            allow: false,
+            device_type: DeviceType::All,
+            major: None,
+            minor: None,
+            access: Access::ALL,
+        };
+        let mut writes = Vec::new();
+        for rule in std::iter::once(&deny_all).chain(&self.rules) {
+            let file = if rule.allow {
+                "devices.allow"
+            } else {
+                "devices.deny"
+            };
+            // The kernel reads "a" alone and ignores the rest of the line, so an "a" rule
+            // narrower than everything must be spelled once per type.
+            let types: &[DeviceType] = if rule.access.is_empty() {
+                &[]
+            } else if rule.device_type != DeviceType::All || rule.matches_everything() {
+                std::slice::from_ref(&rule.device_type)
+            } else {
+                &[DeviceType::Char, DeviceType::Block]
+            };
+            for device_type in types {
+                writes.push((file, rule.v1_line(*device_type)));
+            }
+        }
+        writes
+    }
+
+    /// Writes the policy to the v1 devices cgroup `dir`, one rule per write(2) as the kernel
+    /// wants them.
+    pub fn apply_v1(&self, dir: &Path) -> Result<(), DeviceError> {
+        for (file, line) in self.v1_writes() {
+            let path = dir.join(file);
+            // Appending changes nothing for the kernel, and keeps every rule readable when
+            // `dir` is a plain directory standing in for a cgroup.
+            OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .and_then(|mut control| control.write_all(format!("{line}\n").as_bytes()))
+                .map_err(|source| DeviceError::Io {
+                    action: "write a device rule to",
+                    path: path.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Loads the policy as a BPF device program and attaches it to the cgroup2 directory
+    /// `dir`. With `BPF_F_ALLOW_MULTI` every attached program, and those of the ancestors,
+    /// must allow an access, so calling this again can only narrow the policy.
+    pub fn apply_v2(&self, dir: &Path) -> Result<(), DeviceError> {
+        let cgroup = File::options()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(dir)
+            .map_err(|source| DeviceError::Io {
+                action: "open cgroup",
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        let program =
+            bpf::load_device_program(&self.bpf_program()).map_err(|(source, verifier_log)| {
+                DeviceError::BpfLoad {
+                    cgroup: dir.to_path_buf(),
+                    source,
+                    verifier_log,
+                }
+            })?;
+        // The attachment holds its own reference to the program until the cgroup goes, so
+        // `program` may close when it drops.
+        bpf::attach_device_program(cgroup.as_fd(), program.as_fd()).map_err(|source| {
+            DeviceError::BpfAttach {
+                cgroup: dir.to_path_buf(),
+                source,
+            }
+        })
+    }
+
+    /// The program: the rules from last to first, each returning its verdict when it
+    /// matches, so the last matching rule wins; nothing matching means deny.
+    fn bpf_program(&self) -> Vec<bpf::Insn> {
+        use bpf::{Insn, Reg};
+        let mut program = vec![
+            Insn::load_u32(Reg::R2, Reg::R1, bpf::CTX_ACCESS_TYPE),
+            Insn::mov32_reg(Reg::R3, Reg::R2),
+            Insn::rsh32(Reg::R3, 16),
+            Insn::and32(Reg::R2, 0xffff),
+            Insn::load_u32(Reg::R4, Reg::R1, bpf::CTX_MAJOR),
+            Insn::load_u32(Reg::R5, Reg::R1, bpf::CTX_MINOR),
+        ];
+        // R2 type, R3 requested access, R4 major, R5 minor; R1 is free from here on.
+        for rule in self.rules.iter().rev() {
+            let mut block = Vec::new();
+            match rule.device_type {
+                DeviceType::All => {}
+                DeviceType::Block => block.push(Insn::skip_rule_unless(Reg::R2, 1)),
+                DeviceType::Char => block.push(Insn::skip_rule_unless(Reg::R2, 2)),
+            }
+            if rule.access != Access::ALL {
+                // Any requested bit outside the rule's access (unknown ones included)
+                // means the rule does not match.
+                block.push(Insn::mov32_reg(Reg::R1, Reg::R3));
+                block.push(Insn::and32(Reg::R1, !i32::from(rule.access.0)));
+                block.push(Insn::skip_rule_unless(Reg::R1, 0));
+            }
+            if let Some(major) = rule.major {
+                block.push(Insn::skip_rule_unless(Reg::R4, major));
+            }
+            if let Some(minor) = rule.minor {
+                block.push(Insn::skip_rule_unless(Reg::R5, minor));
+            }
+            block.push(Insn::mov64(Reg::R0, i32::from(rule.allow)));
+            block.push(Insn::exit());
+            let len = block.len();
+            for (index, insn) in block.iter_mut().enumerate() {
+                insn.point_skip_at_block_end(len - index - 1);
+            }
+            program.extend(block);
+            if rule.matches_everything() {
+                // Rules before this one can never be reached.
+                return program;
+            }
+        }
+        program.push(Insn::mov64(Reg::R0, 0));
+        program.push(Insn::exit());
+        program
+    }
+}
+
+/// Hand-assembled eBPF and the two bpf(2) commands a device program needs.
+mod bpf {
+    use std::io;
+    use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+    pub const CTX_ACCESS_TYPE: i16 = 0;
+    pub const CTX_MAJOR: i16 = 4;
+    pub const CTX_MINOR: i16 = 8;
+
+    const BPF_PROG_LOAD: libc::c_int = 5;
+    const BPF_PROG_ATTACH: libc::c_int = 8;
+    const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+    const BPF_CGROUP_DEVICE: u32 = 6;
+    const BPF_F_ALLOW_MULTI: u32 = 2;
+
+    // Opcodes: class | operation | source.
+    pub const LDX_MEM_W: u8 = 0x61;
+    pub const ALU32_MOV_X: u8 = 0xbc;
+    pub const ALU32_AND_K: u8 = 0x54;
+    pub const ALU32_RSH_K: u8 = 0x74;
+    pub const ALU64_MOV_K: u8 = 0xb7;
+    pub const JMP32_JNE_K: u8 = 0x56;
+    pub const JMP_EXIT: u8 = 0x95;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Reg {
+        R0 = 0,
+        R1 = 1,
+        R2 = 2,
+        R3 = 3,
+        R4 = 4,
+        R5 = 5,
+    }
+
+    /// `struct bpf_insn`.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Insn {
+        pub code: u8,
+        /// dst_reg:4 and src_reg:4, bit fields whose order follows the byte order.
+        regs: u8,
+        pub off: i16,
+        pub imm: i32,
+    }
+
+    /// Jump offset standing for "past the end of this rule's block" until it is known.
+    const SKIP_RULE: i16 = i16::MIN;
+
+    impl Insn {
+        fn new(code: u8, dst: Reg, src: Reg, off: i16, imm: i32) -> Insn {
+            let (dst, src) = (dst as u8, src as u8);
+            let regs = if cfg!(target_endian = "little") {
+                src << 4 | dst
+            } else {
+                dst << 4 | src
+            };
+            Insn {
+                code,
+                regs,
+                off,
+                imm,
+            }
+        }
+
+        #[cfg(test)]
+        pub fn dst(&self) -> usize {
+            usize::from(if cfg!(target_endian = "little") {
+                self.regs & 0xf
+            } else {
+                self.regs >> 4
+            })
+        }
+
+        #[cfg(test)]
+        pub fn src(&self) -> usize {
+            usize::from(if cfg!(target_endian = "little") {
+                self.regs >> 4
+            } else {
+                self.regs & 0xf
+            })
+        }
+
+        pub fn load_u32(dst: Reg, base: Reg, off: i16) -> Insn {
+            Insn::new(LDX_MEM_W, dst, base, off, 0)
+        }
+
+        pub fn mov32_reg(dst: Reg, src: Reg) -> Insn {
+            Insn::new(ALU32_MOV_X, dst, src, 0, 0)
+        }
+
+        pub fn and32(dst: Reg, imm: i32) -> Insn {
+            Insn::new(ALU32_AND_K, dst, Reg::R0, 0, imm)
+        }
+
+        pub fn rsh32(dst: Reg, imm: i32) -> Insn {
+            Insn::new(ALU32_RSH_K, dst, Reg::R0, 0, imm)
+        }
+
+        pub fn mov64(dst: Reg, imm: i32) -> Insn {
+            Insn::new(ALU64_MOV_K, dst, Reg::R0, 0, imm)
+        }
+
+        pub fn exit() -> Insn {
+            Insn::new(JMP_EXIT, Reg::R0, Reg::R0, 0, 0)
+        }
+
+        /// Leaves the rule's block unless the low 32 bits of `reg` equal `value`; a 32-bit
+        /// compare, so numbers above i32::MAX compare as the kernel's u32 fields.
+        pub fn skip_rule_unless(reg: Reg, value: u32) -> Insn {
+            Insn::new(JMP32_JNE_K, reg, Reg::R0, SKIP_RULE, value as i32)
+        }
+
+        pub fn point_skip_at_block_end(&mut self, insns_after: usize) {
+            if self.code == JMP32_JNE_K && self.off == SKIP_RULE {
+                // A block is at most eight instructions.
+                self.off = insns_after as i16;
+            }
+        }
+    }
+
+    /// `union bpf_attr` as BPF_PROG_LOAD reads it, up to the fields set here; 72 bytes
+    /// without padding.
+    #[repr(C, align(8))]
+    struct ProgLoadAttr {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+        prog_name: [u8; 16],
+        prog_ifindex: u32,
+        expected_attach_type: u32,
+    }
+
+    /// `union bpf_attr` as BPF_PROG_ATTACH reads it. Every byte is a field: the kernel
+    /// refuses non-zero bytes it does not expect, and padding would be uninitialised.
+    #[repr(C, align(8))]
+    struct ProgAttachAttr {
+        target_fd: u32,
+        attach_bpf_fd: u32,
+        attach_type: u32,
+        attach_flags: u32,
+        replace_bpf_fd: u32,
+        relative_fd: u32,
+    }
+
+    fn bpf<T>(command: libc::c_int, attr: &T) -> io::Result<libc::c_long> {
+        // SAFETY: `attr` is a live bpf_attr prefix with every byte initialised, and the size
+        // passed is exactly its size, so the kernel reads nothing beyond it. The pointers in
+        // it (instructions, license, log buffer with its length) are the caller's, valid
+        // for the whole call, and the log buffer is the caller's to be written.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                command,
+                attr as *const T,
+                std::mem::size_of::<T>() as libc::c_uint,
+            )
+        };
+        if result < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(result)
+        }
+    }
+
+    /// The program's fd, or the error with the verifier's explanation.
+    pub fn load_device_program(program: &[Insn]) -> Result<OwnedFd, (io::Error, String)> {
+        const LICENSE: &[u8] = b"Apache-2.0\0";
+        let mut log = vec![0u8; 64 * 1024];
+        let mut prog_name = [0u8; 16];
+        prog_name[..13].copy_from_slice(b"wedge_devices");
+        let attr = ProgLoadAttr {
+            prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+            insn_cnt: program.len() as u32,
+            insns: program.as_ptr() as u64,
+            license: LICENSE.as_ptr() as u64,
+            log_level: 1,
+            log_size: log.len() as u32,
+            log_buf: log.as_mut_ptr() as u64,
+            kern_version: 0,
+            prog_flags: 0,
+            prog_name,
+            prog_ifindex: 0,
+            expected_attach_type: BPF_CGROUP_DEVICE,
+        };
+        let mut attempts = 0;
+        loop {
+            match bpf(BPF_PROG_LOAD, &attr) {
+                // SAFETY: a successful BPF_PROG_LOAD returns a new fd that nothing else owns.
+                Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) }),
+                // The verifier gives up with EAGAIN when a signal arrives; libbpf retries too.
+                Err(err) if err.raw_os_error() == Some(libc::EAGAIN) && attempts < 5 => {
+                    attempts += 1;
+                }
+                Err(err) => {
+                    let end = log.iter().position(|byte| *byte == 0).unwrap_or(log.len());
+                    let text = String::from_utf8_lossy(&log[..end]).trim_end().to_string();
+                    return Err((err, text));
+                }
+            }
+        }
+    }
+
+    pub fn attach_device_program(cgroup: BorrowedFd, program: BorrowedFd) -> io::Result<()> {
+        let attr = ProgAttachAttr {
+            target_fd: cgroup.as_raw_fd() as u32,
+            attach_bpf_fd: program.as_raw_fd() as u32,
+            attach_type: BPF_CGROUP_DEVICE,
+            attach_flags: BPF_F_ALLOW_MULTI,
+            replace_bpf_fd: 0,
+            relative_fd: 0,
+        };
+        bpf(BPF_PROG_ATTACH, &attr).map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use nix::errno::Errno;
+    use oci_spec::runtime::LinuxDeviceCgroupBuilder;
+
+    fn spec_rule(
+        allow: bool,
+        typ: LinuxDeviceType,
+        major: Option<i64>,
+        minor: Option<i64>,
+        access: &str,
+    ) -> LinuxDeviceCgroup {
+        let mut builder = LinuxDeviceCgroupBuilder::default()
+            .allow(allow)
+            .typ(typ)
+            .access(access);
+        if let Some(major) = major {
+            builder = builder.major(major);
+        }
+        if let Some(minor) = minor {
+            builder = builder.minor(minor);
+        }
+        builder.build().unwrap()
+    }
+
+    const DEFAULT_V1: [(&str, &str); 11] = [
+        ("devices.deny", "a *:* rwm"),
+        ("devices.allow", "c *:* m"),
+        ("devices.allow", "b *:* m"),
+        ("devices.allow", "c 1:3 rwm"),
+        ("devices.allow", "c 1:5 rwm"),
+        ("devices.allow", "c 1:7 rwm"),
+        ("devices.allow", "c 1:8 rwm"),
+        ("devices.allow", "c 1:9 rwm"),
+        ("devices.allow", "c 5:0 rwm"),
+        ("devices.allow", "c 5:2 rwm"),
+        ("devices.allow", "c 136:* rwm"),
+    ];
+
+    fn owned(writes: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+        writes
+            .iter()
+            .map(|(file, line)| (*file, line.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn default_policy_as_v1_lines() {
+        assert_eq!(DevicePolicy::default().v1_writes(), owned(&DEFAULT_V1));
+        assert_eq!(
+            DevicePolicy::from_spec(&[]).unwrap(),
+            DevicePolicy::default()
+        );
+    }
+
+    #[test]
+    fn spec_rules_come_before_the_defaults() {
+        let policy = DevicePolicy::from_spec(&[
+            spec_rule(false, LinuxDeviceType::A, None, None, "rwm"),
+            spec_rule(true, LinuxDeviceType::C, Some(10), Some(200), "rw"),
+            spec_rule(true, LinuxDeviceType::A, Some(7), None, "r"),
+            spec_rule(false, LinuxDeviceType::B, Some(8), Some(-1), "mw"),
+            spec_rule(true, LinuxDeviceType::C, Some(4_000_000_000), Some(0), ""),
+        ])
+        .unwrap();
+        let writes = policy.v1_writes();
+        assert_eq!(
+            writes[..6],
+            owned(&[
+                ("devices.deny", "a *:* rwm"),
+                ("devices.deny", "a *:* rwm"),
+                ("devices.allow", "c 10:200 rw"),
+                ("devices.allow", "c 7:* r"),
+                ("devices.allow", "b 7:* r"),
+                ("devices.deny", "b 8:* wm"),
+            ])
+        );
+        // The empty-access rule grants nothing, so it writes nothing.
+        assert_eq!(writes[6..], owned(&DEFAULT_V1[1..]));
+        assert_eq!(policy.rules()[4].major, Some(4_000_000_000));
+        assert_eq!(policy.rules()[5..], DEFAULT_ALLOWED);
+    }
+
+    #[test]
+    fn invalid_rules_name_the_field() {
+        let cases = [
+            (
+                spec_rule(true, LinuxDeviceType::U, None, None, "rwm"),
+                "invalid linux.resources.devices[1].type \"u\": expected a, b or c",
+            ),
+            (
+                spec_rule(true, LinuxDeviceType::C, Some(1), Some(3), "rwx"),
+                "invalid linux.resources.devices[1].access \"rwx\": expected a combination of r, w and m",
+            ),
+            (
+                spec_rule(true, LinuxDeviceType::C, Some(-2), None, "r"),
+                "invalid linux.resources.devices[1].major \"-2\"",
+            ),
+            (
+                spec_rule(true, LinuxDeviceType::C, Some(1), Some(1 << 32), "r"),
+                "invalid linux.resources.devices[1].minor \"4294967296\"",
+            ),
+        ];
+        for (bad, message) in cases {
+            let valid = spec_rule(false, LinuxDeviceType::A, None, None, "rwm");
+            let err = DevicePolicy::from_spec(&[valid, bad]).unwrap_err();
+            assert!(err.to_string().starts_with(message), "{err}");
+        }
+    }
+
+    #[test]
+    fn v1_writes_every_rule_to_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        for file in ["devices.allow", "devices.deny"] {
+            std::fs::write(dir.path().join(file), "").unwrap();
+        }
+        let policy = DevicePolicy::from_spec(&[
+            spec_rule(true, LinuxDeviceType::C, Some(10), Some(200), "rwm"),
+            spec_rule(false, LinuxDeviceType::C, Some(10), Some(200), "w"),
+        ])
+        .unwrap();
+        policy.apply_v1(dir.path()).unwrap();
+        let read = |file: &str| std::fs::read_to_string(dir.path().join(file)).unwrap();
+        assert_eq!(read("devices.deny"), "a *:* rwm\nc 10:200 w\n");
+        let allowed: Vec<_> = DEFAULT_V1[1..].iter().map(|(_, line)| *line).collect();
+        assert_eq!(
+            read("devices.allow"),
+            format!("c 10:200 rwm\n{}\n", allowed.join("\n"))
+        );
+    }
+
+    #[test]
+    fn v1_reports_the_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = DevicePolicy::default().apply_v1(dir.path()).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("devices.deny"), "{message}");
+    }
+
+    /// Runs the program the way the kernel would, for the instructions `bpf_program` emits.
+    fn run_program(
+        program: &[bpf::Insn],
+        device_type: u32,
+        major: u32,
+        minor: u32,
+        access: Access,
+    ) -> bool {
+        use bpf::{
+            ALU32_AND_K, ALU32_MOV_X, ALU32_RSH_K, ALU64_MOV_K, JMP32_JNE_K, JMP_EXIT, LDX_MEM_W,
+        };
+        let ctx = [(u32::from(access.0) << 16) | device_type, major, minor];
+        let mut regs = [0u64; 11];
+        let mut pc = 0;
+        loop {
+            let insn = program[pc];
+            let (dst, src, imm) = (insn.dst(), insn.src(), insn.imm);
+            pc += 1;
+            match insn.code {
+                LDX_MEM_W => {
+                    assert_eq!(src, 1, "only the context is read");
+                    regs[dst] = u64::from(ctx[insn.off as usize / 4]);
+                }
+                ALU32_MOV_X => regs[dst] = regs[src] & 0xffff_ffff,
+                ALU32_AND_K => regs[dst] = (regs[dst] as u32 & imm as u32).into(),
+                ALU32_RSH_K => regs[dst] = (regs[dst] as u32 >> imm).into(),
+                ALU64_MOV_K => regs[dst] = imm as i64 as u64,
+                JMP32_JNE_K => {
+                    if regs[dst] as u32 != imm as u32 {
+                        pc += insn.off as usize;
+                    }
+                }
+                JMP_EXIT => {
+                    assert!(regs[0] <= 1);
+                    return regs[0] == 1;
+                }
+                other => panic!("unexpected opcode {other:#x}"),
+            }
+        }
+    }
+
+    /// The OCI semantics: the last matching rule decides, over a deny-all.
+    fn reference_allows(
+        policy: &DevicePolicy,
+        device_type: DeviceType,
+        major: u32,
+        minor: u32,
+        access: Access,
+    ) -> bool {
+        policy
+            .rules()
+            .iter()
+            .rev()
+            .find(|rule| {
+                (rule.device_type == DeviceType::All || rule.device_type == device_type)
+                    && rule.major.is_none_or(|m| m == major)
+                    && rule.minor.is_none_or(|m| m == minor)
+                    && rule.access.contains(access)
+            })
+            .is_some_and(|rule| rule.allow)
+    }
+
+    #[test]
+    fn bpf_program_lets_the_last_matching_rule_decide() {
+        let policies = [
+            DevicePolicy::default(),
+            DevicePolicy::from_spec(&[
+                spec_rule(false, LinuxDeviceType::A, None, None, "rwm"),
+                spec_rule(true, LinuxDeviceType::C, Some(10), None, "rwm"),
+                spec_rule(false, LinuxDeviceType::C, Some(10), Some(183), "w"),
+                spec_rule(true, LinuxDeviceType::A, Some(8), None, "r"),
+                spec_rule(false, LinuxDeviceType::B, Some(8), Some(1), "r"),
+                spec_rule(true, LinuxDeviceType::C, Some(3_000_000_000), Some(1), "rw"),
+                spec_rule(true, LinuxDeviceType::C, Some(1), Some(3), ""),
+            ])
+            .unwrap(),
+            DevicePolicy::from_spec(&[
+                spec_rule(true, LinuxDeviceType::A, None, None, "rwm"),
+                spec_rule(false, LinuxDeviceType::C, Some(1), Some(9), "rwm"),
+            ])
+            .unwrap(),
+        ];
+        let mut checked = 0;
+        let mut allowed = 0;
+        for policy in &policies {
+            let program = policy.bpf_program();
+            for (device_type, code) in [(DeviceType::Block, 1), (DeviceType::Char, 2)] {
+                for major in [0, 1, 5, 7, 8, 10, 136, 3_000_000_000] {
+                    for minor in [0, 1, 2, 3, 5, 9, 183, 200] {
+                        for bits in 1..=7 {
+                            let access = Access(bits);
+                            let want = reference_allows(policy, device_type, major, minor, access);
+                            let got = run_program(&program, code, major, minor, access);
+                            assert_eq!(
+                                got, want,
+                                "{device_type:?} {major}:{minor} {access} in {policy:?}"
+                            );
+                            checked += 1;
+                            allowed += usize::from(got);
+                        }
+                    }
+                }
+            }
+        }
+        assert!(allowed > 0 && allowed < checked);
+        // Spot checks of what the rules say in words.
+        let spec = &policies[1].bpf_program();
+        assert!(run_program(spec, 2, 10, 183, Access::READ));
+        assert!(!run_program(spec, 2, 10, 183, Access::WRITE));
+        assert!(run_program(spec, 2, 10, 200, Access::WRITE));
+        assert!(!run_program(spec, 1, 8, 1, Access::READ));
+        assert!(run_program(spec, 2, 3_000_000_000, 1, Access(6)));
+        assert!(run_program(spec, 1, 99, 0, Access::MKNOD));
+        assert!(!run_program(spec, 1, 99, 0, Access::READ));
+        let privileged = &policies[2].bpf_program();
+        assert!(run_program(privileged, 2, 1, 9, Access::ALL));
+        assert!(run_program(privileged, 1, 8, 0, Access::WRITE));
+        // An everything-rule ends the program: the rules before it and the fallback are
+        // unreachable.
+        let deny_all_first =
+            DevicePolicy::from_spec(&[spec_rule(false, LinuxDeviceType::A, None, None, "rwm")])
+                .unwrap();
+        assert_eq!(
+            deny_all_first.bpf_program().len(),
+            policies[0].bpf_program().len()
+        );
+    }
+
+    #[test]
+    fn bpf_program_for_no_rules_denies() {
+        let program = DevicePolicy { rules: Vec::new() }.bpf_program();
+        assert!(!run_program(&program, 2, 1, 3, Access::READ));
+    }
+
+    // ----- against the kernel -----
+
+    /// A cgroup made for one test and removed when it drops, however the test ends.
+    struct TestCgroup {
+        dir: PathBuf,
+    }
+
+    impl TestCgroup {
+        fn create(root: &Path) -> TestCgroup {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let name = format!(
+                "wedge-test-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            );
+            let dir = root.join(name);
+            std::fs::create_dir(&dir).unwrap();
+            TestCgroup { dir }
+        }
+
+        /// Opens a device node from a child process inside the cgroup, and returns what
+        /// open(2) said there.
+        fn open_inside(&self, node: &Path, flags: libc::c_int) -> Result<(), Errno> {
+            let procs = File::options()
+                .write(true)
+                .open(self.dir.join("cgroup.procs"))
+                .unwrap();
+            let node = CString::new(node.as_os_str().as_bytes()).unwrap();
+            // SAFETY: the child only makes async-signal-safe calls (write, open, _exit) on
+            // memory prepared before the fork, so the other test threads' locks cannot
+            // bite it.
+            match unsafe { libc::fork() } {
+                -1 => panic!("fork: {}", io::Error::last_os_error()),
+                0 => {
+                    // SAFETY: see above; "0" moves the writer itself into the cgroup.
+                    let status = unsafe {
+                        if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                            255
+                        } else if libc::open(
+                            node.as_ptr(),
+                            flags | libc::O_CLOEXEC | libc::O_NONBLOCK,
+                        ) < 0
+                        {
+                            *libc::__errno_location()
+                        } else {
+                            0
+                        }
+                    };
+                    // SAFETY: leaves the child without running the parent's destructors.
+                    unsafe { libc::_exit(status) }
+                }
+                pid => {
+                    let status =
+                        nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
+                    match status {
+                        nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
+                        nix::sys::wait::WaitStatus::Exited(_, 255) => {
+                            panic!("child could not join {}", self.dir.display())
+                        }
+                        nix::sys::wait::WaitStatus::Exited(_, errno) => Err(Errno::from_raw(errno)),
+                        other => panic!("child ended with {other:?}"),
+                    }
+                }
+            }
+        }
+    }
+
+    impl Drop for TestCgroup {
+        fn drop(&mut self) {
+            // A reaped child can stay counted in the cgroup for a moment.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while let Err(err) = std::fs::remove_dir(&self.dir) {
+                if err.raw_os_error() != Some(libc::EBUSY) || Instant::now() > deadline {
+                    eprintln!("cannot remove {}: {err}", self.dir.display());
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    fn filesystem_type(path: &Path) -> Option<nix::sys::statfs::FsType> {
+        nix::sys::statfs::statfs(path)
+            .ok()
+            .map(|fs| fs.filesystem_type())
+    }
+
+    /// The cgroup2 mount where device programs take effect: the hybrid hosts' `unified`,
+    /// or the root of a pure v2 host.
+    fn cgroup2_root() -> Option<PathBuf> {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: device cgroups need root");
+            return None;
+        }
+        let found = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|path| filesystem_type(path) == Some(nix::sys::statfs::CGROUP2_SUPER_MAGIC));
+        if found.is_none() {
+            eprintln!("skipped: no cgroup2 mount at /sys/fs/cgroup/unified or /sys/fs/cgroup");
+        }
+        found
+    }
+
+    fn devices_v1_root() -> Option<PathBuf> {
+        let root = PathBuf::from("/sys/fs/cgroup/devices");
+        let usable = nix::unistd::geteuid().is_root()
+            && filesystem_type(&root) == Some(nix::sys::statfs::CGROUP_SUPER_MAGIC)
+            && root.join("devices.allow").exists();
+        if !usable {
+            eprintln!(
+                "skipped: needs root and the v1 devices hierarchy at {}",
+                root.display()
+            );
+        }
+        usable.then_some(root)
+    }
+
+    /// A tempdir holding a node for char device 10:183, unless this host cannot use device
+    /// nodes outside /dev (nodev mount) or already refuses this process the device.
+    fn device_node() -> Option<(tempfile::TempDir, PathBuf)> {
+        let dir = tempfile::tempdir().unwrap();
+        let node = dir.path().join("hwrng");
+        nix::sys::stat::mknod(
+            &node,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            nix::sys::stat::makedev(10, 183),
+        )
+        .unwrap();
+        match File::open(&node) {
+            Err(err) if matches!(err.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {
+                eprintln!(
+                    "skipped: this process cannot open device nodes in {}: {err}",
+                    dir.path().display()
+                );
+                None
+            }
+            _ => Some((dir, node)),
+        }
+    }
+
+    /// What open(2) says outside any device policy, the answer an allowed access must match.
+    fn open_unrestricted(node: &Path, flags: libc::c_int) -> Result<(), Errno> {
+        nix::fcntl::open(
+            node,
+            nix::fcntl::OFlag::from_bits_truncate(flags | libc::O_NONBLOCK),
+            nix::sys::stat::Mode::empty(),
+        )
+        .map(drop)
+    }
+
+    /// The default policy and one granting read of 10:183, checked from inside `make`'s
+    /// cgroups.
+    fn check_enforcement(make: impl Fn(&DevicePolicy) -> TestCgroup) {
+        let Some((_dir, node)) = device_node() else {
+            return;
+        };
+        let default = make(&DevicePolicy::default());
+        assert_eq!(
+            default.open_inside(Path::new("/dev/null"), libc::O_RDWR),
+            Ok(())
+        );
+        assert_eq!(
+            default.open_inside(&node, libc::O_RDONLY),
+            Err(Errno::EPERM)
+        );
+        assert_eq!(
+            default.open_inside(&node, libc::O_WRONLY),
+            Err(Errno::EPERM)
+        );
+
+        let read_only = make(
+            &DevicePolicy::from_spec(&[spec_rule(
+                true,
+                LinuxDeviceType::C,
+                Some(10),
+                Some(183),
+                "r",
+            )])
+            .unwrap(),
+        );
+        assert_eq!(
+            read_only.open_inside(&node, libc::O_RDONLY),
+            open_unrestricted(&node, libc::O_RDONLY)
+        );
+        assert_eq!(
+            read_only.open_inside(&node, libc::O_WRONLY),
+            Err(Errno::EPERM)
+        );
+        assert_eq!(
+            read_only.open_inside(Path::new("/dev/zero"), libc::O_RDONLY),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn v2_program_is_enforced_by_the_kernel() {
+        let Some(root) = cgroup2_root() else {
+            return;
+        };
+        check_enforcement(|policy| {
+            let cgroup = TestCgroup::create(&root);
+            policy.apply_v2(&cgroup.dir).unwrap();
+            cgroup
+        });
+    }
+
+    #[test]
+    fn v1_rules_are_enforced_by_the_kernel() {
+        let Some(root) = devices_v1_root() else {
+            return;
+        };
+        let cgroup = TestCgroup::create(&root);
+        DevicePolicy::default().apply_v1(&cgroup.dir).unwrap();
+        let listed = std::fs::read_to_string(cgroup.dir.join("devices.list")).unwrap();
+        let expected: Vec<_> = DEFAULT_V1[1..].iter().map(|(_, line)| *line).collect();
+        assert_eq!(listed, format!("{}\n", expected.join("\n")));
+        drop(cgroup);
+        check_enforcement(|policy| {
+            let cgroup = TestCgroup::create(&root);
+            policy.apply_v1(&cgroup.dir).unwrap();
+            cgroup
+        });
+    }
+
+    #[test]
+    fn a_refused_program_brings_the_verifier_log() {
+        if cgroup2_root().is_none() {
+            return;
+        }
+        let out_of_range_verdict = [bpf::Insn::mov64(bpf::Reg::R0, 2), bpf::Insn::exit()];
+        let (err, log) = bpf::load_device_program(&out_of_range_verdict).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{err}");
+        assert!(log.contains("R0"), "{log}");
+    }
+
+    #[test]
+    fn v2_reports_a_missing_cgroup() {
+        let err = DevicePolicy::default()
+            .apply_v2(Path::new("/nonexistent/wedge-cgroup"))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/wedge-cgroup"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,1609 @@
+//! Seccomp for the wasm runner: Wedge's own baseline, then the spec's `linux.seccomp`, as a
+//! stack of filters that every thread of the runner takes on before the guest runs.
+//!
+//! The kernel runs every filter of a thread on each syscall and keeps the most restrictive
+//! answer (kill, then trap, errno, trace, log, allow), so stacking only ever narrows: the
+//! baseline holds whatever the spec says, and the spec's profile holds on top of it.
+//!
+//! seccompiler gives each filter one action for the syscalls it matches and one for the
+//! rest, so a profile becomes one filter for its `defaultAction` (syscalls some rule matches
+//! → allow, others → the default) and one per other action of its rules (matched → that
+//! action, others → allow). Rules follow runc: a rule whose action is the default one is
+//! redundant and skipped, conditions on distinct arguments must all hold, conditions that
+//! repeat an argument are alternatives, and syscall names this arch lacks are skipped.
+//!
+//! Between two filters of equal action the newest one's errno wins, so the spec's filters
+//! come after the baseline: a container sees the errno its profile asks for.
+
+use std::collections::BTreeMap;
+
+use oci_spec::runtime::{
+    LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompFilterFlag,
+    LinuxSeccompOperator, LinuxSyscall,
+};
+use seccompiler::{
+    sock_filter, BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp,
+    SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
+};
+use serde::{Deserialize, Serialize};
+
+/// Syscalls the baseline allows whatever their arguments.
+///
+/// Each one is in containerd's RuntimeDefault allowlist for a container without
+/// capabilities (`contrib/seccomp/seccomp_default.go`), so the baseline is at least as
+/// strict as RuntimeDefault by construction. Left out is what a confined runner never needs
+/// again: namespaces and mounts, identity changes (the runner already is its user), exec,
+/// tracing, kernel keys, modules, BPF, perf, io_uring, userfaultfd, clocks and the rest of
+/// the host-administration calls, and file operations WASI has no use for (chown, mknod,
+/// xattrs, inotify).
+const BASELINE_ALLOWED: &[&str] = &[
+    // Memory: glibc malloc, wasmtime's linear memories, fiber stacks and copy-on-write
+    // images (memfd), and the icache barrier of freshly published code.
+    "brk",
+    "mmap",
+    "munmap",
+    "mprotect",
+    "madvise",
+    "mremap",
+    "membarrier",
+    "memfd_create",
+    // Threads and signals: tokio's workers and blocking pool, wasmtime's trap handlers
+    // (which run on an alternate stack), std's thread start-up.
+    "futex",
+    "futex_waitv",
+    "set_robust_list",
+    "set_tid_address",
+    "rseq",
+    "sched_yield",
+    "sched_getaffinity",
+    "sched_getparam",
+    "sched_getscheduler",
+    "getcpu",
+    "gettid",
+    "tgkill",
+    "sigaltstack",
+    "rt_sigaction",
+    "rt_sigprocmask",
+    "rt_sigreturn",
+    "rt_sigtimedwait",
+    // The kernel restarts a syscall a signal interrupted through this one.
+    "restart_syscall",
+    // Descriptors and the event loop.
+    "read",
+    "write",
+    "readv",
+    "writev",
+    "pread64",
+    "pwrite64",
+    "preadv",
+    "pwritev",
+    "preadv2",
+    "pwritev2",
+    "close",
+    "close_range",
+    "dup",
+    "dup3",
+    "fcntl",
+    "lseek",
+    "pipe2",
+    "eventfd2",
+    "epoll_create1",
+    "epoll_ctl",
+    "epoll_pwait",
+    "epoll_pwait2",
+    "ppoll",
+    "pselect6",
+    "timerfd_create",
+    "timerfd_settime",
+    "timerfd_gettime",
+    "signalfd4",
+    // WASI's file system, which cap-std resolves relative to the preopens (openat2 with
+    // RESOLVE_BENEATH where the kernel has it).
+    "openat",
+    "openat2",
+    "newfstatat",
+    "fstat",
+    "statx",
+    "statfs",
+    "fstatfs",
+    "faccessat",
+    "faccessat2",
+    "getdents64",
+    "mkdirat",
+    "unlinkat",
+    "renameat2",
+    "linkat",
+    "symlinkat",
+    "readlinkat",
+    "fchmod",
+    "fchmodat",
+    "utimensat",
+    "ftruncate",
+    "fallocate",
+    "fsync",
+    "fdatasync",
+    "fadvise64",
+    "getcwd",
+    // WASI sockets, wasi:http and name lookup (`socket` and `socketpair` are below, limited
+    // to the families these use).
+    "bind",
+    "listen",
+    "accept",
+    "accept4",
+    "connect",
+    "getsockname",
+    "getpeername",
+    "setsockopt",
+    "getsockopt",
+    "sendto",
+    "recvfrom",
+    "sendmsg",
+    "recvmsg",
+    "sendmmsg",
+    "recvmmsg",
+    "shutdown",
+    // Time, where the vDSO does not answer.
+    "clock_gettime",
+    "clock_getres",
+    "clock_nanosleep",
+    "nanosleep",
+    "gettimeofday",
+    // The process itself. `kill` is how the supervisor in a pod's pid namespace forwards
+    // signals to the runner it watches.
+    "exit",
+    "exit_group",
+    "wait4",
+    "waitid",
+    "kill",
+    "getpid",
+    "getppid",
+    "getuid",
+    "geteuid",
+    "getgid",
+    "getegid",
+    "getgroups",
+    "getresuid",
+    "getresgid",
+    "prctl",
+    "getrandom",
+    "uname",
+    "getrlimit",
+    "prlimit64",
+    "sysinfo",
+    "getrusage",
+];
+
+/// Like [`BASELINE_ALLOWED`], but only some arches have these: the older forms glibc still
+/// calls on x86_64 (poll, epoll_wait, pipe, dup2…), and renameat, which the newest arches
+/// dropped for renameat2.
+const BASELINE_ALLOWED_WHERE_PRESENT: &[&str] = &[
+    "arch_prctl",
+    "open",
+    "stat",
+    "lstat",
+    "access",
+    "pipe",
+    "dup2",
+    "poll",
+    "select",
+    "epoll_wait",
+    "renameat",
+];
+
+/// Namespace flags of clone(2): a runner that could still make namespaces could shed its
+/// confinement (RuntimeDefault allows clone only without them, too).
+const CLONE_NAMESPACE_FLAGS: u64 = (libc::CLONE_NEWNS
+    | libc::CLONE_NEWCGROUP
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUSER
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET) as u64;
+
+/// Terminal ioctls that push input into a terminal, the one thing ioctl on a container's
+/// tty can do to whoever else reads it. Nothing in the runner pushes input.
+const FORBIDDEN_IOCTLS: [u64; 2] = [libc::TIOCSTI, libc::TIOCLINUX];
+
+/// What errno the kernel can return: larger values are clamped by it.
+const MAX_ERRNO: u32 = 4095;
+
+/// The kernel's limit on the instructions of one filter.
+const BPF_MAXINSNS: usize = 4096;
+
+/// The seccomp filters of one container's runner, in the order they are installed: Wedge's
+/// baseline first, then the spec's profile. They travel from the shim to the runner inside
+/// its run spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Filters {
+    #[serde(with = "wire")]
+    programs: Vec<BpfProgram>,
+}
+
+impl Filters {
+    /// The baseline, and on top of it `profile` (the spec's `linux.seccomp`) when there is one.
+    /// Refuses, naming the field, anything of the profile the runner cannot honour.
+    pub fn for_container(profile: Option<&LinuxSeccomp>) -> Result<Filters, SeccompError> {
+        let native = Native::get()?;
+        let mut programs = baseline(&native)?;
+        if let Some(profile) = profile {
+            programs.extend(translate(profile, &native)?);
+        }
+        Ok(Filters { programs })
+    }
+
+    /// Installs every filter on every thread of this process (TSYNC), in order. The caller
+    /// has set no_new_privs. On error some filters may already be in place, and the guest
+    /// must not run.
+    pub fn apply(&self) -> Result<(), SeccompError> {
+        let native = Native::get()?;
+        // The list came through a message: whatever it holds, the baseline comes first.
+        if !self.programs.starts_with(&baseline(&native)?) {
+            return Err(SeccompError::Internal(
+                "the seccomp filters to apply do not start with Wedge's baseline".to_string(),
+            ));
+        }
+        let count = self.programs.len();
+        for (index, program) in self.programs.iter().enumerate() {
+            install(program).map_err(|failure| failure.into_error(index + 1, count))?;
+        }
+        Ok(())
+    }
+}
+
+/// The arch the runner runs on, as the filters name it.
+struct Native {
+    target: TargetArch,
+    /// `AUDIT_ARCH_*`, what the kernel tells a filter in `seccomp_data.arch`.
+    audit_arch: u32,
+}
+
+impl Native {
+    fn get() -> Result<Native, SeccompError> {
+        let arch = std::env::consts::ARCH;
+        let audit_arch = match arch {
+            "x86_64" => 0xC000_003E,
+            "aarch64" => 0xC000_00B7,
+            "riscv64" => 0xC000_00F3,
+            _ => return Err(SeccompError::UnsupportedArch(arch)),
+        };
+        let target = TargetArch::try_from(arch).map_err(|_| SeccompError::UnsupportedArch(arch))?;
+        Ok(Native { target, audit_arch })
+    }
+}
+
+/// The number of a syscall on this arch, by the name libseccomp (and so every OCI profile)
+/// uses; None when this arch has no such syscall.
+fn syscall_number(name: &str) -> Option<i64> {
+    let sysno = name
+        .parse::<syscalls::Sysno>()
+        .ok()
+        .or_else(|| match name {
+            // The syscalls crate names the generic table's newfstatat (aarch64, riscv64) after
+            // its C name.
+            "newfstatat" => "fstatat".parse().ok(),
+            _ => None,
+        })?;
+    Some(i64::from(sysno.id()))
+}
+
+/// Wedge's baseline: the allowlist (anything else fails with EPERM, as under
+/// RuntimeDefault), then a filter that makes clone3 fail with ENOSYS instead, since glibc
+/// falls back to clone only on ENOSYS and seccomp cannot see clone3's flags to vet them.
+fn baseline(native: &Native) -> Result<Vec<BpfProgram>, SeccompError> {
+    let mut allowed: BTreeMap<i64, Vec<SeccompRule>> = BASELINE_ALLOWED
+        .iter()
+        .chain(BASELINE_ALLOWED_WHERE_PRESENT)
+        .filter_map(|name| syscall_number(name))
+        .map(|number| (number, Vec::new()))
+        .collect();
+    // int arguments are compared on their low half, all the kernel reads of them.
+    let low_half =
+        |index, op, value| SeccompCondition::new(index, SeccompCmpArgLen::Dword, op, value);
+    let conditional = [
+        (
+            "clone",
+            vec![rule(vec![SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Qword,
+                SeccompCmpOp::MaskedEq(CLONE_NAMESPACE_FLAGS),
+                0,
+            )])],
+        ),
+        (
+            "socket",
+            vec![
+                rule(vec![low_half(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)]),
+                rule(vec![low_half(0, SeccompCmpOp::Eq, libc::AF_INET as u64)]),
+                rule(vec![low_half(0, SeccompCmpOp::Eq, libc::AF_INET6 as u64)]),
+                // glibc's getaddrinfo asks the routing table which address families are up.
+                rule(vec![
+                    low_half(0, SeccompCmpOp::Eq, libc::AF_NETLINK as u64),
+                    low_half(2, SeccompCmpOp::Eq, libc::NETLINK_ROUTE as u64),
+                ]),
+            ],
+        ),
+        // tokio's signal handling wakes itself through a socketpair.
+        (
+            "socketpair",
+            vec![rule(vec![low_half(
+                0,
+                SeccompCmpOp::Eq,
+                libc::AF_UNIX as u64,
+            )])],
+        ),
+        // FIONBIO, FIOCLEX, TCGETS and friends on stdio and sockets.
+        (
+            "ioctl",
+            vec![rule(
+                FORBIDDEN_IOCTLS
+                    .iter()
+                    .map(|request| low_half(1, SeccompCmpOp::Ne, *request))
+                    .collect(),
+            )],
+        ),
+        // Only to install the spec's filters after this one, exactly as `install` does.
+        (
+            "seccomp",
+            vec![rule(vec![
+                low_half(
+                    0,
+                    SeccompCmpOp::Eq,
+                    u64::from(libc::SECCOMP_SET_MODE_FILTER),
+                ),
+                low_half(1, SeccompCmpOp::Eq, libc::SECCOMP_FILTER_FLAG_TSYNC),
+            ])],
+        ),
+    ];
+    for (name, rules) in conditional {
+        let Some(number) = syscall_number(name) else {
+            continue;
+        };
+        let rules = rules
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| baseline_error(&err))?;
+        allowed.insert(number, rules);
+    }
+    let allowlist = SeccompFilter::new(
+        allowed,
+        SeccompAction::Errno(libc::EPERM as u32),
+        SeccompAction::Allow,
+        native.target,
+    )
+    .map_err(|err| baseline_error(&err))?;
+    let no_clone3: BTreeMap<i64, Vec<SeccompRule>> = syscall_number("clone3")
+        .map(|number| (number, Vec::new()))
+        .into_iter()
+        .collect();
+    let mut programs = vec![BpfProgram::try_from(allowlist).map_err(|err| baseline_error(&err))?];
+    if !no_clone3.is_empty() {
+        let filter = SeccompFilter::new(
+            no_clone3,
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::ENOSYS as u32),
+            native.target,
+        )
+        .map_err(|err| baseline_error(&err))?;
+        programs.push(BpfProgram::try_from(filter).map_err(|err| baseline_error(&err))?);
+    }
+    Ok(programs)
+}
+
+/// A rule of the baseline: all `conditions` must hold.
+fn rule(
+    conditions: Vec<Result<SeccompCondition, BackendError>>,
+) -> Result<SeccompRule, BackendError> {
+    SeccompRule::new(conditions.into_iter().collect::<Result<_, _>>()?)
+}
+
+fn baseline_error(err: &BackendError) -> SeccompError {
+    SeccompError::Internal(format!(
+        "cannot build Wedge's baseline seccomp filter: {err}"
+    ))
+}
+
+/// The spec's profile as filters, in an order in which each can still be installed after
+/// the ones before it.
+fn translate(profile: &LinuxSeccomp, native: &Native) -> Result<Vec<BpfProgram>, SeccompError> {
+    refuse_what_cannot_be_honoured(profile)?;
+    let default = action(
+        profile.default_action(),
+        profile.default_errno_ret(),
+        "linux.seccomp.defaultAction",
+        "linux.seccomp.defaultErrnoRet",
+    )?;
+    // Syscalls some rule matches: the default filter lets them through to the others.
+    let mut matched = Matches::default();
+    let mut by_action: Vec<(SeccompAction, Matches)> = Vec::new();
+    for (index, rule) in profile.syscalls().iter().flatten().enumerate() {
+        let field = format!("linux.seccomp.syscalls[{index}]");
+        let rule_action = action(
+            rule.action(),
+            rule.errno_ret(),
+            &format!("{field}.action"),
+            &format!("{field}.errnoRet"),
+        )?;
+        let when = When::of(rule, &field)?;
+        if rule_action == default {
+            continue;
+        }
+        let numbers: Vec<i64> = rule
+            .names()
+            .iter()
+            .filter_map(|name| syscall_number(name))
+            .collect();
+        if default != SeccompAction::Allow {
+            matched.add(&numbers, &when);
+        }
+        if rule_action != SeccompAction::Allow {
+            let position = match by_action
+                .iter()
+                .position(|(known, _)| *known == rule_action)
+            {
+                Some(position) => position,
+                None => {
+                    by_action.push((rule_action.clone(), Matches::default()));
+                    by_action.len() - 1
+                }
+            };
+            by_action[position].1.add(&numbers, &when);
+        }
+    }
+    let mut programs = Vec::new();
+    for (rule_action, matches) in by_action {
+        if !matches.is_empty() {
+            programs.push(compile(matches, SeccompAction::Allow, rule_action, native)?);
+        }
+    }
+    if default != SeccompAction::Allow {
+        programs.push(compile(matched, default, SeccompAction::Allow, native)?);
+    }
+    order_for_installation(programs, native)
+}
+
+fn refuse_what_cannot_be_honoured(profile: &LinuxSeccomp) -> Result<(), SeccompError> {
+    for flag in profile.flags().iter().flatten() {
+        match flag {
+            // Every filter is installed with TSYNC anyway.
+            LinuxSeccompFilterFlag::SeccompFilterFlagTsync => {}
+            other => {
+                return Err(invalid(
+                    "linux.seccomp.flags",
+                    format!("{other} is not supported for wasm containers"),
+                ))
+            }
+        }
+    }
+    if profile
+        .listener_path()
+        .as_ref()
+        .is_some_and(|path| !path.as_os_str().is_empty())
+    {
+        return Err(invalid(
+            "linux.seccomp.listenerPath",
+            "seccomp agents (SCMP_ACT_NOTIFY) are not supported for wasm containers",
+        ));
+    }
+    if profile
+        .listener_metadata()
+        .as_ref()
+        .is_some_and(|metadata| !metadata.is_empty())
+    {
+        return Err(invalid(
+            "linux.seccomp.listenerMetadata",
+            "seccomp agents (SCMP_ACT_NOTIFY) are not supported for wasm containers",
+        ));
+    }
+    // `architectures` needs nothing: the filters answer for the native ABI, as libseccomp
+    // always adds it, and kill any other ABI (x86 or x32 on x86_64, arm on aarch64), which a
+    // runner never uses; an arch that cannot run here cannot make syscalls here either.
+    Ok(())
+}
+
+/// What the kernel should do, as a profile names it (errnoRet defaults to EPERM, as in runc).
+fn action(
+    action: LinuxSeccompAction,
+    errno_ret: Option<u32>,
+    action_field: &str,
+    errno_field: &str,
+) -> Result<SeccompAction, SeccompError> {
+    let data = |limit: u32| {
+        let value = errno_ret.unwrap_or(libc::EPERM as u32);
+        if value > limit {
+            Err(invalid(
+                errno_field,
+                format!("{value} is out of range (at most {limit})"),
+            ))
+        } else {
+            Ok(value)
+        }
+    };
+    Ok(match action {
+        LinuxSeccompAction::ScmpActAllow => SeccompAction::Allow,
+        LinuxSeccompAction::ScmpActLog => SeccompAction::Log,
+        LinuxSeccompAction::ScmpActErrno => SeccompAction::Errno(data(MAX_ERRNO)?),
+        LinuxSeccompAction::ScmpActTrace => SeccompAction::Trace(data(u32::from(u16::MAX))?),
+        LinuxSeccompAction::ScmpActTrap => SeccompAction::Trap,
+        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => {
+            SeccompAction::KillThread
+        }
+        LinuxSeccompAction::ScmpActKillProcess => SeccompAction::KillProcess,
+        LinuxSeccompAction::ScmpActNotify => {
+            return Err(invalid(
+                action_field,
+                "SCMP_ACT_NOTIFY is not supported for wasm containers (there is no seccomp \
+                 agent to notify)",
+            ))
+        }
+    })
+}
+
+/// When a rule matches a call, by its arguments.
+enum When {
+    Always,
+    /// Any of these; none at all when the rule's conditions can never hold.
+    AnyOf(Vec<SeccompRule>),
+}
+
+impl When {
+    fn of(rule: &LinuxSyscall, field: &str) -> Result<When, SeccompError> {
+        let args = rule.args().as_deref().unwrap_or_default();
+        if args.is_empty() {
+            return Ok(When::Always);
+        }
+        let conditions = args
+            .iter()
+            .enumerate()
+            .map(|(index, arg)| condition(arg, &format!("{field}.args[{index}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut seen = [false; 6];
+        // `condition` has checked every index is below 6.
+        let repeats_an_argument = args
+            .iter()
+            .any(|arg| std::mem::replace(&mut seen[arg.index()], true));
+        let rule_of = |conditions| SeccompRule::new(conditions).map_err(|err| internal(&err));
+        if repeats_an_argument {
+            // What runc does (and libseccomp cannot do otherwise): each condition on its own.
+            let rules = conditions
+                .into_iter()
+                .flatten()
+                .map(|condition| rule_of(vec![condition]))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(When::AnyOf(rules))
+        } else {
+            match conditions.into_iter().collect::<Option<Vec<_>>>() {
+                Some(all) => Ok(When::AnyOf(vec![rule_of(all)?])),
+                None => Ok(When::AnyOf(Vec::new())),
+            }
+        }
+    }
+}
+
+/// One argument condition, compared on all 64 bits as libseccomp does on 64-bit arches;
+/// None when it can never hold.
+fn condition(arg: &LinuxSeccompArg, field: &str) -> Result<Option<SeccompCondition>, SeccompError> {
+    let index = u8::try_from(arg.index())
+        .ok()
+        .filter(|index| *index <= 5)
+        .ok_or_else(|| {
+            invalid(
+                &format!("{field}.index"),
+                format!(
+                    "{} is not a syscall argument (they are numbered 0 to 5)",
+                    arg.index()
+                ),
+            )
+        })?;
+    let (op, value) = match arg.op() {
+        LinuxSeccompOperator::ScmpCmpNe => (SeccompCmpOp::Ne, arg.value()),
+        LinuxSeccompOperator::ScmpCmpLt => (SeccompCmpOp::Lt, arg.value()),
+        LinuxSeccompOperator::ScmpCmpLe => (SeccompCmpOp::Le, arg.value()),
+        LinuxSeccompOperator::ScmpCmpEq => (SeccompCmpOp::Eq, arg.value()),
+        LinuxSeccompOperator::ScmpCmpGe => (SeccompCmpOp::Ge, arg.value()),
+        LinuxSeccompOperator::ScmpCmpGt => (SeccompCmpOp::Gt, arg.value()),
+        LinuxSeccompOperator::ScmpCmpMaskedEq => {
+            let mask = arg.value();
+            let expected = arg.value_two().unwrap_or(0);
+            // libseccomp compares (arg & value) with valueTwo as given; seccompiler would
+            // mask valueTwo too, and match where libseccomp never does.
+            if expected & !mask != 0 {
+                return Ok(None);
+            }
+            (SeccompCmpOp::MaskedEq(mask), expected)
+        }
+    };
+    SeccompCondition::new(index, SeccompCmpArgLen::Qword, op, value)
+        .map(Some)
+        .map_err(|err| internal(&err))
+}
+
+/// The syscalls one filter matches, by number; None when regardless of arguments.
+#[derive(Default)]
+struct Matches(BTreeMap<i64, Option<Vec<SeccompRule>>>);
+
+impl Matches {
+    fn add(&mut self, numbers: &[i64], when: &When) {
+        for number in numbers {
+            match when {
+                When::Always => {
+                    self.0.insert(*number, None);
+                }
+                When::AnyOf(rules) if rules.is_empty() => {}
+                When::AnyOf(rules) => {
+                    // Never left empty: to seccompiler no rules means "always".
+                    if let Some(known) = self.0.entry(*number).or_insert_with(|| Some(Vec::new())) {
+                        known.extend(rules.iter().cloned());
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn compile(
+    matches: Matches,
+    mismatch: SeccompAction,
+    on_match: SeccompAction,
+    native: &Native,
+) -> Result<BpfProgram, SeccompError> {
+    let rules = matches
+        .0
+        .into_iter()
+        .map(|(number, rules)| (number, rules.unwrap_or_default()))
+        .collect();
+    let filter = SeccompFilter::new(rules, mismatch, on_match, native.target)
+        .map_err(|err| internal(&err))?;
+    BpfProgram::try_from(filter).map_err(|err| match err {
+        BackendError::FilterTooLarge(_) => invalid(
+            "linux.seccomp.syscalls",
+            format!("the profile does not fit in a seccomp filter: {err}"),
+        ),
+        other => internal(&other),
+    })
+}
+
+/// Each filter is installed through seccomp(2) while the earlier ones are already in force,
+/// so every filter but the last must let that call through. A profile that denies it (one
+/// recorded from a workload typically does, by its default action) goes last.
+fn order_for_installation(
+    programs: Vec<BpfProgram>,
+    native: &Native,
+) -> Result<Vec<BpfProgram>, SeccompError> {
+    let call = install_call(native);
+    let (allowing, denying): (Vec<_>, Vec<_>) = programs
+        .into_iter()
+        .partition(|program| evaluate(program, &call).is_some_and(allows));
+    if denying.len() > 1 {
+        return Err(invalid(
+            "linux.seccomp.syscalls",
+            "the profile denies seccomp(2) with more than one action; Wedge installs a \
+             profile as stacked filters through seccomp(2) and could not install them all",
+        ));
+    }
+    Ok(allowing.into_iter().chain(denying).collect())
+}
+
+/// The syscall `install` makes, as a filter sees it (the filter's address aside, which no
+/// sensible profile looks at).
+fn install_call(native: &Native) -> SyscallData {
+    SyscallData {
+        nr: libc::SYS_seccomp as i32,
+        arch: native.audit_arch,
+        args: [
+            u64::from(libc::SECCOMP_SET_MODE_FILTER),
+            libc::SECCOMP_FILTER_FLAG_TSYNC,
+            0,
+            0,
+            0,
+            0,
+        ],
+    }
+}
+
+fn allows(verdict: u32) -> bool {
+    matches!(
+        verdict & libc::SECCOMP_RET_ACTION_FULL,
+        libc::SECCOMP_RET_ALLOW | libc::SECCOMP_RET_LOG
+    )
+}
+
+/// `struct seccomp_data` without the instruction pointer, which no filter of ours reads.
+#[derive(Debug, Clone, Copy)]
+struct SyscallData {
+    nr: i32,
+    arch: u32,
+    args: [u64; 6],
+}
+
+impl SyscallData {
+    /// The 32-bit word at `offset` of `struct seccomp_data` (little-endian arches only, like
+    /// seccompiler).
+    fn word(&self, offset: u32) -> Option<u32> {
+        match offset {
+            0 => Some(self.nr as u32),
+            4 => Some(self.arch),
+            8 | 12 => Some(0),
+            16..=60 if offset % 4 == 0 => {
+                let arg = self.args[usize::try_from((offset - 16) / 8).ok()?];
+                Some(if offset % 8 == 0 {
+                    arg as u32
+                } else {
+                    (arg >> 32) as u32
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+const BPF_LD_W_ABS: u16 = 0x20;
+const BPF_ALU_AND_K: u16 = 0x54;
+const BPF_JMP_JA: u16 = 0x05;
+const BPF_JMP_JEQ_K: u16 = 0x15;
+const BPF_JMP_JGT_K: u16 = 0x25;
+const BPF_JMP_JGE_K: u16 = 0x35;
+const BPF_RET_K: u16 = 0x06;
+
+/// What a filter answers to a syscall, run as the kernel runs it: how the order of the
+/// stack is chosen, and how the tests read the filters. None for an instruction
+/// seccompiler never emits.
+fn evaluate(program: &[sock_filter], data: &SyscallData) -> Option<u32> {
+    let mut accumulator = 0u32;
+    let mut next = 0usize;
+    // Classic BPF only jumps forward, so this ends within the program's length.
+    loop {
+        let instruction = program.get(next)?;
+        next += 1;
+        match instruction.code {
+            BPF_LD_W_ABS => accumulator = data.word(instruction.k)?,
+            BPF_ALU_AND_K => accumulator &= instruction.k,
+            BPF_JMP_JA => next = next.checked_add(usize::try_from(instruction.k).ok()?)?,
+            BPF_JMP_JEQ_K | BPF_JMP_JGT_K | BPF_JMP_JGE_K => {
+                let taken = match instruction.code {
+                    BPF_JMP_JEQ_K => accumulator == instruction.k,
+                    BPF_JMP_JGT_K => accumulator > instruction.k,
+                    _ => accumulator >= instruction.k,
+                };
+                next += usize::from(if taken {
+                    instruction.jt
+                } else {
+                    instruction.jf
+                });
+            }
+            BPF_RET_K => return Some(instruction.k),
+            _ => return None,
+        }
+    }
+}
+
+/// `struct sock_fprog` of seccomp(2).
+#[repr(C)]
+struct SockFprog {
+    len: libc::c_ushort,
+    filter: *const sock_filter,
+}
+
+enum InstallFailure {
+    Malformed(usize),
+    Errno(std::io::Error),
+    ThreadSync(libc::c_long),
+}
+
+impl InstallFailure {
+    fn into_error(self, index: usize, count: usize) -> SeccompError {
+        match self {
+            InstallFailure::Malformed(len) => SeccompError::Internal(format!(
+                "seccomp filter {index} of {count} has {len} instructions (1 to {BPF_MAXINSNS} \
+                 fit)"
+            )),
+            InstallFailure::Errno(err) if err.raw_os_error() == Some(libc::EACCES) => {
+                SeccompError::NoNewPrivs { index, count }
+            }
+            InstallFailure::Errno(source) => SeccompError::Install {
+                index,
+                count,
+                source,
+            },
+            InstallFailure::ThreadSync(tid) => SeccompError::ThreadSync { index, count, tid },
+        }
+    }
+}
+
+/// seccomp(2) itself rather than seccompiler's helper, which calls prctl first: a profile
+/// may deny prctl, and the arguments must be those `install_call` ordered the filters by.
+fn install(program: &[sock_filter]) -> Result<(), InstallFailure> {
+    let len = match u16::try_from(program.len()) {
+        Ok(len) if (1..=BPF_MAXINSNS).contains(&program.len()) => len,
+        _ => return Err(InstallFailure::Malformed(program.len())),
+    };
+    let fprog = SockFprog {
+        len,
+        filter: program.as_ptr(),
+    };
+    let unused: libc::c_ulong = 0;
+    // SAFETY: seccomp(2) copies `len` instructions from `filter`, which `program` keeps alive
+    // for the call, and writes no memory of ours.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::c_ulong::from(libc::SECCOMP_SET_MODE_FILTER),
+            libc::SECCOMP_FILTER_FLAG_TSYNC,
+            &fprog as *const SockFprog,
+            unused,
+            unused,
+            unused,
+        )
+    };
+    match result {
+        0 => Ok(()),
+        // With TSYNC, a positive result is the thread that could not take the filter on.
+        tid if tid > 0 => Err(InstallFailure::ThreadSync(tid)),
+        _ => Err(InstallFailure::Errno(std::io::Error::last_os_error())),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// The spec's profile asks for something the runner cannot honour.
+    #[error("{field}: {reason}")]
+    InvalidSpec { field: String, reason: String },
+    #[error("seccomp filters are not available on {0} (Wedge builds them for x86_64, aarch64 and riscv64)")]
+    UnsupportedArch(&'static str),
+    #[error("{0}")]
+    Internal(String),
+    #[error(
+        "cannot install seccomp filter {index} of {count}: no_new_privs is not set and the \
+         runner lacks CAP_SYS_ADMIN"
+    )]
+    NoNewPrivs { index: usize, count: usize },
+    #[error("cannot install seccomp filter {index} of {count}: {source}")]
+    Install {
+        index: usize,
+        count: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot install seccomp filter {index} of {count}: thread {tid} has seccomp filters of \
+         its own and cannot take these on"
+    )]
+    ThreadSync {
+        index: usize,
+        count: usize,
+        tid: libc::c_long,
+    },
+}
+
+impl SeccompError {
+    /// A spec asking for something Wedge cannot do, as opposed to a failure of the host.
+    pub fn is_invalid_spec(&self) -> bool {
+        matches!(self, SeccompError::InvalidSpec { .. })
+    }
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> SeccompError {
+    SeccompError::InvalidSpec {
+        field: field.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn internal(err: &BackendError) -> SeccompError {
+    SeccompError::Internal(format!("cannot build a seccomp filter: {err}"))
+}
+
+/// The filters on the wire: each instruction as `[code, jt, jf, k]`.
+mod wire {
+    use seccompiler::{sock_filter, BpfProgram};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    type Instruction = (u16, u8, u8, u32);
+
+    pub fn serialize<S: Serializer>(
+        programs: &[BpfProgram],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        programs
+            .iter()
+            .map(|program| {
+                program
+                    .iter()
+                    .map(|insn| (insn.code, insn.jt, insn.jf, insn.k))
+                    .collect::<Vec<Instruction>>()
+            })
+            .collect::<Vec<_>>()
+            .serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<BpfProgram>, D::Error> {
+        let programs = Vec::<Vec<Instruction>>::deserialize(deserializer)?;
+        Ok(programs
+            .into_iter()
+            .map(|program| {
+                program
+                    .into_iter()
+                    .map(|(code, jt, jf, k)| sock_filter { code, jt, jf, k })
+                    .collect()
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn native() -> Native {
+        Native::get().unwrap()
+    }
+
+    fn call(name: &str, args: [u64; 6]) -> SyscallData {
+        SyscallData {
+            nr: syscall_number(name).unwrap_or_else(|| panic!("{name} is not a syscall here"))
+                as i32,
+            arch: native().audit_arch,
+            args,
+        }
+    }
+
+    fn plain(name: &str) -> SyscallData {
+        call(name, [0; 6])
+    }
+
+    /// What the kernel answers with this stack of filters: the most restrictive action,
+    /// and between equal actions the newest filter's.
+    fn verdict(programs: &[BpfProgram], data: &SyscallData) -> u32 {
+        let rank = |verdict: u32| (verdict & libc::SECCOMP_RET_ACTION_FULL) as i32;
+        let mut answer = libc::SECCOMP_RET_ALLOW;
+        for program in programs.iter().rev() {
+            let this = evaluate(program, data).expect("seccompiler emitted an unknown instruction");
+            if rank(this) < rank(answer) {
+                answer = this;
+            }
+        }
+        answer
+    }
+
+    fn errno(value: i32) -> u32 {
+        libc::SECCOMP_RET_ERRNO | value as u32
+    }
+
+    const ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
+
+    fn parse_profile(json: &str) -> LinuxSeccomp {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn stack_for(profile: Option<&LinuxSeccomp>) -> Vec<BpfProgram> {
+        Filters::for_container(profile).unwrap().programs
+    }
+
+    const THREAD_FLAGS: u64 = (libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD
+        | libc::CLONE_SYSVSEM
+        | libc::CLONE_SETTLS
+        | libc::CLONE_PARENT_SETTID
+        | libc::CLONE_CHILD_CLEARTID) as u64;
+
+    #[test]
+    fn every_baseline_name_is_a_syscall_here() {
+        for name in BASELINE_ALLOWED {
+            assert!(syscall_number(name).is_some(), "{name}");
+        }
+        #[cfg(target_arch = "x86_64")]
+        for name in BASELINE_ALLOWED_WHERE_PRESENT {
+            assert!(syscall_number(name).is_some(), "{name}");
+        }
+    }
+
+    #[test]
+    fn baseline_allows_what_the_runtime_needs() {
+        let baseline = stack_for(None);
+        for name in [
+            "read",
+            "write",
+            "openat",
+            "openat2",
+            "newfstatat",
+            "statx",
+            "mmap",
+            "mprotect",
+            "madvise",
+            "munmap",
+            "membarrier",
+            "memfd_create",
+            "futex",
+            "rseq",
+            "set_robust_list",
+            "sigaltstack",
+            "rt_sigreturn",
+            "sched_getaffinity",
+            "epoll_ctl",
+            "epoll_pwait",
+            "eventfd2",
+            "accept4",
+            "connect",
+            "recvfrom",
+            "clock_nanosleep",
+            "getrandom",
+            "getdents64",
+            "renameat2",
+            "kill",
+            "wait4",
+            "exit_group",
+            "restart_syscall",
+        ] {
+            assert_eq!(verdict(&baseline, &plain(name)), ALLOW, "{name}");
+        }
+        #[cfg(target_arch = "x86_64")]
+        for name in ["epoll_wait", "poll", "arch_prctl"] {
+            assert_eq!(verdict(&baseline, &plain(name)), ALLOW, "{name}");
+        }
+        let allowed_with = |name, args| verdict(&baseline, &call(name, args)) == ALLOW;
+        assert!(allowed_with("clone", [THREAD_FLAGS, 0, 0, 0, 0, 0]));
+        assert!(allowed_with("clone", [libc::SIGCHLD as u64, 0, 0, 0, 0, 0]));
+        let stream = libc::SOCK_STREAM as u64;
+        assert!(allowed_with(
+            "socket",
+            [libc::AF_INET as u64, stream, 0, 0, 0, 0]
+        ));
+        assert!(allowed_with(
+            "socket",
+            [libc::AF_INET6 as u64, stream, 0, 0, 0, 0]
+        ));
+        assert!(allowed_with(
+            "socket",
+            [libc::AF_UNIX as u64, stream, 0, 0, 0, 0]
+        ));
+        let raw = libc::SOCK_RAW as u64;
+        assert!(allowed_with(
+            "socket",
+            [libc::AF_NETLINK as u64, raw, 0, 0, 0, 0]
+        ));
+        assert!(allowed_with(
+            "socketpair",
+            [libc::AF_UNIX as u64, stream, 0, 0, 0, 0]
+        ));
+        assert!(allowed_with("ioctl", [0, libc::FIONBIO, 0, 0, 0, 0]));
+        assert!(allowed_with("ioctl", [1, libc::TCGETS, 0, 0, 0, 0]));
+        // Every filter of the baseline lets the next filter in.
+        for program in &baseline {
+            assert!(evaluate(program, &install_call(&native())).is_some_and(allows));
+        }
+    }
+
+    #[test]
+    fn baseline_denies_what_could_undo_the_confinement() {
+        let baseline = stack_for(None);
+        for name in [
+            "mount",
+            "umount2",
+            "pivot_root",
+            "chroot",
+            "unshare",
+            "setns",
+            "ptrace",
+            "process_vm_readv",
+            "process_vm_writev",
+            "personality",
+            "bpf",
+            "perf_event_open",
+            "userfaultfd",
+            "keyctl",
+            "add_key",
+            "request_key",
+            "kexec_load",
+            "init_module",
+            "finit_module",
+            "delete_module",
+            "acct",
+            "quotactl",
+            "syslog",
+            "reboot",
+            "swapon",
+            "swapoff",
+            "sethostname",
+            "setdomainname",
+            "lookup_dcookie",
+            "name_to_handle_at",
+            "open_by_handle_at",
+            "mknodat",
+            "io_uring_setup",
+            "io_uring_enter",
+            "setuid",
+            "setresuid",
+            "setgid",
+            "setgroups",
+            "setfsuid",
+            "capset",
+            "kcmp",
+            "fanotify_init",
+            "clock_settime",
+            "settimeofday",
+            "adjtimex",
+            "execve",
+            "execveat",
+            "fchownat",
+            "open_tree",
+            "move_mount",
+            "fsopen",
+            "pidfd_getfd",
+        ] {
+            assert_eq!(
+                verdict(&baseline, &plain(name)),
+                errno(libc::EPERM),
+                "{name}"
+            );
+        }
+        #[cfg(target_arch = "x86_64")]
+        for name in ["iopl", "ioperm", "mknod", "chown", "vhangup"] {
+            assert_eq!(
+                verdict(&baseline, &plain(name)),
+                errno(libc::EPERM),
+                "{name}"
+            );
+        }
+        assert_eq!(verdict(&baseline, &plain("clone3")), errno(libc::ENOSYS));
+        let denied_with = |name, args| verdict(&baseline, &call(name, args)) == errno(libc::EPERM);
+        for namespace in [libc::CLONE_NEWNS, libc::CLONE_NEWUSER, libc::CLONE_NEWNET] {
+            let flags = libc::SIGCHLD as u64 | namespace as u64;
+            assert!(
+                denied_with("clone", [flags, 0, 0, 0, 0, 0]),
+                "{namespace:#x}"
+            );
+        }
+        let raw = libc::SOCK_RAW as u64;
+        assert!(denied_with(
+            "socket",
+            [libc::AF_PACKET as u64, raw, 0, 0, 0, 0]
+        ));
+        assert!(denied_with(
+            "socket",
+            [libc::AF_VSOCK as u64, 1, 0, 0, 0, 0]
+        ));
+        let audit = libc::NETLINK_AUDIT as u64;
+        assert!(denied_with(
+            "socket",
+            [libc::AF_NETLINK as u64, raw, audit, 0, 0, 0]
+        ));
+        let tiocsti = libc::TIOCSTI;
+        assert!(denied_with("ioctl", [0, tiocsti, 0, 0, 0, 0]));
+        // The kernel reads only the low half of the request; so does the filter.
+        assert!(denied_with("ioctl", [0, tiocsti | 1 << 32, 0, 0, 0, 0]));
+        assert!(denied_with("ioctl", [0, libc::TIOCLINUX, 0, 0, 0, 0]));
+        // seccomp(2) only as `install` calls it.
+        assert!(denied_with(
+            "seccomp",
+            [u64::from(libc::SECCOMP_SET_MODE_STRICT), 0, 0, 0, 0, 0]
+        ));
+        // Another ABI is killed outright (i386 here on x86_64, arm on aarch64).
+        let foreign = SyscallData {
+            arch: 0x4000_0003,
+            ..plain("getpid")
+        };
+        assert_eq!(verdict(&baseline, &foreign), libc::SECCOMP_RET_KILL_PROCESS);
+        #[cfg(target_arch = "x86_64")]
+        {
+            // x32 syscalls share the arch value and set bit 30 of the number.
+            let x32 = SyscallData {
+                nr: plain("getpid").nr | 0x4000_0000,
+                ..plain("getpid")
+            };
+            assert_eq!(verdict(&baseline, &x32), errno(libc::EPERM));
+        }
+    }
+
+    #[test]
+    fn allowlist_profile_stacks_on_the_baseline() {
+        // RuntimeDefault's shape: default errno, an allowlist, an errnoRet, an arg rule,
+        // names of other arches and kernels.
+        let profile = parse_profile(
+            r#"{
+                "defaultAction": "SCMP_ACT_ERRNO",
+                "defaultErrnoRet": 13,
+                "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32",
+                                  "SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
+                "syscalls": [
+                    {"names": ["read", "write", "exit_group", "seccomp", "fstatat64",
+                               "no_such_syscall"],
+                     "action": "SCMP_ACT_ALLOW"},
+                    {"names": ["getcwd"], "action": "SCMP_ACT_ERRNO", "errnoRet": 2},
+                    {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38},
+                    {"names": ["socket"], "action": "SCMP_ACT_ALLOW",
+                     "args": [{"index": 0, "value": 1, "op": "SCMP_CMP_EQ"}]},
+                    {"names": ["mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}
+                ]
+            }"#,
+        );
+        let programs = stack_for(Some(&profile));
+        // Baseline (2), errno 2, errno 38, default; the rule with the default's own action
+        // is redundant.
+        assert_eq!(programs.len(), 5);
+        assert_eq!(verdict(&programs, &plain("read")), ALLOW);
+        assert_eq!(verdict(&programs, &plain("getcwd")), errno(libc::ENOENT));
+        assert_eq!(verdict(&programs, &plain("clone3")), errno(libc::ENOSYS));
+        assert_eq!(verdict(&programs, &plain("getpid")), errno(libc::EACCES));
+        assert_eq!(verdict(&programs, &plain("mkdirat")), errno(libc::EACCES));
+        let unix = [libc::AF_UNIX as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0];
+        let inet = [libc::AF_INET as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0];
+        assert_eq!(verdict(&programs, &call("socket", unix)), ALLOW);
+        assert_eq!(
+            verdict(&programs, &call("socket", inet)),
+            errno(libc::EACCES)
+        );
+        // Denied by both: the profile's errno, since its filter is the newer.
+        assert_eq!(verdict(&programs, &plain("mount")), errno(libc::EACCES));
+        // The profile allows it, the baseline does not.
+        let profile_allows_all_of_mount = profile_with_default_allow(&["mount"]);
+        let stacked = stack_for(Some(&profile_allows_all_of_mount));
+        assert_eq!(verdict(&stacked, &plain("mount")), errno(libc::EPERM));
+    }
+
+    fn profile_with_default_allow(logged: &[&str]) -> LinuxSeccomp {
+        parse_profile(&format!(
+            r#"{{"defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{{"names": {}, "action": "SCMP_ACT_LOG"}}]}}"#,
+            serde_json::to_string(logged).unwrap()
+        ))
+    }
+
+    #[test]
+    fn denylist_profile_with_argument_conditions() {
+        let profile = parse_profile(
+            r#"{
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [
+                    {"names": ["mkdirat"], "action": "SCMP_ACT_ERRNO"},
+                    {"names": ["kill"], "action": "SCMP_ACT_KILL_PROCESS",
+                     "args": [{"index": 1, "value": 9, "op": "SCMP_CMP_EQ"}]},
+                    {"names": ["fcntl"], "action": "SCMP_ACT_ERRNO", "errnoRet": 22,
+                     "args": [{"index": 1, "value": 4, "op": "SCMP_CMP_GE"},
+                              {"index": 2, "value": 2048, "valueTwo": 2048,
+                               "op": "SCMP_CMP_MASKED_EQ"}]},
+                    {"names": ["lseek"], "action": "SCMP_ACT_ERRNO", "errnoRet": 22,
+                     "args": [{"index": 2, "value": 0, "op": "SCMP_CMP_EQ"},
+                              {"index": 2, "value": 1, "op": "SCMP_CMP_EQ"}]},
+                    {"names": ["getpid"], "action": "SCMP_ACT_TRAP",
+                     "args": [{"index": 0, "value": 1, "valueTwo": 3,
+                               "op": "SCMP_CMP_MASKED_EQ"}]}
+                ]
+            }"#,
+        );
+        let programs = stack_for(Some(&profile));
+        // Baseline (2), errno 1, kill, errno 22; the trap never matches and no default filter.
+        assert_eq!(programs.len(), 5);
+        assert_eq!(verdict(&programs, &plain("mkdirat")), errno(libc::EPERM));
+        assert_eq!(verdict(&programs, &plain("read")), ALLOW);
+        assert_eq!(
+            verdict(&programs, &call("kill", [1, 9, 0, 0, 0, 0])),
+            libc::SECCOMP_RET_KILL_PROCESS
+        );
+        assert_eq!(
+            verdict(&programs, &call("kill", [1, 15, 0, 0, 0, 0])),
+            ALLOW
+        );
+        // Conditions on distinct arguments must all hold…
+        assert_eq!(
+            verdict(&programs, &call("fcntl", [0, 4, 2048 | 1, 0, 0, 0])),
+            errno(libc::EINVAL)
+        );
+        assert_eq!(
+            verdict(&programs, &call("fcntl", [0, 4, 1, 0, 0, 0])),
+            ALLOW
+        );
+        assert_eq!(
+            verdict(&programs, &call("fcntl", [0, 3, 2048, 0, 0, 0])),
+            ALLOW
+        );
+        // … and all 64 bits count, as in libseccomp.
+        assert_eq!(
+            verdict(&programs, &call("fcntl", [0, 1 << 32, 2048, 0, 0, 0])),
+            errno(libc::EINVAL)
+        );
+        // Conditions repeating an argument are alternatives, as runc makes them.
+        assert_eq!(
+            verdict(&programs, &call("lseek", [0, 0, 0, 0, 0, 0])),
+            errno(libc::EINVAL)
+        );
+        assert_eq!(
+            verdict(&programs, &call("lseek", [0, 0, 1, 0, 0, 0])),
+            errno(libc::EINVAL)
+        );
+        assert_eq!(
+            verdict(&programs, &call("lseek", [0, 0, 2, 0, 0, 0])),
+            ALLOW
+        );
+        // valueTwo outside the mask never matches in libseccomp.
+        assert_eq!(
+            verdict(&programs, &call("getpid", [1, 0, 0, 0, 0, 0])),
+            ALLOW
+        );
+        assert_eq!(
+            verdict(&programs, &call("getpid", [3, 0, 0, 0, 0, 0])),
+            ALLOW
+        );
+    }
+
+    #[test]
+    fn a_profile_that_denies_seccomp_is_installed_last() {
+        // No rule for seccomp(2): the default filter denies it, so it must come last.
+        let profile = parse_profile(
+            r#"{
+                "defaultAction": "SCMP_ACT_ERRNO",
+                "syscalls": [
+                    {"names": ["read", "write", "exit_group"], "action": "SCMP_ACT_ALLOW"},
+                    {"names": ["uname"], "action": "SCMP_ACT_ERRNO", "errnoRet": 2}
+                ]
+            }"#,
+        );
+        let programs = stack_for(Some(&profile));
+        let call = install_call(&native());
+        let (last, before) = programs.split_last().unwrap();
+        assert!(before
+            .iter()
+            .all(|program| evaluate(program, &call).is_some_and(allows)));
+        assert!(!evaluate(last, &call).is_some_and(allows));
+
+        let twice = parse_profile(
+            r#"{
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [
+                    {"names": ["seccomp"], "action": "SCMP_ACT_ERRNO"},
+                    {"names": ["seccomp"], "action": "SCMP_ACT_KILL_PROCESS"}
+                ]
+            }"#,
+        );
+        let err = Filters::for_container(Some(&twice)).unwrap_err();
+        assert!(err.is_invalid_spec());
+        assert!(
+            err.to_string().starts_with("linux.seccomp.syscalls: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_honoured_is_refused_by_name() {
+        let cases = [
+            (
+                r#"{"defaultAction": "SCMP_ACT_ALLOW", "flags": ["SECCOMP_FILTER_FLAG_LOG"]}"#,
+                "linux.seccomp.flags: SECCOMP_FILTER_FLAG_LOG is not supported for wasm \
+                 containers",
+            ),
+            (
+                r#"{"defaultAction": "SCMP_ACT_ALLOW",
+                    "flags": ["SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_SPEC_ALLOW"]}"#,
+                "linux.seccomp.flags: SECCOMP_FILTER_FLAG_SPEC_ALLOW",
+            ),
+            (
+                r#"{"defaultAction": "SCMP_ACT_ALLOW",
+                    "flags": ["SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"]}"#,
+                "linux.seccomp.flags: SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV",
+            ),
+            (
+                r#"{"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/agent.sock"}"#,
+                "linux.seccomp.listenerPath: ",
+            ),
+            (
+                r#"{"defaultAction": "SCMP_ACT_ALLOW", "listenerMetadata": "x"}"#,
+                "linux.seccomp.listenerMetadata: ",
+            ),
+            (
+                r#"{"defaultAction": "SCMP_ACT_NOTIFY"}"#,
+                "linux.seccomp.defaultAction: SCMP_ACT_NOTIFY",
+            ),
+            (
+                r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+                    {"names": ["read"], "action": "SCMP_ACT_ALLOW"},
+                    {"names": ["no_such_syscall"], "action": "SCMP_ACT_NOTIFY"}]}"#,
+                "linux.seccomp.syscalls[1].action: SCMP_ACT_NOTIFY",
+            ),
+            (
+                r#"{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+                    {"names": ["read"], "action": "SCMP_ACT_ALLOW",
+                     "args": [{"index": 6, "value": 0, "op": "SCMP_CMP_EQ"}]}]}"#,
+                "linux.seccomp.syscalls[0].args[0].index: 6 is not a syscall argument",
+            ),
+            (
+                r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+                    {"names": ["read"], "action": "SCMP_ACT_ERRNO", "errnoRet": 70000}]}"#,
+                "linux.seccomp.syscalls[0].errnoRet: 70000 is out of range",
+            ),
+            (
+                r#"{"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 5000}"#,
+                "linux.seccomp.defaultErrnoRet: 5000 is out of range",
+            ),
+        ];
+        for (json, message) in cases {
+            let err = Filters::for_container(Some(&parse_profile(json))).unwrap_err();
+            assert!(err.is_invalid_spec(), "{err}");
+            assert!(err.to_string().starts_with(message), "{err} for {json}");
+        }
+        // Unknown actions and operators never get this far: the spec does not parse.
+        assert!(
+            serde_json::from_str::<LinuxSeccomp>(r#"{"defaultAction": "SCMP_ACT_FOO"}"#).is_err()
+        );
+        assert!(serde_json::from_str::<LinuxSeccomp>(
+            r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["read"],
+                "action": "SCMP_ACT_ERRNO", "args": [{"index": 0, "value": 0, "op": "SCMP_CMP_XX"}]}]}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn a_profile_of_nothing_known_here_is_fine() {
+        let profile = parse_profile(
+            r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+                {"names": ["fstatat64", "_llseek"], "action": "SCMP_ACT_ERRNO"}]}"#,
+        );
+        assert_eq!(stack_for(Some(&profile)), stack_for(None));
+    }
+
+    #[test]
+    fn filters_travel_as_json_and_must_start_with_the_baseline() {
+        let profile = profile_with_default_allow(&["uname"]);
+        let filters = Filters::for_container(Some(&profile)).unwrap();
+        let json = serde_json::to_string(&filters).unwrap();
+        assert_eq!(serde_json::from_str::<Filters>(&json).unwrap(), filters);
+
+        // Refused before anything is installed in this (test) process.
+        let stray = Filters {
+            programs: filters.programs[2..].to_vec(),
+        };
+        assert!(matches!(stray.apply(), Err(SeccompError::Internal(_))));
+    }
+
+    /// Raw syscall result: Ok(value) or Err(errno), with nothing but the syscall itself.
+    fn raw(result: libc::c_long) -> Result<libc::c_long, i32> {
+        if result == -1 {
+            Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+        } else {
+            Ok(result)
+        }
+    }
+
+    /// Runs in the forked child: only raw syscalls once the filters are on. Returns 0, or the
+    /// number of the first check that failed.
+    fn checks_in_child(filters: &Filters) -> i32 {
+        // SAFETY: prctl with plain integers.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return 1;
+        }
+        if filters.apply().is_err() {
+            return 2;
+        }
+        // SAFETY: getpid has no arguments.
+        if !raw(unsafe { libc::syscall(libc::SYS_getpid) }).is_ok_and(|pid| pid > 0) {
+            return 3;
+        }
+        // SAFETY: unshare takes flags only; were it let through, only this child would move.
+        if raw(unsafe { libc::syscall(libc::SYS_unshare, libc::CLONE_NEWNS) }) != Err(libc::EPERM) {
+            return 4;
+        }
+        // SAFETY: a null clone_args; the kernel would refuse it with EFAULT/EINVAL.
+        if raw(unsafe { libc::syscall(libc::SYS_clone3, 0usize, 0usize) }) != Err(libc::ENOSYS) {
+            return 5;
+        }
+        // CLONE_NEWNS with CLONE_FS is invalid, so even a failing filter creates nothing.
+        let flags = (libc::CLONE_NEWNS | libc::CLONE_FS | libc::SIGCHLD) as libc::c_ulong;
+        // SAFETY: see above; the kernel answers EINVAL for these flags if it sees them.
+        if raw(unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) })
+            != Err(libc::EPERM)
+        {
+            return 6;
+        }
+        // SAFETY: uname writes into the zeroed struct on this stack.
+        let mut name: libc::utsname = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if raw(unsafe { libc::syscall(libc::SYS_uname, &mut name as *mut libc::utsname) })
+            != Err(libc::ENOENT)
+        {
+            return 7;
+        }
+        let null = std::ptr::null::<libc::c_char>();
+        // SAFETY: null pointers everywhere; the kernel would answer EFAULT if it looked.
+        if raw(unsafe { libc::syscall(libc::SYS_mount, null, null, null, 0usize, null) })
+            != Err(libc::EPERM)
+        {
+            return 8;
+        }
+        // SAFETY: an invalid command with a null attribute pointer.
+        if raw(unsafe { libc::syscall(libc::SYS_bpf, u32::MAX, 0usize, 0u32) }) != Err(libc::EPERM)
+        {
+            return 9;
+        }
+        // A plain fork through clone still works, and the child is reaped.
+        // SAFETY: no CLONE_VM: the grandchild gets a copy of this stack and leaves at once.
+        let pid = match raw(unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                libc::SIGCHLD as libc::c_ulong,
+                0usize,
+                0usize,
+                0usize,
+                0usize,
+            )
+        }) {
+            // SAFETY: _exit ends the grandchild without running anything of the parent's.
+            Ok(0) => unsafe { libc::_exit(0) },
+            Ok(pid) => pid,
+            Err(_) => return 10,
+        };
+        let mut status = -1;
+        // SAFETY: wait4 writes the status into `status`.
+        let reaped = raw(unsafe {
+            libc::syscall(
+                libc::SYS_wait4,
+                pid,
+                &mut status as *mut libc::c_int,
+                0,
+                std::ptr::null_mut::<libc::rusage>(),
+            )
+        });
+        if reaped != Ok(pid) || status != 0 {
+            return 11;
+        }
+        // SAFETY: socket takes integers; the descriptor is closed right away.
+        let inet =
+            raw(unsafe { libc::syscall(libc::SYS_socket, libc::AF_INET, libc::SOCK_STREAM, 0) });
+        match inet {
+            // SAFETY: closing the descriptor just made.
+            Ok(fd) => unsafe {
+                libc::syscall(libc::SYS_close, fd);
+            },
+            Err(_) => return 12,
+        }
+        // SAFETY: socket takes integers.
+        if raw(unsafe { libc::syscall(libc::SYS_socket, libc::AF_PACKET, libc::SOCK_RAW, 0) })
+            != Err(libc::EPERM)
+        {
+            return 13;
+        }
+        // SAFETY: an invalid descriptor: had the filter let it through, EBADF.
+        if raw(unsafe { libc::syscall(libc::SYS_ioctl, -1, libc::TIOCSTI, null) })
+            != Err(libc::EPERM)
+        {
+            return 14;
+        }
+        0
+    }
+
+    #[test]
+    fn applied_filters_hold_in_a_real_process() {
+        let profile = parse_profile(
+            r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+                {"names": ["uname"], "action": "SCMP_ACT_ERRNO", "errnoRet": 2}]}"#,
+        );
+        let filters = Filters::for_container(Some(&profile)).unwrap();
+        // SAFETY: the child makes raw syscalls (and the allocations of `apply`, which glibc
+        // keeps usable after fork) and leaves with _exit, never returning into the harness.
+        match unsafe { libc::fork() } {
+            -1 => panic!("fork: {}", std::io::Error::last_os_error()),
+            0 => {
+                let code = checks_in_child(&filters);
+                // SAFETY: ends the child without running the harness's exit code.
+                unsafe { libc::_exit(code) }
+            }
+            child => {
+                let mut status = 0;
+                // SAFETY: waits for our own child and writes its status.
+                let reaped = unsafe { libc::waitpid(child, &mut status, 0) };
+                assert_eq!(reaped, child);
+                assert!(
+                    libc::WIFEXITED(status),
+                    "the child died of signal {}",
+                    libc::WTERMSIG(status)
+                );
+                assert_eq!(libc::WEXITSTATUS(status), 0, "check failed in the child");
+            }
+        }
+    }
+}
