@@ -292,6 +292,32 @@ fn every_thread_of_a_wasm_container_is_confined() -> Result<()> {
         if stdin || name.contains("http") {
             ensure!(threads > 1, "{name}: only {threads} thread(s) to look at");
         }
+        if name == "shared-user-stdin" {
+            // The supervisor killed, the module (another user now) goes with it.
+            let processes = cgroup_pids(runner)?;
+            ensure!(processes.len() == 2, "supervisor and module: {processes:?}");
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(runner),
+                nix::sys::signal::Signal::SIGKILL,
+            )?;
+            let exited = node.wait_exited(&id, Duration::from_secs(10))?;
+            ensure!(exited.exit_code == 137, "exit {}", exited.exit_code);
+            // Gone, or a zombie waiting for the pod's init (the tests' pause reaps nothing).
+            let deadline = Instant::now() + Duration::from_secs(5);
+            for pid in processes {
+                while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                    stat.rsplit(')')
+                        .next()
+                        .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+                }) {
+                    ensure!(
+                        Instant::now() < deadline,
+                        "process {pid} outlived its supervisor"
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
     }
     node.remove_pod(&pod)?;
     node.remove_pod(&shared)?;

@@ -52,7 +52,7 @@ impl ProgramOrigin {
 /// Turns wasm bytes of a kind into a serialised wasmtime artifact for an engine. The runner
 /// compiles in a child process of its own (so that no compiler thread outlives the
 /// compilation in the process that runs the guest); tests compile in place.
-pub type CompileArtifact = dyn Fn(&Engine, WasmKind, &[u8]) -> Result<Vec<u8>, Rejected>;
+pub type CompileArtifact<'a> = dyn Fn(&Engine, WasmKind, &[u8]) -> Result<Vec<u8>, Rejected> + 'a;
 
 /// Compiles and serialises in this process.
 pub fn compile_here(engine: &Engine, kind: WasmKind, bytes: &[u8]) -> Result<Vec<u8>, Rejected> {
@@ -70,7 +70,7 @@ pub fn load_program(
     bytes: &[u8],
     sha256: &str,
     cache: Result<&ModuleCache, String>,
-    compile: &CompileArtifact,
+    compile: &CompileArtifact<'_>,
 ) -> Result<(Program, ProgramOrigin), Rejected> {
     let kind = wasm_kind(bytes).ok_or_else(|| {
         Rejected("the entrypoint is not a WebAssembly binary (bad magic or version)".into())

@@ -7,6 +7,12 @@
 //! memfd and exits; the runner loads the artifact and stays single-threaded until it is
 //! confined. The child is in the container's cgroup, so compilation counts against the
 //! container's limits as before.
+//!
+//! The compiler reads untrusted input, so the child confines itself before it compiles,
+//! as the runner does before the guest runs (its own mount namespace rooted in the
+//! container's root filesystem, the container's user, no capabilities, seccomp): a bug in
+//! the compiler that an input could exploit finds nothing more to work with than the guest
+//! would.
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
@@ -22,24 +28,28 @@ use crate::engine::{compile_here, Rejected, WasmKind};
 /// The child's exit status when the compiler rejected the module; the memfd holds the reason.
 const REJECTED_EXIT: i32 = 2;
 
-/// Compiles `bytes` in a child process and returns the serialised artifact.
+/// Compiles `bytes` in a child process that first runs `confine`, and returns the
+/// serialised artifact.
 pub fn compile_in_child(
     engine: &Engine,
     kind: WasmKind,
     bytes: &[u8],
+    confine: &dyn Fn() -> Result<(), Rejected>,
 ) -> Result<Vec<u8>, Rejected> {
     super::confine::require_single_thread()?;
     let memfd = memfd_create(c"wedge-artifact", MFdFlags::MFD_CLOEXEC)
         .map_err(|err| Rejected(format!("cannot create a memfd for the compiler: {err}")))?;
     let mut output = File::from(memfd);
+    let runner = nix::unistd::getpid();
     // SAFETY: the runner is single-threaded here (checked just above), so the child is a
     // complete copy of a process with no other thread's locks to inherit, and may do
     // anything the parent could.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
-            // A killed runner (Delete, the node's OOM killer) takes its compiler along.
-            let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-            let code = match compile_here(engine, kind, bytes) {
+            let code = match confine()
+                .and_then(|()| tie_to_parent(runner))
+                .and_then(|()| compile_here(engine, kind, bytes))
+            {
                 Ok(artifact) => match output.write_all(&artifact) {
                     Ok(()) => 0,
                     Err(_) => 1,
@@ -80,4 +90,17 @@ pub fn compile_in_child(
         }
         Err(err) => Err(Rejected(format!("cannot fork the compiler: {err}"))),
     }
+}
+
+/// A killed runner (Delete, the node's OOM killer) takes its compiler along. Armed after the
+/// child has become the container's user, since a change of credentials disarms it.
+fn tie_to_parent(runner: nix::unistd::Pid) -> Result<(), Rejected> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+        .map_err(|err| Rejected(format!("cannot tie the compiler to the runner: {err}")))?;
+    if nix::unistd::getppid() != runner {
+        // The runner died before the line above took effect.
+        // SAFETY: _exit only ends this process.
+        unsafe { libc::_exit(128 + Signal::SIGKILL as i32) }
+    }
+    Ok(())
 }

@@ -82,7 +82,9 @@ fn run() -> i32 {
     };
     // Confined from here on: threads started now inherit it.
     if let Some(notice) = confined_notice {
-        notice.send();
+        if let Err(reason) = notice.send() {
+            return reject(&mut writer, reason);
+        }
     }
     if let Some(stdin) = stdin {
         if let Err(err) = stdin.start() {
@@ -168,7 +170,9 @@ fn prepare(spec: &RunSpec) -> Result<(Ready, ProgramOrigin), Rejected> {
         &bytes,
         &sha256,
         cache.as_ref().map_err(Clone::clone),
-        &compile::compile_in_child,
+        &|engine, kind, bytes| {
+            compile::compile_in_child(engine, kind, bytes, &|| confine_compiler(spec))
+        },
     )?;
     drop((bytes, cache));
     let memory_limit = linear_memory_bound(spec);
@@ -220,6 +224,19 @@ fn prepare(spec: &RunSpec) -> Result<(Ready, ProgramOrigin), Rejected> {
         .apply()
         .map_err(|err| Rejected(format!("cannot apply seccomp: {err}")))?;
     Ok((ready, origin))
+}
+
+/// What the compile child does before it compiles: the guest's confinement, in a mount
+/// namespace of its own (a pivot in the runner's would move the runner too).
+fn confine_compiler(spec: &RunSpec) -> Result<(), Rejected> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|err| Rejected(format!("cannot give the compiler a mount namespace: {err}")))?;
+    let view = FileView::prepare(&spec.rootfs, true, &[], &[])?;
+    confine::pivot_into_rootfs(&view.rootfs)?;
+    confine::become_container_user(&spec.identity)?;
+    spec.seccomp
+        .apply()
+        .map_err(|err| Rejected(format!("cannot apply seccomp to the compiler: {err}")))
 }
 
 /// Room kept for the runtime's own allocations while the module runs (WASI buffers, the

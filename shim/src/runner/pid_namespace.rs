@@ -41,12 +41,32 @@ const FORWARDED: [Signal; 6] = [
 const FIRST_PRIVATE_FD: i32 = 10;
 
 /// The child's way to tell its supervisor that it is confined.
-pub struct ConfinedNotice(OwnedFd);
+pub struct ConfinedNotice {
+    notice: OwnedFd,
+    /// Readable (at end of file) once the parent is gone.
+    parent_alive: OwnedFd,
+}
 
 impl ConfinedNotice {
-    /// Tells the supervising parent that this process has become the container's user.
-    pub fn send(self) {
-        let _ = nix::unistd::write(&self.0, b"1");
+    /// Tells the supervising parent that this process has become the container's user. The
+    /// change of credentials disarmed the death signal that ties this process to the parent,
+    /// so it is armed again first.
+    pub fn send(self) -> Result<(), String> {
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+            .map_err(|err| format!("cannot tie the module to its runner: {err}"))?;
+        exit_if_parent_gone(&self.parent_alive);
+        nix::unistd::write(&self.notice, b"1")
+            .map(drop)
+            .map_err(|err| format!("cannot tell the runner it is confined: {err}"))
+    }
+}
+
+/// Ends this process as if killed when the supervising parent has already died (the death
+/// signal, armed just before, came too late to be sent).
+fn exit_if_parent_gone(parent_alive: &OwnedFd) {
+    let mut poll = [PollFd::new(parent_alive.as_fd(), PollFlags::POLLIN)];
+    if nix::poll::poll(&mut poll, PollTimeout::ZERO).unwrap_or(0) > 0 {
+        std::process::exit(128 + Signal::SIGKILL as i32);
     }
 }
 
@@ -81,14 +101,13 @@ pub fn fork_into_pod_namespace(
             drop((alive_write, confined_read));
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
                 .map_err(|err| format!("cannot tie the module to its runner: {err}"))?;
-            let mut poll = [PollFd::new(alive_read.as_fd(), PollFlags::POLLIN)];
-            if nix::poll::poll(&mut poll, PollTimeout::ZERO).unwrap_or(0) > 0 {
-                // The parent died before the line above took effect.
-                std::process::exit(128 + Signal::SIGKILL as i32);
-            }
+            exit_if_parent_gone(&alive_read);
             nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&previous), None)
                 .map_err(|err| format!("cannot restore the signal mask: {err}"))?;
-            Ok(ConfinedNotice(confined_write))
+            Ok(ConfinedNotice {
+                notice: confined_write,
+                parent_alive: alive_read,
+            })
         }
         Ok(ForkResult::Parent { child }) => {
             drop((alive_read, confined_write));
