@@ -348,7 +348,9 @@ fn checked_relative(path: &str) -> Result<&str, ImageError> {
     Ok(relative)
 }
 
-fn header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
+/// A layer entry's header, owned by root with a zero timestamp: the same inputs give the
+/// same digest.
+pub fn header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
     let mut header = tar::Header::new_ustar();
     header.set_entry_type(kind);
     header.set_size(size);

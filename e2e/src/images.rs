@@ -252,27 +252,18 @@ pub fn image_with_special_files(
     entrypoint: &[&str],
 ) -> Result<(PathBuf, String)> {
     let mut layer = tar::Builder::new(Vec::new());
-    let entry = |kind: tar::EntryType, mode: u32, size: u64| {
-        let mut header = tar::Header::new_ustar();
-        header.set_entry_type(kind);
-        header.set_size(size);
-        header.set_mode(mode);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_mtime(0);
-        header
-    };
+    let entry = wedge_cli::image::header;
     for (path, bytes) in files {
-        let mut header = entry(tar::EntryType::Regular, 0o755, bytes.len() as u64);
+        let mut header = entry(tar::EntryType::Regular, bytes.len() as u64, 0o755);
         layer.append_data(&mut header, path.trim_start_matches('/'), *bytes)?;
     }
     for file in special {
         let (path, mut header) = match file {
-            SpecialFile::Fifo(path) => (path, entry(tar::EntryType::Fifo, 0o666, 0)),
-            SpecialFile::Directory(path) => (path, entry(tar::EntryType::Directory, 0o755, 0)),
+            SpecialFile::Fifo(path) => (path, entry(tar::EntryType::Fifo, 0, 0o666)),
+            SpecialFile::Directory(path) => (path, entry(tar::EntryType::Directory, 0, 0o755)),
             SpecialFile::CharDevice { path, major, minor } => {
                 // Readable by anyone: only the device policy stands in the way.
-                let mut header = entry(tar::EntryType::Char, 0o666, 0);
+                let mut header = entry(tar::EntryType::Char, 0, 0o666);
                 header.set_device_major(*major)?;
                 header.set_device_minor(*minor)?;
                 (path, header)

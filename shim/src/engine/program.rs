@@ -187,33 +187,28 @@ mod tests {
 
     const WAT: &str = r#"(module (memory (export "memory") 1) (func (export "_start")))"#;
 
+    fn load_cached(engine: &Engine, bytes: &[u8], cache: &ModuleCache) -> (Program, ProgramOrigin) {
+        load_program(
+            engine,
+            &test_codegen(),
+            bytes,
+            &sha256_hex(bytes),
+            Ok(cache),
+            &compile_here,
+        )
+        .unwrap()
+    }
+
     #[test]
     fn second_load_comes_from_the_cache_and_bad_entries_are_recompiled() {
         let dir = tempfile::tempdir().unwrap();
         let cache = ModuleCache::open(dir.path(), 1 << 30).unwrap();
         let engine = test_engine();
         let bytes = wat::parse_str(WAT).unwrap();
-        let digest = sha256_hex(&bytes);
 
-        let (_, origin) = load_program(
-            &engine,
-            &test_codegen(),
-            &bytes,
-            &digest,
-            Ok(&cache),
-            &compile_here,
-        )
-        .unwrap();
+        let (_, origin) = load_cached(&engine, &bytes, &cache);
         assert_eq!(origin, ProgramOrigin::Compiled);
-        let (_, origin) = load_program(
-            &engine,
-            &test_codegen(),
-            &bytes,
-            &digest,
-            Ok(&cache),
-            &compile_here,
-        )
-        .unwrap();
+        let (_, origin) = load_cached(&engine, &bytes, &cache);
         assert_eq!(origin, ProgramOrigin::Cached);
 
         // Corrupt the artifact but keep its length: the checksum catches it.
@@ -226,28 +221,12 @@ mod tests {
         let middle = content.len() / 2;
         content[middle] ^= 0xff;
         std::fs::write(&artifact, &content).unwrap();
-        let (_, origin) = load_program(
-            &engine,
-            &test_codegen(),
-            &bytes,
-            &digest,
-            Ok(&cache),
-            &compile_here,
-        )
-        .unwrap();
+        let (_, origin) = load_cached(&engine, &bytes, &cache);
         assert!(
             matches!(origin, ProgramOrigin::Recompiled { .. }),
             "{origin:?}"
         );
-        let (_, origin) = load_program(
-            &engine,
-            &test_codegen(),
-            &bytes,
-            &digest,
-            Ok(&cache),
-            &compile_here,
-        )
-        .unwrap();
+        let (_, origin) = load_cached(&engine, &bytes, &cache);
         assert_eq!(origin, ProgramOrigin::Cached);
     }
 
@@ -261,15 +240,7 @@ mod tests {
         // A well-formed entry under the right key whose content is not a wasmtime artifact.
         let key = CacheKey::new(&engine, &digest, WasmKind::CoreModule, &test_codegen());
         cache.store(&key, b"not an ELF artifact").unwrap();
-        let (_, origin) = load_program(
-            &engine,
-            &test_codegen(),
-            &bytes,
-            &digest,
-            Ok(&cache),
-            &compile_here,
-        )
-        .unwrap();
+        let (_, origin) = load_cached(&engine, &bytes, &cache);
         match origin {
             ProgramOrigin::Recompiled { reason } => {
                 assert!(reason.contains("wasmtime refused"), "{reason}")
