@@ -216,12 +216,28 @@ impl CriNode {
             .context("the pod has no IP")
     }
 
+    /// A pod whose `cgroup_parent` is `parent`, as kubelet (or critest) gives it.
+    pub fn run_pod_in_cgroup(&self, name: &str, handler: &str, parent: &str) -> Result<Pod> {
+        self.run_pod_under(name, handler, NamespaceMode::Container, &[], Some(parent))
+    }
+
     fn run_pod_with(
         &self,
         name: &str,
         handler: &str,
         pids: NamespaceMode,
         annotations: &[(&str, &str)],
+    ) -> Result<Pod> {
+        self.run_pod_under(name, handler, pids, annotations, None)
+    }
+
+    fn run_pod_under(
+        &self,
+        name: &str,
+        handler: &str,
+        pids: NamespaceMode,
+        annotations: &[(&str, &str)],
+        cgroup_parent: Option<&str>,
     ) -> Result<Pod> {
         let cri = self
             .containerd
@@ -243,7 +259,9 @@ impl CriNode {
                 .map(|(key, value)| (key.to_string(), value.to_string()))
                 .collect(),
             linux: Some(LinuxPodSandboxConfig {
-                cgroup_parent: cri.cgroup_parent.clone(),
+                cgroup_parent: cgroup_parent
+                    .map(str::to_string)
+                    .unwrap_or_else(|| cri.cgroup_parent.clone()),
                 security_context: Some(LinuxSandboxSecurityContext {
                     namespace_options: Some(NamespaceOption {
                         pid: pids as i32,

@@ -1,10 +1,10 @@
 //! Pods through containerd's CRI plugin, driven as kubelet drives it: runtime handler
 //! `wedge` against the `runc` handler on the same containerd.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use k8s_cri::v1::ContainerState;
 use wedge_e2e::cri::{sh, RUNC_HANDLER, WEDGE_HANDLER};
 use wedge_e2e::{images, programs, ContainerSpec, CriNode, Release};
@@ -598,5 +598,86 @@ fn a_wasm_container_joins_a_shared_pid_namespace() -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     node.remove_pod(&pod)?;
+    node.containerd.assert_clean()
+}
+
+/// critest's pods on containerd 1.6/1.7: a cgroup parent of the systemd form (`/test.slice`)
+/// on a node whose cgroup driver is cgroupfs (no systemd as PID 1 here). containerd names
+/// the cgroups `test.slice:cri-containerd:<id>`; runc's cgroupfs manager takes that path
+/// from its own cgroup, and the wasm container's cgroup sits beside the runc ones.
+#[test]
+fn a_systemd_form_cgroup_parent_follows_the_cgroupfs_driver_as_runc_does() -> Result<()> {
+    let node = CriNode::start(Release::System)?;
+    let busybox = node.busybox_image()?;
+    let spinner = node.wasm_image("spinner", &programs::wat(programs::LOOP_WAT)?)?;
+    // Unique per test run: the directories land beside the shim's own cgroup.
+    let slice = format!(
+        "wedgetest{}.slice",
+        node.containerd
+            .dir()
+            .file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or_default()
+            .replace(['-', '.'], "")
+    );
+    let pod = node.run_pod_in_cgroup("slice-parent", WEDGE_HANDLER, &format!("/{slice}"))?;
+    let sidecar = node.run_container(
+        &pod,
+        &ContainerSpec {
+            name: "sidecar".into(),
+            image: busybox,
+            command: sh("exec /bin/busybox sleep 3600"),
+            ..Default::default()
+        },
+    )?;
+    let wasm = node.run_container(
+        &pod,
+        &ContainerSpec {
+            name: "wasm".into(),
+            image: spinner,
+            memory_limit: Some(64 << 20),
+            ..Default::default()
+        },
+    )?;
+    let memory_cgroup = |pid: i32| -> Result<PathBuf> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+        let path = text
+            .lines()
+            .find_map(|line| {
+                line.split_once(":memory:")
+                    .map(|(_, path)| path.to_string())
+            })
+            .context("no memory cgroup")?;
+        Ok(PathBuf::from("/sys/fs/cgroup/memory").join(path.trim_start_matches('/')))
+    };
+    let wasm_dir = memory_cgroup(node.task_pid(&wasm)?)?;
+    let sidecar_dir = memory_cgroup(node.task_pid(&sidecar)?)?;
+    ensure!(
+        wasm_dir.file_name() == Some(format!("{slice}:cri-containerd:{wasm}").as_ref()),
+        "wasm cgroup {}",
+        wasm_dir.display()
+    );
+    ensure!(
+        wasm_dir.parent() == sidecar_dir.parent(),
+        "wasm {} and runc {} are not siblings",
+        wasm_dir.display(),
+        sidecar_dir.display()
+    );
+    ensure!(
+        std::fs::read_to_string(wasm_dir.join("memory.limit_in_bytes"))?.trim()
+            == (64 << 20).to_string()
+    );
+    let stats = node.stats(&wasm)?;
+    ensure!(
+        stats
+            .memory
+            .and_then(|memory| memory.working_set_bytes)
+            .is_some_and(|bytes| bytes.value > 0),
+        "no memory stats"
+    );
+    node.remove_pod(&pod)?;
+    for dir in [&wasm_dir, &sidecar_dir] {
+        ensure!(!dir.exists(), "{} left behind", dir.display());
+    }
     node.containerd.assert_clean()
 }

@@ -41,6 +41,7 @@ pub struct EngineConfig {
     pub network: NetworkConfig,
     pub cache: CacheConfig,
     pub runc: RuncConfig,
+    pub cgroup: CgroupConfig,
 }
 
 impl Default for EngineConfig {
@@ -55,6 +56,7 @@ impl Default for EngineConfig {
             network: NetworkConfig::default(),
             cache: CacheConfig::default(),
             runc: RuncConfig::default(),
+            cgroup: CgroupConfig::default(),
         }
     }
 }
@@ -206,6 +208,26 @@ impl NetworkConfig {
         self.allow.iter().any(|net| net.contains(&address))
             && !self.deny.iter().any(|net| net.contains(&address))
     }
+}
+
+/// How the node lays out cgroups. containerd hands a shim other than runc's only
+/// `ConfigPath`/`ConfigBody` of the runtime's options, not `SystemdCgroup`, so the driver
+/// runc's shim follows is repeated here (the node installer copies it from the runc entry).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CgroupConfig {
+    pub driver: CgroupDriver,
+}
+
+/// runc's two cgroup managers, or `auto`: systemd only for a `slice:prefix:name` path on a
+/// node whose PID 1 is systemd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    #[default]
+    Auto,
+    Cgroupfs,
+    Systemd,
 }
 
 /// How native (non-wasm) containers are handed to runc.
@@ -402,6 +424,11 @@ mod tests {
         assert_eq!(config.cache.dir, Path::new("/tmp/c"));
         assert_eq!(config.cache.max_size_bytes(), 5 * 1024 * 1024);
         assert!(!config.cache.enabled);
+        let config = EngineConfig::parse("[cgroup]\ndriver = \"systemd\"\n", "t").unwrap();
+        assert_eq!(config.cgroup.driver, CgroupDriver::Systemd);
+        assert_eq!(EngineConfig::default().cgroup.driver, CgroupDriver::Auto);
+        let err = EngineConfig::parse("[cgroup]\ndriver = \"cgroupv1\"\n", "t").unwrap_err();
+        assert!(err.to_string().contains("cgroupv1"), "{err}");
         let config = EngineConfig::parse("[runc]\npath = \"/opt/runc\"\n", "t").unwrap();
         assert_eq!(config.runc.path, Path::new("/opt/runc"));
         assert_eq!(config.runc.root, Path::new(DEFAULT_RUNC_ROOT));

@@ -12,5 +12,8 @@ pub mod quantity;
 pub use annotations::{
     AnnotationError, AnnotationKey, HttpOptions, WasmOptions, ANNOTATION_PREFIX,
 };
-pub use engine::{CacheConfig, ConfigError, ConfigSource, EngineConfig, NetworkConfig, RuncConfig};
+pub use engine::{
+    CacheConfig, CgroupConfig, CgroupDriver, ConfigError, ConfigSource, EngineConfig,
+    NetworkConfig, RuncConfig,
+};
 pub use features::WasmFeature;

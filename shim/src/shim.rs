@@ -30,9 +30,10 @@ use tracing::{error, info, warn};
 use crate::exits::now;
 use crate::native::Runc;
 use crate::runner::protocol::RUNNER_ARG0;
-use crate::sandbox::Cgroup;
-use crate::task_service::{TaskService, RUNNER_PID_FILE};
+use crate::sandbox::{Cgroup, Driver};
+use crate::task_service::{TaskService, CGROUP_FILE, RUNNER_PID_FILE};
 use crate::{logging, rootfs, spec};
+use wedge_runtime_config::{ConfigSource, EngineConfig};
 
 /// containerd's name for this runtime; the binary is `containerd-shim-wedge-v1`.
 pub const RUNTIME_ID: &str = "io.containerd.wedge.v1";
@@ -142,7 +143,7 @@ async fn delete(flags: &Flags) -> Result<(), ShimError> {
             Err(err) => warn!(id = %flags.id, error = %err, "cannot run runc delete"),
         }
     } else if let Some(spec) = &spec {
-        remove_wasm_cgroup(spec, &flags.namespace, &flags.id).await;
+        remove_wasm_cgroup(&bundle, spec, &flags.namespace, &flags.id).await;
     }
     let rootfs = spec
         .map(|spec| spec.rootfs)
@@ -161,11 +162,26 @@ async fn delete(flags: &Flags) -> Result<(), ShimError> {
     write_stdout(&bytes).await
 }
 
-/// The cgroup the dead server made for a wasm container: whatever is still in it is
-/// killed, then it is removed.
-async fn remove_wasm_cgroup(spec: &spec::ContainerSpec, namespace: &str, id: &str) {
-    let Ok(cgroup) = Cgroup::for_container(&spec.cgroups_path, namespace, id) else {
-        return;
+/// The cgroup the dead server made for a wasm container (as recorded in the bundle, else
+/// as the node's default engine config would place it): whatever is still in it is killed,
+/// then it is removed.
+async fn remove_wasm_cgroup(bundle: &Path, spec: &spec::ContainerSpec, namespace: &str, id: &str) {
+    let recorded = std::fs::read_to_string(bundle.join(CGROUP_FILE))
+        .ok()
+        .and_then(|relative| Cgroup::at(Path::new(relative.trim())).ok());
+    let cgroup = match recorded {
+        Some(cgroup) => cgroup,
+        None => {
+            let driver = EngineConfig::load(&ConfigSource::NodeDefault)
+                .map(|config| config.cgroup.driver)
+                .unwrap_or_default();
+            let driver = Driver::decide(driver, &spec.cgroups_path);
+            let Ok(cgroup) = Cgroup::for_container(&spec.cgroups_path, namespace, id, driver)
+            else {
+                return;
+            };
+            cgroup
+        }
     };
     for pid in cgroup.pids().unwrap_or_default() {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);

@@ -13,6 +13,7 @@ pub mod security;
 use std::path::PathBuf;
 
 pub use cgroup::devices::DevicePolicy;
+pub use cgroup::path::Driver;
 pub use cgroup::{Cgroup, CgroupError};
 pub use namespaces::Namespaces;
 pub use rlimits::Rlimits;
@@ -30,14 +31,19 @@ pub struct RunnerSandbox {
 impl RunnerSandbox {
     /// Opens the namespaces to join, checks the rlimits, creates and limits the cgroup.
     /// On error nothing is left behind.
-    pub fn create(spec: &ContainerSpec, namespace: &str, id: &str) -> Result<Self, SandboxError> {
+    pub fn create(
+        spec: &ContainerSpec,
+        namespace: &str,
+        id: &str,
+        driver: Driver,
+    ) -> Result<Self, SandboxError> {
         let before_exec = BeforeExec {
             namespaces: Namespaces::open(&spec.namespaces)?,
             rlimits: Rlimits::from_spec(&spec.rlimits)?,
             oom_score_adj: spec.oom_score_adj.and_then(oom_score_adj_to_write),
         };
         let devices = DevicePolicy::from_spec(&spec.device_rules).map_err(CgroupError::from)?;
-        let cgroup = Cgroup::for_container(&spec.cgroups_path, namespace, id)?;
+        let cgroup = Cgroup::for_container(&spec.cgroups_path, namespace, id, driver)?;
         cgroup.create()?;
         let limited = cgroup
             .apply(&spec.resources)

@@ -36,15 +36,19 @@ use crate::native::Runc;
 use crate::runner::module_fd::sealed_memfd;
 use crate::runner::protocol::{CacheSettings, ModuleSource, RunSpec};
 use crate::runner::spawn::{spawn_runner, Runner};
-use crate::sandbox::cgroup::path::is_systemd_form;
 use crate::sandbox::security::SecurityPlan;
-use crate::sandbox::{Cgroup, CgroupError, RunnerSandbox};
+use crate::sandbox::{Cgroup, CgroupError, Driver, RunnerSandbox};
 use crate::spec::MountSpec;
 use crate::{image, options, rootfs, spec, stdio};
 
 /// Name of the file in the bundle that records the runner's pid, for `shim delete` after a
 /// shim crash.
 pub const RUNNER_PID_FILE: &str = "wedge-runner.pid";
+
+/// Name of the file in the bundle that records a wasm container's cgroup (relative to the
+/// hierarchy roots), for `shim delete` after a shim crash: where it is depends on the
+/// driver of the engine config that Create was given.
+pub const CGROUP_FILE: &str = "wedge-cgroup";
 
 pub struct TaskService {
     inner: Arc<Inner>,
@@ -146,6 +150,8 @@ impl Inner {
     ) -> Result<i32> {
         let engine_config = options::engine_config(req.options.as_ref())?;
         crate::logging::apply_configured_level(engine_config.log_level);
+        // One decision for wasm and native containers alike, as runc's shim makes it.
+        let driver = Driver::decide(engine_config.cgroup.driver, &spec.cgroups_path);
         let entrypoint = Entrypoint::parse(&spec.args);
         let (module, module_fd) = match self
             .locate_module(&req.id, &spec, entrypoint.as_ref())
@@ -161,9 +167,9 @@ impl Inner {
                     &engine_config.runc.root,
                     &self.namespace,
                 )
-                .with_systemd_cgroup(is_systemd_form(&spec.cgroups_path));
+                .with_systemd_cgroup(driver == Driver::Systemd);
                 return self
-                    .launch_native(req, bundle, spec, rootfs_mounted, runc)
+                    .launch_native(req, bundle, spec, rootfs_mounted, runc, driver)
                     .await;
             }
         };
@@ -178,7 +184,7 @@ impl Inner {
         let RunnerSandbox {
             cgroup,
             before_exec,
-        } = RunnerSandbox::create(&spec, &self.namespace, &req.id).map_err(|source| {
+        } = RunnerSandbox::create(&spec, &self.namespace, &req.id, driver).map_err(|source| {
             Error::Sandbox {
                 id: req.id.clone(),
                 source,
@@ -260,6 +266,12 @@ impl Inner {
         if let Err(err) = std::fs::write(bundle.join(RUNNER_PID_FILE), pid.to_string()) {
             warn!(error = %err, "cannot record the runner pid in the bundle");
         }
+        if let Err(err) = std::fs::write(
+            bundle.join(CGROUP_FILE),
+            cgroup.path().as_os_str().as_encoded_bytes(),
+        ) {
+            warn!(error = %err, "cannot record the cgroup in the bundle");
+        }
 
         let engine = Engine::Wasm {
             runner: Some(runner),
@@ -286,6 +298,7 @@ impl Inner {
         spec: spec::ContainerSpec,
         rootfs_mounted: bool,
         runc: Runc,
+        driver: Driver,
     ) -> Result<i32> {
         let paths = StdioPaths {
             stdin: req.stdin.clone(),
@@ -305,7 +318,7 @@ impl Inner {
             paused: false,
         };
         // runc made it (same path rules); the shim reads it for Stats and OOM events.
-        let cgroup = Cgroup::for_container(&spec.cgroups_path, &self.namespace, &req.id)
+        let cgroup = Cgroup::for_container(&spec.cgroups_path, &self.namespace, &req.id, driver)
             .map_err(|err| warn!(error = %err, "no cgroup for stats and OOM events"))
             .ok();
         self.register(
@@ -557,6 +570,7 @@ impl Inner {
             rootfs::unmount(&container.rootfs);
         }
         let _ = std::fs::remove_file(container.bundle.join(RUNNER_PID_FILE));
+        let _ = std::fs::remove_file(container.bundle.join(CGROUP_FILE));
         Ok((container.pid, exit_status))
     }
 }

@@ -159,14 +159,29 @@ impl Cgroup {
         Cgroup { layout, relative }
     }
 
-    /// The cgroup the spec names for container `id`, on this host.
+    /// The cgroup the spec names for container `id`, on this host, laid out by `driver`.
     pub fn for_container(
         cgroups_path: &str,
         namespace: &str,
         id: &str,
+        driver: path::Driver,
     ) -> Result<Self, CgroupError> {
-        let relative = path::resolve(cgroups_path, namespace, id)?;
-        Ok(Cgroup::new(Layout::host()?.clone(), relative))
+        let layout = Layout::host()?;
+        let own = own_cgroup(layout).unwrap_or_default();
+        let relative = path::resolve(cgroups_path, namespace, id, driver, &own)?;
+        Ok(Cgroup::new(layout.clone(), relative))
+    }
+
+    /// A cgroup by its path relative to the hierarchy roots, as [`Cgroup::path`] gave it.
+    pub fn at(relative: &Path) -> Result<Self, CgroupError> {
+        let clean = !relative.as_os_str().is_empty()
+            && relative
+                .components()
+                .all(|part| matches!(part, std::path::Component::Normal(_)));
+        if !clean {
+            return Err(CgroupError::InvalidPath(relative.display().to_string()));
+        }
+        Ok(Cgroup::new(Layout::host()?.clone(), relative.to_path_buf()))
     }
 
     pub fn is_v2(&self) -> bool {
@@ -356,17 +371,24 @@ pub fn warm_up_migration() {
 /// `cgroup.procs` of the cgroup this process is in, in the memory hierarchy (v1) or the
 /// unified tree (v2).
 fn own_cgroup_procs(layout: &Layout) -> Option<PathBuf> {
+    let root = match layout {
+        Layout::Unified(root) => root.clone(),
+        Layout::Legacy(mounts) => mounts
+            .iter()
+            .find(|(controller, _)| *controller == Controller::Memory)?
+            .1
+            .clone(),
+    };
+    Some(root.join(own_cgroup(layout)?).join("cgroup.procs"))
+}
+
+/// The cgroup this process is in, relative to the hierarchy root: the memory hierarchy's
+/// (v1) or the unified tree's (v2).
+fn own_cgroup(layout: &Layout) -> Option<PathBuf> {
     let membership = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let (root, wanted) = match layout {
-        Layout::Unified(root) => (root.clone(), ""),
-        Layout::Legacy(mounts) => (
-            mounts
-                .iter()
-                .find(|(controller, _)| *controller == Controller::Memory)?
-                .1
-                .clone(),
-            "memory",
-        ),
+    let wanted = match layout {
+        Layout::Unified(_) => "",
+        Layout::Legacy(_) => "memory",
     };
     membership.lines().find_map(|line| {
         let mut fields = line.splitn(3, ':');
@@ -376,7 +398,7 @@ fn own_cgroup_procs(layout: &Layout) -> Option<PathBuf> {
         } else {
             controllers.split(',').any(|name| name == wanted)
         };
-        matches.then(|| root.join(path.trim_start_matches('/')).join("cgroup.procs"))
+        matches.then(|| PathBuf::from(path.trim_start_matches('/')))
     })
 }
 

@@ -2,22 +2,70 @@
 //!
 //! Two spellings reach a runtime: a cgroupfs path (`/kubepods/burstable/pod1/abc`, what the
 //! cgroupfs driver and `ctr` give) and the systemd driver's `slice:prefix:name`
-//! (`kubepods-burstable-pod1.slice:cri-containerd:abc`). Both end up as a directory relative
-//! to every hierarchy's root; systemd's slices nest by their dashes.
+//! (`kubepods-burstable-pod1.slice:cri-containerd:abc`). Which one a path is read as is the
+//! cgroup driver's decision, as in runc, never the path's shape alone: with the systemd
+//! driver slices nest by their dashes; with cgroupfs an absolute path is taken from each
+//! hierarchy's root and any other (a `slice:prefix:name` included) from the shim's own
+//! cgroup, as runc's cgroupfs manager takes it from its own.
 
-use std::path::{Component, PathBuf};
+use std::path::{Component, Path, PathBuf};
+
+use wedge_runtime_config::CgroupDriver;
 
 use super::CgroupError;
 
+/// The cgroup manager a container's cgroups are laid out by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    Cgroupfs,
+    Systemd,
+}
+
+impl Driver {
+    /// The engine config's driver; where it says `auto`, systemd only for a
+    /// `slice:prefix:name` path on a node whose PID 1 is systemd.
+    pub fn decide(configured: CgroupDriver, cgroups_path: &str) -> Driver {
+        Self::decide_on(configured, cgroups_path, systemd_is_init())
+    }
+
+    fn decide_on(configured: CgroupDriver, cgroups_path: &str, systemd_init: bool) -> Driver {
+        match configured {
+            CgroupDriver::Systemd => Driver::Systemd,
+            CgroupDriver::Cgroupfs => Driver::Cgroupfs,
+            CgroupDriver::Auto if systemd_init && is_systemd_form(cgroups_path) => Driver::Systemd,
+            CgroupDriver::Auto => Driver::Cgroupfs,
+        }
+    }
+}
+
+/// What sd_booted(3) checks.
+fn systemd_is_init() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
+
 /// The cgroup of container `id` as a path relative to a hierarchy root (no leading `/`).
-pub fn resolve(cgroups_path: &str, namespace: &str, id: &str) -> Result<PathBuf, CgroupError> {
+/// `own_cgroup` is the shim's own cgroup, relative too: where cgroupfs puts relative paths.
+pub fn resolve(
+    cgroups_path: &str,
+    namespace: &str,
+    id: &str,
+    driver: Driver,
+    own_cgroup: &Path,
+) -> Result<PathBuf, CgroupError> {
     let relative = if cgroups_path.is_empty() {
         // What containerd itself uses when a client sets no path.
         PathBuf::from(namespace).join(id)
-    } else if is_systemd_form(cgroups_path) {
+    } else if driver == Driver::Systemd {
+        if !is_systemd_form(cgroups_path) {
+            return Err(CgroupError::InvalidPath(format!(
+                "{cgroups_path} (the systemd cgroup driver expects slice:prefix:name)"
+            )));
+        }
         systemd_path(cgroups_path)?
+    } else if let Some(absolute) = cgroups_path.strip_prefix('/') {
+        PathBuf::from(absolute)
     } else {
-        PathBuf::from(cgroups_path.trim_start_matches('/'))
+        own_cgroup.join(cgroups_path)
     };
     let clean = relative
         .components()
@@ -88,6 +136,17 @@ fn expand_slice(slice: &str) -> Option<PathBuf> {
 mod tests {
     use super::*;
 
+    fn resolve(cgroups_path: &str, namespace: &str, id: &str) -> Result<PathBuf, CgroupError> {
+        let driver = Driver::decide_on(CgroupDriver::Auto, cgroups_path, true);
+        super::resolve(
+            cgroups_path,
+            namespace,
+            id,
+            driver,
+            Path::new("system.slice/containerd.service"),
+        )
+    }
+
     #[test]
     fn cgroupfs_paths_are_relative_to_each_hierarchy() {
         assert_eq!(
@@ -98,6 +157,54 @@ mod tests {
             resolve("", "default", "c1").unwrap(),
             PathBuf::from("default/c1")
         );
+    }
+
+    #[test]
+    fn the_driver_comes_from_the_config_and_auto_needs_systemd_as_init() {
+        let slice = "test.slice:cri-containerd:abc";
+        assert_eq!(
+            Driver::decide_on(CgroupDriver::Auto, slice, false),
+            Driver::Cgroupfs
+        );
+        assert_eq!(
+            Driver::decide_on(CgroupDriver::Auto, slice, true),
+            Driver::Systemd
+        );
+        assert_eq!(
+            Driver::decide_on(CgroupDriver::Auto, "/a/b", true),
+            Driver::Cgroupfs
+        );
+        assert_eq!(
+            Driver::decide_on(CgroupDriver::Cgroupfs, slice, true),
+            Driver::Cgroupfs
+        );
+        assert_eq!(
+            Driver::decide_on(CgroupDriver::Systemd, "/a/b", false),
+            Driver::Systemd
+        );
+    }
+
+    #[test]
+    fn cgroupfs_takes_a_slice_path_from_its_own_cgroup_as_runc_does() {
+        let own = Path::new("system.slice/containerd.service");
+        assert_eq!(
+            super::resolve(
+                "test.slice:cri-containerd:abc",
+                "k8s.io",
+                "abc",
+                Driver::Cgroupfs,
+                own
+            )
+            .unwrap(),
+            PathBuf::from("system.slice/containerd.service/test.slice:cri-containerd:abc")
+        );
+        assert_eq!(
+            super::resolve("/kubepods/abc", "k8s.io", "abc", Driver::Cgroupfs, own).unwrap(),
+            PathBuf::from("kubepods/abc")
+        );
+        let err =
+            super::resolve("/kubepods/abc", "k8s.io", "abc", Driver::Systemd, own).unwrap_err();
+        assert!(err.to_string().contains("slice:prefix:name"), "{err}");
     }
 
     #[test]
