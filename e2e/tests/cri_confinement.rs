@@ -502,17 +502,38 @@ fn a_fifo_entrypoint_fails_fast_and_stalls_nothing() -> Result<()> {
     node.containerd.import_for_cri(&archive)?;
     let hello = node.wasm_image("hello", &programs::wat(programs::HELLO_WAT)?)?;
     let pod = node.run_pod("fifo", WEDGE_HANDLER)?;
-    let fifo = node.create_container(
-        &pod,
-        &ContainerSpec {
-            name: "fifo".into(),
-            image: fifo_image,
-            ..Default::default()
-        },
-    )?;
+    let fifo_spec = |name: &str| ContainerSpec {
+        name: name.into(),
+        image: fifo_image.clone(),
+        ..Default::default()
+    };
+    let refused_as_fifo = |result: Result<()>| -> Result<()> {
+        let Err(err) = result else {
+            bail!("a FIFO entrypoint started");
+        };
+        let message = format!("{err:#}");
+        ensure!(
+            message.contains("/app.wasm") && message.contains("FIFO"),
+            "the error does not name the file and its type: {message}"
+        );
+        Ok(())
+    };
+    // Alone: the whole StartContainer, containerd's part included, fails fast.
+    let fifo = node.create_container(&pod, &fifo_spec("fifo"))?;
     let started = Instant::now();
+    let result = node.start_container(&fifo);
+    let elapsed = started.elapsed();
+    refused_as_fifo(result)?;
+    ensure!(
+        elapsed < Duration::from_secs(1),
+        "the failure took {elapsed:?}"
+    );
+
+    // Beside another container of the pod starting at the same time: neither waits for the
+    // other.
+    let again = node.create_container(&pod, &fifo_spec("fifo-again"))?;
     let (failed, other) = std::thread::scope(|scope| {
-        let failing = scope.spawn(|| (node.start_container(&fifo), started.elapsed()));
+        let failing = scope.spawn(|| node.start_container(&again));
         let other = node.run_container(
             &pod,
             &ContainerSpec {
@@ -523,19 +544,7 @@ fn a_fifo_entrypoint_fails_fast_and_stalls_nothing() -> Result<()> {
         );
         (failing.join(), other)
     });
-    let (result, elapsed) = failed.map_err(|_| anyhow::anyhow!("the start thread panicked"))?;
-    let Err(err) = result else {
-        bail!("a FIFO entrypoint started");
-    };
-    let message = format!("{err:#}");
-    ensure!(
-        message.contains("/app.wasm") && message.contains("FIFO"),
-        "the error does not name the file and its type: {message}"
-    );
-    ensure!(
-        elapsed < Duration::from_secs(1),
-        "the failure took {elapsed:?}"
-    );
+    refused_as_fifo(failed.map_err(|_| anyhow::anyhow!("the start thread panicked"))?)?;
     other?;
     node.wait_for_log(&pod, "hello", "hello")?;
 
