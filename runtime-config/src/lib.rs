@@ -4,6 +4,7 @@
 //! registers the runtime.
 
 pub mod annotations;
+pub mod cgroup_driver;
 pub mod containerd;
 pub mod engine;
 pub mod features;

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use wedge_runtime_config::containerd::{inspect, EntryState, Location, Registration};
-use wedge_runtime_config::EngineConfig;
+use wedge_runtime_config::{cgroup_driver, EngineConfig};
 
 use super::cgroup::{self, CgroupVersion};
 use super::containerd_api;
@@ -338,12 +338,32 @@ fn cgroups(report: &mut NodeReport, target: &NodeTarget, registration: Option<&R
             "mount cgroup2 at /sys/fs/cgroup (or the v1 hierarchies)",
         );
     }
-    let driver = match registration.and_then(|registration| registration.systemd_cgroup) {
+    let runc_systemd = registration.and_then(|registration| registration.systemd_cgroup);
+    let driver = match runc_systemd {
         Some(true) => "systemd (runc's SystemdCgroup = true)",
         Some(false) => "cgroupfs (runc's SystemdCgroup = false)",
         None => "cgroupfs (containerd's default; runc's SystemdCgroup is not set)",
     };
     report.fact("cgroup driver", driver);
+    // A file that cannot be read or parsed is the engine config check's to report.
+    let wedge = std::fs::read_to_string(target.engine_config_path())
+        .ok()
+        .and_then(|text| EngineConfig::parse(&text, "engine config").ok())
+        .map(|config| config.cgroup.driver)
+        .unwrap_or_default();
+    report.fact(
+        "Wedge's cgroup driver",
+        format!(
+            "{} (engine config cgroup.driver)",
+            format!("{wedge:?}").to_lowercase()
+        ),
+    );
+    let systemd_init = target.root.resolve("/run/systemd/system").is_dir();
+    if registration.is_some() {
+        if let Some((what, fix)) = cgroup_driver::mismatch(runc_systemd, wedge, systemd_init) {
+            report.problem(what, fix);
+        }
+    }
 }
 
 fn runc(report: &mut NodeReport, target: &NodeTarget) {
@@ -603,5 +623,38 @@ mod tests {
         let reasons = uninstalled.mismatches(Expected::Uninstalled);
         assert_eq!(reasons.len(), 1, "{reasons:?}");
         assert!(reasons[0].contains("did not confirm"), "{reasons:?}");
+    }
+
+    #[tokio::test]
+    async fn doctor_reports_a_cgroup_driver_other_than_runcs() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = fake_node(dir.path());
+        let config = target.root.resolve(CONFIG);
+        let systemd = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("SystemdCgroup = false", "SystemdCgroup = true");
+        std::fs::write(&config, systemd).unwrap();
+        let driver_problems = |report: &NodeReport| -> Vec<String> {
+            report
+                .problems
+                .iter()
+                .filter(|problem| problem.what.contains("cgroup driver"))
+                .map(|problem| format!("{} / {}", problem.what, problem.fix))
+                .collect()
+        };
+        // No systemd as PID 1 under the fake root: `auto` would choose cgroupfs.
+        let problems = driver_problems(&gather(&target).await);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("driver = \"systemd\""), "{problems:?}");
+
+        let engine = target.engine_config_path();
+        std::fs::create_dir_all(engine.parent().unwrap()).unwrap();
+        std::fs::write(&engine, "[cgroup]\ndriver = \"systemd\"\n").unwrap();
+        let report = gather(&target).await;
+        assert!(
+            driver_problems(&report).is_empty(),
+            "{:?}",
+            driver_problems(&report)
+        );
     }
 }
