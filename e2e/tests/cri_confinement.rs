@@ -518,14 +518,18 @@ fn a_fifo_entrypoint_fails_fast_and_stalls_nothing() -> Result<()> {
         );
         Ok(())
     };
-    // Alone: the whole StartContainer, containerd's part included, fails fast.
+    // Alone: the whole StartContainer fails at once. The shim's own part is instant (its unit
+    // test holds it to a second); the bound here covers containerd's cleanup too (it runs the
+    // shim binary's `delete`), on a machine other tests keep busy: it tells a refusal from
+    // the hang it replaces, not a speed.
     let fifo = node.create_container(&pod, &fifo_spec("fifo"))?;
     let started = Instant::now();
     let result = node.start_container(&fifo);
     let elapsed = started.elapsed();
     refused_as_fifo(result)?;
+    eprintln!("StartContainer of the FIFO entrypoint failed after {elapsed:?}");
     ensure!(
-        elapsed < Duration::from_secs(1),
+        elapsed < Duration::from_secs(5),
         "the failure took {elapsed:?}"
     );
 
