@@ -639,42 +639,68 @@ fn a_systemd_form_cgroup_parent_follows_the_cgroupfs_driver_as_runc_does() -> Re
             ..Default::default()
         },
     )?;
-    let memory_cgroup = |pid: i32| -> Result<PathBuf> {
+    // In every hierarchy: the shim's own cgroup can differ between them (here the memory
+    // one does), and runc anchors a relative path in each.
+    let cgroup_of = |pid: i32, controller: &str| -> Result<PathBuf> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
         let path = text
             .lines()
             .find_map(|line| {
-                line.split_once(":memory:")
-                    .map(|(_, path)| path.to_string())
+                let mut fields = line.splitn(3, ':');
+                let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+                controllers
+                    .split(',')
+                    .any(|name| name == controller)
+                    .then(|| path.to_string())
             })
-            .context("no memory cgroup")?;
-        Ok(PathBuf::from("/sys/fs/cgroup/memory").join(path.trim_start_matches('/')))
+            .with_context(|| format!("no {controller} cgroup"))?;
+        Ok(PathBuf::from(path))
     };
-    let wasm_dir = memory_cgroup(node.task_pid(&wasm)?)?;
-    let sidecar_dir = memory_cgroup(node.task_pid(&sidecar)?)?;
-    ensure!(
-        wasm_dir.file_name() == Some(format!("{slice}:cri-containerd:{wasm}").as_ref()),
-        "wasm cgroup {}",
-        wasm_dir.display()
-    );
-    ensure!(
-        wasm_dir.parent() == sidecar_dir.parent(),
-        "wasm {} and runc {} are not siblings",
-        wasm_dir.display(),
-        sidecar_dir.display()
-    );
+    let (runner, sidecar_pid) = (node.task_pid(&wasm)?, node.task_pid(&sidecar)?);
+    for controller in ["memory", "cpu", "pids", "freezer", "devices"] {
+        let wasm_cgroup = cgroup_of(runner, controller)?;
+        let sidecar_cgroup = cgroup_of(sidecar_pid, controller)?;
+        ensure!(
+            wasm_cgroup.file_name() == Some(format!("{slice}:cri-containerd:{wasm}").as_ref()),
+            "wasm {controller} cgroup {}",
+            wasm_cgroup.display()
+        );
+        ensure!(
+            wasm_cgroup.parent() == sidecar_cgroup.parent(),
+            "{controller}: wasm {} and runc {} are not siblings",
+            wasm_cgroup.display(),
+            sidecar_cgroup.display()
+        );
+    }
+    let memory_dir = |pid: i32| -> Result<PathBuf> {
+        Ok(PathBuf::from("/sys/fs/cgroup/memory")
+            .join(cgroup_of(pid, "memory")?.strip_prefix("/")?))
+    };
+    let wasm_dir = memory_dir(runner)?;
+    let sidecar_dir = memory_dir(sidecar_pid)?;
     ensure!(
         std::fs::read_to_string(wasm_dir.join("memory.limit_in_bytes"))?.trim()
             == (64 << 20).to_string()
     );
-    let stats = node.stats(&wasm)?;
-    ensure!(
-        stats
-            .memory
-            .and_then(|memory| memory.working_set_bytes)
-            .is_some_and(|bytes| bytes.value > 0),
-        "no memory stats"
-    );
+    // Stats read every hierarchy, of the runc sidecar too (critest's "listing container
+    // stats").
+    for id in [&wasm, &sidecar] {
+        let stats = node.stats(id)?;
+        ensure!(
+            stats
+                .memory
+                .and_then(|memory| memory.working_set_bytes)
+                .is_some_and(|bytes| bytes.value > 0),
+            "no memory stats for {id}"
+        );
+        ensure!(
+            stats
+                .cpu
+                .and_then(|cpu| cpu.usage_core_nano_seconds)
+                .is_some(),
+            "no cpu stats for {id}"
+        );
+    }
     node.remove_pod(&pod)?;
     for dir in [&wasm_dir, &sidecar_dir] {
         ensure!(!dir.exists(), "{} left behind", dir.display());

@@ -168,7 +168,7 @@ async fn delete(flags: &Flags) -> Result<(), ShimError> {
 async fn remove_wasm_cgroup(bundle: &Path, spec: &spec::ContainerSpec, namespace: &str, id: &str) {
     let recorded = std::fs::read_to_string(bundle.join(CGROUP_FILE))
         .ok()
-        .and_then(|relative| Cgroup::at(Path::new(relative.trim())).ok());
+        .and_then(|record| Cgroup::from_record(record.trim()).ok());
     let cgroup = match recorded {
         Some(cgroup) => cgroup,
         None => {

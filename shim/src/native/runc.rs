@@ -228,7 +228,15 @@ impl Runc {
             args.push("--all");
         }
         args.extend([id, number.as_str()]);
-        self.simple(exits, id, bundle, "kill", &args).await
+        match self.simple(exits, id, bundle, "kill", &args).await {
+            // The process ended between containerd's request and runc's look (a stop racing
+            // the exit): what containerd expects then is "not found", as runc's own shim
+            // answers, not a failure of the stop.
+            Err(Error::Native { reason, .. }) if already_gone(&reason) => {
+                Err(Error::ProcessFinished)
+            }
+            other => other,
+        }
     }
 
     /// `runc delete --force`: removes the container's state, killing it if need be.
@@ -312,6 +320,17 @@ fn last_error(log: &Path) -> Option<String> {
         .map(|line| line.msg)
 }
 
+/// runc's words for a kill that found no process left to signal.
+fn already_gone(reason: &str) -> bool {
+    [
+        "container not running",
+        "process already finished",
+        "no such process",
+    ]
+    .iter()
+    .any(|words| reason.contains(words))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,5 +348,14 @@ mod tests {
         .unwrap();
         assert_eq!(last_error(&log).unwrap(), "exec: \"/nope\": no such file");
         assert_eq!(last_error(&dir.path().join("none")), None);
+    }
+
+    #[test]
+    fn a_kill_that_finds_the_process_gone_is_recognised() {
+        assert!(already_gone(
+            "runc kill failed: container not running: unknown"
+        ));
+        assert!(already_gone("os: process already finished"));
+        assert!(!already_gone("permission denied"));
     }
 }

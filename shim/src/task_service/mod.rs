@@ -266,10 +266,7 @@ impl Inner {
         if let Err(err) = std::fs::write(bundle.join(RUNNER_PID_FILE), pid.to_string()) {
             warn!(error = %err, "cannot record the runner pid in the bundle");
         }
-        if let Err(err) = std::fs::write(
-            bundle.join(CGROUP_FILE),
-            cgroup.path().as_os_str().as_encoded_bytes(),
-        ) {
+        if let Err(err) = std::fs::write(bundle.join(CGROUP_FILE), cgroup.record()) {
             warn!(error = %err, "cannot record the cgroup in the bundle");
         }
 
@@ -518,14 +515,25 @@ impl Inner {
             match container.runc() {
                 // Through runc, which knows the container's processes (`all`) and its pid
                 // namespace; a stopped container has nothing to signal.
-                Some(runc) if container.status() != Status::Stopped => {
-                    Ok(Some((runc.clone(), container.bundle.clone())))
-                }
+                Some(runc) if container.status() != Status::Stopped => Ok(Some((
+                    runc.clone(),
+                    container.bundle.clone(),
+                    container.pid,
+                ))),
                 _ => container.signal(signal).map(|()| None),
             }
         })?;
-        if let Some((runc, bundle)) = native {
-            runc.kill(&self.exits, id, &bundle, signal, all).await?;
+        if let Some((runc, bundle, pid)) = native {
+            if let Err(err) = runc.kill(&self.exits, id, &bundle, signal, all).await {
+                // A stop racing the container's own exit: runc finds nothing to signal
+                // before the shim has reaped it. containerd expects "not found" then, as
+                // runc's own shim answers.
+                return Err(if has_exited(pid) {
+                    Error::ProcessFinished
+                } else {
+                    err
+                });
+            }
         }
         Ok(())
     }
@@ -572,6 +580,17 @@ impl Inner {
         let _ = std::fs::remove_file(container.bundle.join(RUNNER_PID_FILE));
         let _ = std::fs::remove_file(container.bundle.join(CGROUP_FILE));
         Ok((container.pid, exit_status))
+    }
+}
+
+/// True when process `pid` is gone or a zombie waiting to be reaped.
+fn has_exited(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which ends at the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
     }
 }
 

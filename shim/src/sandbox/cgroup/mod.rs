@@ -152,11 +152,21 @@ impl Layout {
 pub struct Cgroup {
     layout: Layout,
     relative: PathBuf,
+    /// Below this process's own cgroup in each hierarchy rather than below the roots: where
+    /// the cgroupfs driver puts a relative `cgroupsPath`, as runc does.
+    below_own: bool,
 }
+
+/// Marks a recorded path as one below the shim's own cgroups (see [`Cgroup::record`]).
+const BELOW_OWN_PREFIX: &str = "own:";
 
 impl Cgroup {
     pub fn new(layout: Layout, relative: PathBuf) -> Self {
-        Cgroup { layout, relative }
+        Cgroup {
+            layout,
+            relative,
+            below_own: false,
+        }
     }
 
     /// The cgroup the spec names for container `id`, on this host, laid out by `driver`.
@@ -166,22 +176,38 @@ impl Cgroup {
         id: &str,
         driver: path::Driver,
     ) -> Result<Self, CgroupError> {
-        let layout = Layout::host()?;
-        let own = own_cgroup(layout).unwrap_or_default();
-        let relative = path::resolve(cgroups_path, namespace, id, driver, &own)?;
-        Ok(Cgroup::new(layout.clone(), relative))
+        let resolved = path::resolve(cgroups_path, namespace, id, driver)?;
+        Ok(Cgroup {
+            layout: Layout::host()?.clone(),
+            relative: resolved.path,
+            below_own: resolved.below_own_cgroup,
+        })
     }
 
-    /// A cgroup by its path relative to the hierarchy roots, as [`Cgroup::path`] gave it.
-    pub fn at(relative: &Path) -> Result<Self, CgroupError> {
+    /// How [`Cgroup::from_record`] finds this cgroup again (after a shim crash).
+    pub fn record(&self) -> String {
+        let prefix = if self.below_own { BELOW_OWN_PREFIX } else { "" };
+        format!("{prefix}{}", self.relative.display())
+    }
+
+    /// The cgroup [`Cgroup::record`] described.
+    pub fn from_record(record: &str) -> Result<Self, CgroupError> {
+        let (below_own, relative) = match record.strip_prefix(BELOW_OWN_PREFIX) {
+            Some(rest) => (true, Path::new(rest)),
+            None => (false, Path::new(record)),
+        };
         let clean = !relative.as_os_str().is_empty()
             && relative
                 .components()
                 .all(|part| matches!(part, std::path::Component::Normal(_)));
         if !clean {
-            return Err(CgroupError::InvalidPath(relative.display().to_string()));
+            return Err(CgroupError::InvalidPath(record.to_string()));
         }
-        Ok(Cgroup::new(Layout::host()?.clone(), relative.to_path_buf()))
+        Ok(Cgroup {
+            layout: Layout::host()?.clone(),
+            relative: relative.to_path_buf(),
+            below_own,
+        })
     }
 
     pub fn is_v2(&self) -> bool {
@@ -190,13 +216,19 @@ impl Cgroup {
 
     /// The directory of `controller` (v1), or the one directory (v2).
     fn dir(&self, controller: Controller) -> Option<PathBuf> {
-        match &self.layout {
-            Layout::Unified(root) => Some(root.join(&self.relative)),
+        let (mount, name) = match &self.layout {
+            Layout::Unified(root) => (root.clone(), ""),
             Layout::Legacy(mounts) => mounts
                 .iter()
                 .find(|(c, _)| *c == controller)
-                .map(|(_, mount)| mount.join(&self.relative)),
-        }
+                .map(|(_, mount)| (mount.clone(), controller.name()))?,
+        };
+        let base = if self.below_own {
+            own_cgroup(name).unwrap_or_default()
+        } else {
+            PathBuf::new()
+        };
+        Some(mount.join(base).join(&self.relative))
     }
 
     /// Every distinct directory of this cgroup (v1 hierarchies can be co-mounted).
@@ -371,32 +403,34 @@ pub fn warm_up_migration() {
 /// `cgroup.procs` of the cgroup this process is in, in the memory hierarchy (v1) or the
 /// unified tree (v2).
 fn own_cgroup_procs(layout: &Layout) -> Option<PathBuf> {
-    let root = match layout {
-        Layout::Unified(root) => root.clone(),
-        Layout::Legacy(mounts) => mounts
-            .iter()
-            .find(|(controller, _)| *controller == Controller::Memory)?
-            .1
-            .clone(),
+    let (root, name) = match layout {
+        Layout::Unified(root) => (root.clone(), ""),
+        Layout::Legacy(mounts) => (
+            mounts
+                .iter()
+                .find(|(controller, _)| *controller == Controller::Memory)?
+                .1
+                .clone(),
+            Controller::Memory.name(),
+        ),
     };
-    Some(root.join(own_cgroup(layout)?).join("cgroup.procs"))
+    Some(root.join(own_cgroup(name)?).join("cgroup.procs"))
 }
 
-/// The cgroup this process is in, relative to the hierarchy root: the memory hierarchy's
-/// (v1) or the unified tree's (v2).
-fn own_cgroup(layout: &Layout) -> Option<PathBuf> {
-    let membership = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let wanted = match layout {
-        Layout::Unified(_) => "",
-        Layout::Legacy(_) => "memory",
-    };
+/// The cgroup this process is in, relative to the hierarchy root, in the v1 hierarchy of
+/// `controller` (they can differ: a node agent may have moved it in some only), or with ""
+/// in the unified tree. Read once per process.
+fn own_cgroup(controller: &str) -> Option<PathBuf> {
+    static OWN: OnceLock<String> = OnceLock::new();
+    let membership =
+        OWN.get_or_init(|| std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default());
     membership.lines().find_map(|line| {
         let mut fields = line.splitn(3, ':');
         let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
-        let matches = if wanted.is_empty() {
+        let matches = if controller.is_empty() {
             controllers.is_empty()
         } else {
-            controllers.split(',').any(|name| name == wanted)
+            controllers.split(',').any(|name| name == controller)
         };
         matches.then(|| PathBuf::from(path.trim_start_matches('/')))
     })

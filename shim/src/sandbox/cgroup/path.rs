@@ -43,15 +43,23 @@ fn systemd_is_init() -> bool {
     Path::new("/run/systemd/system").is_dir()
 }
 
-/// The cgroup of container `id` as a path relative to a hierarchy root (no leading `/`).
-/// `own_cgroup` is the shim's own cgroup, relative too: where cgroupfs puts relative paths.
+/// Where a container's cgroup is: `path` (relative, no leading `/`) below each hierarchy's
+/// root, or below the shim's own cgroup in each hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub path: PathBuf,
+    pub below_own_cgroup: bool,
+}
+
+/// The cgroup of container `id`.
 pub fn resolve(
     cgroups_path: &str,
     namespace: &str,
     id: &str,
     driver: Driver,
-    own_cgroup: &Path,
-) -> Result<PathBuf, CgroupError> {
+) -> Result<Resolved, CgroupError> {
+    let below_own_cgroup =
+        driver == Driver::Cgroupfs && !cgroups_path.is_empty() && !cgroups_path.starts_with('/');
     let relative = if cgroups_path.is_empty() {
         // What containerd itself uses when a client sets no path.
         PathBuf::from(namespace).join(id)
@@ -62,10 +70,8 @@ pub fn resolve(
             )));
         }
         systemd_path(cgroups_path)?
-    } else if let Some(absolute) = cgroups_path.strip_prefix('/') {
-        PathBuf::from(absolute)
     } else {
-        own_cgroup.join(cgroups_path)
+        PathBuf::from(cgroups_path.trim_start_matches('/'))
     };
     let clean = relative
         .components()
@@ -73,7 +79,10 @@ pub fn resolve(
     if !clean || relative.as_os_str().is_empty() {
         return Err(CgroupError::InvalidPath(cgroups_path.to_string()));
     }
-    Ok(relative)
+    Ok(Resolved {
+        path: relative,
+        below_own_cgroup,
+    })
 }
 
 /// True for the systemd driver's `slice:prefix:name` form.
@@ -138,13 +147,7 @@ mod tests {
 
     fn resolve(cgroups_path: &str, namespace: &str, id: &str) -> Result<PathBuf, CgroupError> {
         let driver = Driver::decide_on(CgroupDriver::Auto, cgroups_path, true);
-        super::resolve(
-            cgroups_path,
-            namespace,
-            id,
-            driver,
-            Path::new("system.slice/containerd.service"),
-        )
+        super::resolve(cgroups_path, namespace, id, driver).map(|resolved| resolved.path)
     }
 
     #[test]
@@ -186,24 +189,27 @@ mod tests {
 
     #[test]
     fn cgroupfs_takes_a_slice_path_from_its_own_cgroup_as_runc_does() {
-        let own = Path::new("system.slice/containerd.service");
         assert_eq!(
             super::resolve(
                 "test.slice:cri-containerd:abc",
                 "k8s.io",
                 "abc",
-                Driver::Cgroupfs,
-                own
+                Driver::Cgroupfs
             )
             .unwrap(),
-            PathBuf::from("system.slice/containerd.service/test.slice:cri-containerd:abc")
+            Resolved {
+                path: PathBuf::from("test.slice:cri-containerd:abc"),
+                below_own_cgroup: true
+            }
         );
         assert_eq!(
-            super::resolve("/kubepods/abc", "k8s.io", "abc", Driver::Cgroupfs, own).unwrap(),
-            PathBuf::from("kubepods/abc")
+            super::resolve("/kubepods/abc", "k8s.io", "abc", Driver::Cgroupfs).unwrap(),
+            Resolved {
+                path: PathBuf::from("kubepods/abc"),
+                below_own_cgroup: false
+            }
         );
-        let err =
-            super::resolve("/kubepods/abc", "k8s.io", "abc", Driver::Systemd, own).unwrap_err();
+        let err = super::resolve("/kubepods/abc", "k8s.io", "abc", Driver::Systemd).unwrap_err();
         assert!(err.to_string().contains("slice:prefix:name"), "{err}");
     }
 
