@@ -2,6 +2,7 @@
 //! binaries under test, and the wasm programs and images they run.
 
 pub mod binaries;
+pub mod cgroups;
 pub mod components;
 pub mod containerd;
 pub mod cri;

@@ -12,7 +12,7 @@ use k8s_cri::v1::security_profile::ProfileType;
 use k8s_cri::v1::SecurityProfile;
 use wedge_e2e::cri::{sh, BUSYBOX, WEDGE_HANDLER};
 use wedge_e2e::images::{image_with_special_files, SpecialFile};
-use wedge_e2e::{components, programs, ContainerSpec, CriNode, Release};
+use wedge_e2e::{cgroups, components, programs, ContainerSpec, CriNode, Release};
 
 /// Creates a directory; prints what `mkdir` said.
 const MKDIR_C: &str = r#"
@@ -33,38 +33,12 @@ const HWRNG: (u32, u32) = (10, 183);
 
 /// Pids of every process in the container's cgroup (pids hierarchy).
 fn cgroup_pids(runner: i32) -> Result<Vec<i32>> {
-    let dir = cgroup_dir(runner, "pids")?;
+    let dir = cgroups::dir(runner, "pids")?;
     let text = std::fs::read_to_string(dir.join("cgroup.procs"))?;
     Ok(text
         .lines()
         .filter_map(|line| line.trim().parse().ok())
         .collect())
-}
-
-/// The directory of `pid`'s cgroup in the v1 hierarchy of `controller`.
-fn cgroup_dir(pid: i32, controller: &str) -> Result<PathBuf> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-    let path = text
-        .lines()
-        .find_map(|line| {
-            let mut fields = line.splitn(3, ':');
-            let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
-            controllers
-                .split(',')
-                .any(|name| name == controller)
-                .then(|| path.to_string())
-        })
-        .with_context(|| format!("{pid} has no {controller} cgroup:\n{text}"))?;
-    let mount = std::fs::read_dir("/sys/fs/cgroup")?
-        .flatten()
-        .map(|entry| entry.path())
-        .find(|dir| {
-            dir.file_name()
-                .and_then(|name| name.to_str())
-                .is_some_and(|name| name.split(',').any(|part| part == controller))
-        })
-        .with_context(|| format!("no {controller} hierarchy mounted"))?;
-    Ok(mount.join(path.trim_start_matches('/')))
 }
 
 fn status_field<'a>(status: &'a str, field: &str) -> Option<&'a str> {
@@ -186,7 +160,7 @@ fn device_nodes_in_an_image_are_refused_as_runc_refuses_them() -> Result<()> {
     );
 
     // The device cgroup: nothing the runc container beside it may not do.
-    let sidecar_cgroup = cgroup_dir(node.task_pid(&sidecar)?, "devices")?;
+    let sidecar_cgroup = cgroups::dir(node.task_pid(&sidecar)?, "devices")?;
     let runc_list = devices_list(&sidecar_cgroup)?;
     ensure!(!runc_list.contains("a *:* rwm"), "runc: {runc_list:?}");
     // The probe has exited (and its cgroup is gone with its task): a running wasm container
@@ -200,7 +174,7 @@ fn device_nodes_in_an_image_are_refused_as_runc_refuses_them() -> Result<()> {
             ..Default::default()
         },
     )?;
-    let wasm_cgroup = cgroup_dir(node.task_pid(&running)?, "devices")?;
+    let wasm_cgroup = cgroups::dir(node.task_pid(&running)?, "devices")?;
     let wasm_list = devices_list(&wasm_cgroup)?;
     ensure!(
         wasm_list.is_subset(&runc_list) && !wasm_list.is_empty(),

@@ -1,13 +1,13 @@
 //! Pods through containerd's CRI plugin, driven as kubelet drives it: runtime handler
 //! `wedge` against the `runc` handler on the same containerd.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use k8s_cri::v1::ContainerState;
 use wedge_e2e::cri::{sh, RUNC_HANDLER, WEDGE_HANDLER};
-use wedge_e2e::{images, programs, ContainerSpec, CriNode, Release};
+use wedge_e2e::{cgroups, images, programs, ContainerSpec, CriNode, Release};
 
 /// What a kubelet observes of a pod with one busybox sidecar: logs, exec, exit status after
 /// a stop with a grace period, and a clean node afterwards.
@@ -641,25 +641,10 @@ fn a_systemd_form_cgroup_parent_follows_the_cgroupfs_driver_as_runc_does() -> Re
     )?;
     // In every hierarchy: the shim's own cgroup can differ between them (here the memory
     // one does), and runc anchors a relative path in each.
-    let cgroup_of = |pid: i32, controller: &str| -> Result<PathBuf> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-        let path = text
-            .lines()
-            .find_map(|line| {
-                let mut fields = line.splitn(3, ':');
-                let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
-                controllers
-                    .split(',')
-                    .any(|name| name == controller)
-                    .then(|| path.to_string())
-            })
-            .with_context(|| format!("no {controller} cgroup"))?;
-        Ok(PathBuf::from(path))
-    };
     let (runner, sidecar_pid) = (node.task_pid(&wasm)?, node.task_pid(&sidecar)?);
     for controller in ["memory", "cpu", "pids", "freezer", "devices"] {
-        let wasm_cgroup = cgroup_of(runner, controller)?;
-        let sidecar_cgroup = cgroup_of(sidecar_pid, controller)?;
+        let wasm_cgroup = cgroups::of(runner, controller)?;
+        let sidecar_cgroup = cgroups::of(sidecar_pid, controller)?;
         ensure!(
             wasm_cgroup.file_name() == Some(format!("{slice}:cri-containerd:{wasm}").as_ref()),
             "wasm {controller} cgroup {}",
@@ -672,12 +657,8 @@ fn a_systemd_form_cgroup_parent_follows_the_cgroupfs_driver_as_runc_does() -> Re
             sidecar_cgroup.display()
         );
     }
-    let memory_dir = |pid: i32| -> Result<PathBuf> {
-        Ok(PathBuf::from("/sys/fs/cgroup/memory")
-            .join(cgroup_of(pid, "memory")?.strip_prefix("/")?))
-    };
-    let wasm_dir = memory_dir(runner)?;
-    let sidecar_dir = memory_dir(sidecar_pid)?;
+    let wasm_dir = cgroups::dir(runner, "memory")?;
+    let sidecar_dir = cgroups::dir(sidecar_pid, "memory")?;
     ensure!(
         std::fs::read_to_string(wasm_dir.join("memory.limit_in_bytes"))?.trim()
             == (64 << 20).to_string()
