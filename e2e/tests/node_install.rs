@@ -137,6 +137,66 @@ fn install_then_uninstall_restores_the_node() -> Result<()> {
     Ok(())
 }
 
+/// containerd hands `SystemdCgroup` to runc's shim only, so the installer repeats it in the
+/// engine config it writes: a node whose runc uses the systemd driver gets Wedge's systemd
+/// driver, one on cgroupfs gets cgroupfs, and an engine config that chooses stays as it is.
+#[test]
+fn install_gives_the_engine_config_runc_s_cgroup_driver() -> Result<()> {
+    require_root()?;
+    let shim_source = binaries::path(binaries::SHIM)?;
+    for (systemd_cgroup, given, expected) in [
+        (true, "[cache]\nenabled = false\n", "systemd"),
+        (false, "[cache]\nenabled = false\n", "cgroupfs"),
+        (
+            true,
+            "[cache]\nenabled = false\n[cgroup]\ndriver = \"cgroupfs\"\n",
+            "cgroupfs",
+        ),
+    ] {
+        let root = tempfile::Builder::new()
+            .prefix("wedge-node-")
+            .tempdir_in("/tmp")?;
+        let config = root.path().join(CONFIG);
+        std::fs::create_dir_all(config.parent().context("config dir")?)?;
+        let mut doc: toml_edit::DocumentMut = default_config(Path::new("containerd"))?.parse()?;
+        doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["runc"]["options"]
+            ["SystemdCgroup"] = toml_edit::value(systemd_cgroup);
+        std::fs::write(&config, doc.to_string())?;
+        let source = root.path().join("installer-engine.toml");
+        std::fs::write(&source, given)?;
+        let mut extra = install_args(&shim_source);
+        extra.extend(["--engine-config".into(), source.display().to_string()]);
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+
+        let out = node("install", root.path(), &extra)?;
+        let engine = root.path().join("etc/wedge/config.toml");
+        let written = wedge_runtime_config::EngineConfig::parse(
+            &std::fs::read_to_string(&engine)?,
+            "installed engine config",
+        )?;
+        ensure!(
+            wedge_runtime_config::cgroup_driver::name(written.cgroup.driver) == expected,
+            "SystemdCgroup = {systemd_cgroup}, given {given:?}: driver {:?}; install said {}",
+            written.cgroup.driver,
+            String::from_utf8_lossy(&out.stdout)
+        );
+        ensure!(!written.cache.enabled, "the given settings were kept");
+
+        let engine_args = [
+            "--restart",
+            "never",
+            "--engine-config",
+            &extra[extra.len() - 1],
+        ];
+        node("uninstall", root.path(), &engine_args)?;
+        ensure!(
+            !engine.exists(),
+            "uninstall left the engine config it wrote"
+        );
+    }
+    Ok(())
+}
+
 /// A containerd started with a config under a temp dir, stopped (by its pid) when dropped.
 struct Daemon {
     child: Child,

@@ -7,7 +7,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use wedge_runtime_config::EngineConfig;
+use wedge_runtime_config::{cgroup_driver, EngineConfig};
 
 use super::error::{NodeError, Result};
 
@@ -80,15 +80,18 @@ pub fn install_shim(source: &Path, dest: &Path) -> Result<Copied> {
     Ok(Copied::Written { sha256: found })
 }
 
-/// Writes the engine config from `source` to `dest`; an existing `dest` with other contents
-/// is kept or replaced as `existing` says. The source is validated first, so a bad config
-/// never replaces a working one.
+/// Writes the engine config from `source` to `dest`, with runc's cgroup driver on the node
+/// (`runc_systemd_cgroup`) unless `source` chooses one; an existing `dest` with other
+/// contents is kept or replaced as `existing` says. What would be written is validated
+/// first, so a bad config never replaces a working one.
 pub fn place_engine_config(
     source: &Path,
     dest: &Path,
     existing: ExistingEngineConfig,
+    runc_systemd_cgroup: Option<bool>,
 ) -> Result<Copied> {
-    let text = fs::read_to_string(source).map_err(NodeError::io("cannot read", source))?;
+    let given = fs::read_to_string(source).map_err(NodeError::io("cannot read", source))?;
+    let text = cgroup_driver::with_runc_driver(&given, runc_systemd_cgroup);
     EngineConfig::parse(&text, &source.display().to_string()).map_err(|err| {
         NodeError::EngineConfigInvalid {
             path: source.to_path_buf(),
@@ -135,13 +138,17 @@ fn save_previous_once(dest: &Path, contents: &[u8]) -> Result<Option<PathBuf>> {
     }
 }
 
-/// Removes `path` if it holds exactly `source`'s bytes (what install would have copied);
-/// returns whether it did.
-pub fn remove_if_same(path: &Path, source: &Path) -> Result<bool> {
-    let (Ok(installed), Ok(original)) = (fs::read(path), fs::read(source)) else {
+/// Removes `path` if it holds exactly what install writes from `source` (its bytes, with
+/// either cgroup driver added: runc's may have changed since); returns whether it did.
+pub fn remove_if_installed(path: &Path, source: &Path) -> Result<bool> {
+    let (Ok(installed), Ok(original)) = (fs::read_to_string(path), fs::read_to_string(source))
+    else {
         return Ok(false);
     };
-    if installed != original {
+    let written_by_install = [None, Some(true)]
+        .into_iter()
+        .any(|systemd| installed == cgroup_driver::with_runc_driver(&original, systemd));
+    if installed != original && !written_by_install {
         return Ok(false);
     }
     remove(path)
@@ -191,17 +198,47 @@ mod tests {
         fs::write(&source, "[cache]\nenabled = false\n").unwrap();
         let dest = dir.path().join("etc/wedge/config.toml");
         assert!(matches!(
-            place_engine_config(&source, &dest, ExistingEngineConfig::Keep).unwrap(),
+            place_engine_config(&source, &dest, ExistingEngineConfig::Keep, None).unwrap(),
             Copied::Written { .. }
         ));
         fs::write(&dest, "# the operator's\n").unwrap();
         assert_eq!(
-            place_engine_config(&source, &dest, ExistingEngineConfig::Keep).unwrap(),
+            place_engine_config(&source, &dest, ExistingEngineConfig::Keep, None).unwrap(),
             Copied::Kept
         );
         assert!(!previous_path(&dest).exists());
         assert_eq!(fs::read_to_string(&dest).unwrap(), "# the operator's\n");
-        assert!(!remove_if_same(&dest, &source).unwrap());
+        assert!(!remove_if_installed(&dest, &source).unwrap());
+    }
+
+    #[test]
+    fn the_written_engine_config_follows_runc_s_driver_and_uninstall_recognises_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source.toml");
+        fs::write(&source, "[cache]\nenabled = false\n").unwrap();
+        let dest = dir.path().join("etc/wedge/config.toml");
+        place_engine_config(&source, &dest, ExistingEngineConfig::Keep, Some(true)).unwrap();
+        let written = fs::read_to_string(&dest).unwrap();
+        let config = EngineConfig::parse(&written, "written").unwrap();
+        assert_eq!(
+            config.cgroup.driver,
+            wedge_runtime_config::CgroupDriver::Systemd
+        );
+        assert!(!config.cache.enabled);
+        // Installed again with the same runc setting: nothing to do.
+        assert!(matches!(
+            place_engine_config(&source, &dest, ExistingEngineConfig::Keep, Some(true)).unwrap(),
+            Copied::AlreadyThere { .. }
+        ));
+        // Uninstall knows the file as its own even when runc's setting changed since.
+        assert!(remove_if_installed(&dest, &source).unwrap());
+        assert!(!dest.exists());
+        place_engine_config(&source, &dest, ExistingEngineConfig::Keep, None).unwrap();
+        assert!(fs::read_to_string(&dest)
+            .unwrap()
+            .contains("driver = \"cgroupfs\""));
+        fs::write(&dest, fs::read_to_string(&dest).unwrap() + "# edited\n").unwrap();
+        assert!(!remove_if_installed(&dest, &source).unwrap());
     }
 
     #[test]
@@ -211,7 +248,7 @@ mod tests {
         fs::write(&source, "[cache]\nenabeld = false\n").unwrap();
         let dest = dir.path().join("config.toml");
         assert!(matches!(
-            place_engine_config(&source, &dest, ExistingEngineConfig::Keep),
+            place_engine_config(&source, &dest, ExistingEngineConfig::Keep, None),
             Err(NodeError::EngineConfigInvalid { .. })
         ));
         assert!(!dest.exists());
@@ -224,10 +261,14 @@ mod tests {
         fs::create_dir_all(dest.parent().unwrap()).unwrap();
         fs::write(&dest, "# the operator's\n").unwrap();
         let first = dir.path().join("first.toml");
-        fs::write(&first, "[cache]\nenabled = false\n").unwrap();
+        fs::write(
+            &first,
+            "[cache]\nenabled = false\n[cgroup]\ndriver = \"auto\"\n",
+        )
+        .unwrap();
 
         let Copied::Replaced { previous, .. } =
-            place_engine_config(&first, &dest, ExistingEngineConfig::Replace).unwrap()
+            place_engine_config(&first, &dest, ExistingEngineConfig::Replace, None).unwrap()
         else {
             panic!("not replaced");
         };
@@ -242,14 +283,18 @@ mod tests {
 
         // The same content again: nothing to do.
         assert!(matches!(
-            place_engine_config(&first, &dest, ExistingEngineConfig::Replace).unwrap(),
+            place_engine_config(&first, &dest, ExistingEngineConfig::Replace, None).unwrap(),
             Copied::AlreadyThere { .. }
         ));
         // A new ConfigMap: replaced, and the operator's original stays the saved one.
         let second = dir.path().join("second.toml");
-        fs::write(&second, "[cache]\nenabled = true\n").unwrap();
+        fs::write(
+            &second,
+            "[cache]\nenabled = true\n[cgroup]\ndriver = \"auto\"\n",
+        )
+        .unwrap();
         assert_eq!(
-            place_engine_config(&second, &dest, ExistingEngineConfig::Replace).unwrap(),
+            place_engine_config(&second, &dest, ExistingEngineConfig::Replace, None).unwrap(),
             Copied::Replaced {
                 sha256: sha256_file(&second).unwrap(),
                 previous: None
@@ -274,7 +319,7 @@ mod tests {
         let source = dir.path().join("source.toml");
         fs::write(&source, "[cache]\nenabeld = false\n").unwrap();
         assert!(matches!(
-            place_engine_config(&source, &dest, ExistingEngineConfig::Replace),
+            place_engine_config(&source, &dest, ExistingEngineConfig::Replace, None),
             Err(NodeError::EngineConfigInvalid { .. })
         ));
         assert_eq!(fs::read_to_string(&dest).unwrap(), "# the operator's\n");

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use wedge_runtime_config::cgroup_driver;
 use wedge_runtime_config::containerd::{
     inspect, plan_install, plan_uninstall, Location, Outcome, Plan,
 };
@@ -54,6 +55,13 @@ pub async fn install(
     let shim = target.shim_path();
     let engine = target.engine_config_path();
     let shown = |path: &PathBuf| location.root.host_view(path).display().to_string();
+    // containerd hands SystemdCgroup to runc's shim only: the engine config repeats it.
+    let runc_systemd_cgroup = inspect(&location, &spec)?.systemd_cgroup;
+    let driver = cgroup_driver::name(cgroup_driver::runc_driver(runc_systemd_cgroup));
+    let driver_note = |source: &PathBuf| match std::fs::read_to_string(source) {
+        Ok(text) if cgroup_driver::sets_driver(&text) => String::new(),
+        _ => format!(", cgroup driver {driver} as runc's"),
+    };
     if options.dry_run {
         say(
             out,
@@ -71,7 +79,12 @@ pub async fn install(
             };
             say(
                 out,
-                format!("{verb} {} (from {})", shown(&engine), source.display()),
+                format!(
+                    "{verb} {} (from {}{})",
+                    shown(&engine),
+                    source.display(),
+                    driver_note(source)
+                ),
             );
         }
         describe_plan(out, &location, &plan);
@@ -92,17 +105,26 @@ pub async fn install(
         Copied::Kept | Copied::Replaced { .. } => {}
     }
     if let Some(source) = &options.engine_config {
-        match files::place_engine_config(source, &engine, options.existing_engine_config)? {
-            Copied::Written { .. } => say(out, format!("wrote {}", shown(&engine))),
+        match files::place_engine_config(
+            source,
+            &engine,
+            options.existing_engine_config,
+            runc_systemd_cgroup,
+        )? {
+            Copied::Written { .. } => say(
+                out,
+                format!("wrote {}{}", shown(&engine), driver_note(source)),
+            ),
             Copied::Replaced { previous, .. } => say(
                 out,
                 match previous {
                     Some(previous) => format!(
-                        "replaced {} (the replaced file is kept as {})",
+                        "replaced {}{} (the replaced file is kept as {})",
                         shown(&engine),
+                        driver_note(source),
                         shown(&previous)
                     ),
-                    None => format!("replaced {}", shown(&engine)),
+                    None => format!("replaced {}{}", shown(&engine), driver_note(source)),
                 },
             ),
             Copied::AlreadyThere { .. } => say(out, format!("{} already current", shown(&engine))),
@@ -165,7 +187,7 @@ pub async fn uninstall(
         say(out, "containerd was not restarted (--restart never): it drops the runtime at its next start");
     }
     if let Some(source) = &options.engine_config {
-        if files::remove_if_same(&engine, source)? {
+        if files::remove_if_installed(&engine, source)? {
             say(out, format!("removed {}", shown(&engine)));
             if let Some(dir) = engine.parent() {
                 // Only if empty: the operator may keep other files there.
