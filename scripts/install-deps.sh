@@ -12,6 +12,9 @@ packages=(containerd runc clang lld wasi-libc libclang-rt-14-dev-wasm32 busybox-
   protobuf-compiler docker-registry containernetworking-plugins iptables)
 containerd17_version="1.7.24~ds1-6+deb13u1"
 containerd17_dir=/opt/wedge-test/containerd-1.7
+# sid moves on: this version if the mirror still has it, else sid's current containerd.
+containerd21_version="2.1.9+ds1-5"
+containerd21_dir=/opt/wedge-test/containerd-2.1
 
 missing=()
 for package in "${packages[@]}"; do
@@ -20,12 +23,30 @@ for package in "${packages[@]}"; do
 done
 need_containerd17=false
 [ -x "$containerd17_dir/usr/bin/containerd" ] || need_containerd17=true
+need_containerd21=false
+[ -x "$containerd21_dir/usr/bin/containerd" ] || need_containerd21=true
 
-if ((${#missing[@]})) || $need_containerd17; then
+if ((${#missing[@]})) || $need_containerd17 || $need_containerd21; then
   if [ "$(id -u)" -ne 0 ]; then
-    echo "missing: ${missing[*]} $($need_containerd17 && echo "containerd 1.7 in $containerd17_dir") (run as root)" >&2
+    echo "missing: ${missing[*]} $($need_containerd17 && echo "containerd 1.7 in $containerd17_dir") $($need_containerd21 && echo "containerd 2.1 in $containerd21_dir") (run as root)" >&2
     exit 1
   fi
+fi
+
+if $need_containerd21 && ! grep -rqs "Suites: sid" /etc/apt/sources.list.d/; then
+  # sid pinned lower still: only the download below takes anything from it.
+  cat > /etc/apt/sources.list.d/wedge-sid.sources <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: sid
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  cat > /etc/apt/preferences.d/wedge-sid <<'PIN'
+Package: *
+Pin: release n=sid
+Pin-Priority: 50
+PIN
 fi
 
 if $need_containerd17; then
@@ -46,7 +67,7 @@ PIN
   fi
 fi
 
-if ((${#missing[@]})) || $need_containerd17; then
+if ((${#missing[@]})) || $need_containerd17 || $need_containerd21; then
   apt-get update -q
 fi
 if ((${#missing[@]})); then
@@ -63,6 +84,15 @@ if $need_containerd17; then
   dpkg-deb -x "$download"/containerd_*.deb "$containerd17_dir"
   rm -rf "$download"
   "$containerd17_dir/usr/bin/containerd" --version
+fi
+if $need_containerd21; then
+  download=$(mktemp -d)
+  (cd "$download" && { apt-get download -q "containerd=$containerd21_version" \
+    || apt-get download -q containerd/sid; })
+  rm -rf "$containerd21_dir" && mkdir -p "$containerd21_dir"
+  dpkg-deb -x "$download"/containerd_*.deb "$containerd21_dir"
+  rm -rf "$download"
+  "$containerd21_dir/usr/bin/containerd" --version
 fi
 
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup)" >&2; exit 1; }

@@ -28,28 +28,82 @@ deny = ["192.0.2.0/24"]
 /// containerd's runtime type for the Wedge shim.
 pub const WEDGE_RUNTIME: &str = "io.containerd.wedge.v1";
 
-/// Where `scripts/install-deps.sh` unpacks containerd 1.7 beside the system's 1.6.
+/// Where `scripts/install-deps.sh` unpacks containerd 1.7 and 2.1 beside the system's 1.6.
 pub const CONTAINERD_1_7_DIR: &str = "/opt/wedge-test/containerd-1.7/usr/bin";
+pub const CONTAINERD_2_1_DIR: &str = "/opt/wedge-test/containerd-2.1/usr/bin";
 
-/// Which containerd to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Names the release most tests run on: `1.6` (the default), `1.7` or `2.1`.
+pub const RELEASE_ENV: &str = "WEDGE_E2E_CONTAINERD";
+
+/// Which containerd to run, oldest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Release {
     /// The one on PATH (Debian bookworm: 1.6.20).
-    System,
+    V1_6,
     /// 1.7 from [`CONTAINERD_1_7_DIR`] (or `$WEDGE_CONTAINERD_1_7_DIR`): images whose layers
     /// are wasm need containerd >= 1.7.7.
     V1_7,
+    /// 2.1 from [`CONTAINERD_2_1_DIR`] (or `$WEDGE_CONTAINERD_2_1_DIR`): config version 3,
+    /// CRI `RuntimeConfig`, the task API v3.
+    V2_1,
 }
 
 impl Release {
-    fn bin_dir(self) -> Option<PathBuf> {
+    pub const ALL: [Release; 3] = [Release::V1_6, Release::V1_7, Release::V2_1];
+
+    /// The release named by [`RELEASE_ENV`], else 1.6. A name that is not a release stops
+    /// the test rather than silently testing another one.
+    pub fn under_test() -> Release {
+        match std::env::var(RELEASE_ENV) {
+            Err(_) => Release::V1_6,
+            Ok(name) => Release::parse(&name)
+                .unwrap_or_else(|| panic!("{RELEASE_ENV}={name}: expected 1.6, 1.7 or 2.1")),
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Release> {
+        Release::ALL
+            .into_iter()
+            .find(|release| release.name() == name.trim())
+    }
+
+    pub fn name(self) -> &'static str {
         match self {
-            Release::System => None,
-            Release::V1_7 => Some(
-                std::env::var_os("WEDGE_CONTAINERD_1_7_DIR")
+            Release::V1_6 => "1.6",
+            Release::V1_7 => "1.7",
+            Release::V2_1 => "2.1",
+        }
+    }
+
+    /// This release, or `oldest` when this one is older (a test that needs a feature).
+    pub fn at_least(self, oldest: Release) -> Release {
+        self.max(oldest)
+    }
+
+    pub fn bin_dir(self) -> Option<PathBuf> {
+        let private = |variable: &str, default: &str| {
+            Some(
+                std::env::var_os(variable)
                     .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from(CONTAINERD_1_7_DIR)),
-            ),
+                    .unwrap_or_else(|| PathBuf::from(default)),
+            )
+        };
+        match self {
+            Release::V1_6 => None,
+            Release::V1_7 => private("WEDGE_CONTAINERD_1_7_DIR", CONTAINERD_1_7_DIR),
+            Release::V2_1 => private("WEDGE_CONTAINERD_2_1_DIR", CONTAINERD_2_1_DIR),
+        }
+    }
+
+    /// The release's `containerd` binary.
+    pub fn containerd(self) -> PathBuf {
+        self.binary("containerd")
+    }
+
+    pub fn binary(self, name: &str) -> PathBuf {
+        match self.bin_dir() {
+            Some(bin) => bin.join(name),
+            None => PathBuf::from(name),
         }
     }
 }
@@ -61,7 +115,7 @@ type Prepare<'a> = Box<dyn FnOnce(&Path, &Path) -> Result<()> + 'a>;
 pub struct Containerd {
     dir: tempfile::TempDir,
     daemon: Option<Child>,
-    bin_dir: Option<PathBuf>,
+    release: Release,
     cri: Option<CriSetup>,
 }
 
@@ -72,10 +126,23 @@ pub struct CriSetup {
     pub subnet: String,
     /// cgroupfs path (from a hierarchy's root) that the test's pods go under.
     pub cgroup_parent: String,
+    /// The image of every pod's sandbox (pause) container.
+    pub sandbox_image: String,
+    /// containerd's registry `config_path` (a `hosts.toml` per registry host), when image
+    /// pulls go to a registry of the test's.
+    pub registry_hosts: Option<PathBuf>,
+}
+
+/// What a CRI containerd needs from the caller beyond the defaults: where images come from.
+#[derive(Debug, Clone, Default)]
+pub struct CriOptions {
+    /// Default [`PAUSE_IMAGE`], which the caller imports.
+    pub sandbox_image: Option<String>,
+    pub registry_hosts: Option<PathBuf>,
 }
 
 impl CriSetup {
-    fn new(dir: &Path) -> Self {
+    fn new(dir: &Path, options: CriOptions) -> Self {
         use std::sync::atomic::{AtomicU32, Ordering};
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed) % 250;
@@ -88,6 +155,10 @@ impl CriSetup {
             bridge: format!("wdg{}x{n}", pid % 100_000),
             subnet: format!("10.{}.{n}.0/24", 100 + pid % 100),
             cgroup_parent: format!("/{name}"),
+            sandbox_image: options
+                .sandbox_image
+                .unwrap_or_else(|| PAUSE_IMAGE.to_string()),
+            registry_hosts: options.registry_hosts,
         }
     }
 
@@ -113,21 +184,26 @@ impl CriSetup {
 }
 
 impl Containerd {
-    /// Starts the system's containerd and waits until it answers.
+    /// Starts the containerd under test ([`Release::under_test`]) and waits until it answers.
     pub fn start() -> Result<Self> {
-        Self::start_release(Release::System)
+        Self::start_release(Release::under_test())
     }
 
     /// Starts the given containerd release and waits until it answers.
     pub fn start_release(release: Release) -> Result<Self> {
-        Self::launch(release, false, None)
+        Self::launch(release, None, None)
     }
 
     /// Starts containerd with its CRI plugin on: runtime handler `wedge` (this shim) and
     /// `runc` (the reference), a sandbox image to be imported by the caller, CNI from
     /// Debian's plugins, netns mounts and runc state under the temp dir.
     pub fn start_cri(release: Release) -> Result<Self> {
-        Self::launch(release, true, None)
+        Self::launch(release, Some(CriOptions::default()), None)
+    }
+
+    /// [`Self::start_cri`] with the sandbox image and registry of `options`.
+    pub fn start_cri_options(release: Release, options: CriOptions) -> Result<Self> {
+        Self::launch(release, Some(options), None)
     }
 
     /// [`Self::start_cri`] with `prepare` run after containerd's config and the engine
@@ -139,10 +215,18 @@ impl Containerd {
         release: Release,
         prepare: impl FnOnce(&Path, &Path) -> Result<()>,
     ) -> Result<Self> {
-        Self::launch(release, true, Some(Box::new(prepare)))
+        Self::launch(
+            release,
+            Some(CriOptions::default()),
+            Some(Box::new(prepare)),
+        )
     }
 
-    fn launch(release: Release, with_cri: bool, prepare: Option<Prepare<'_>>) -> Result<Self> {
+    fn launch(
+        release: Release,
+        cri: Option<CriOptions>,
+        prepare: Option<Prepare<'_>>,
+    ) -> Result<Self> {
         ensure!(
             nix::unistd::geteuid().is_root(),
             "the end-to-end tests start containerd and must run as root"
@@ -152,10 +236,6 @@ impl Containerd {
             .prefix("wedge-e2e-")
             .tempdir_in("/tmp")?;
         let bin_dir = release.bin_dir();
-        let binary = |name: &str| match &bin_dir {
-            Some(bin) => bin.join(name),
-            None => PathBuf::from(name),
-        };
         if let Some(bin) = &bin_dir {
             ensure!(
                 bin.join("containerd").exists(),
@@ -163,12 +243,12 @@ impl Containerd {
                 bin.join("containerd").display()
             );
         }
-        let cri = with_cri.then(|| CriSetup::new(dir.path()));
+        let cri = cri.map(|options| CriSetup::new(dir.path(), options));
         let config = dir.path().join("config.toml");
         let prepared = prepare.is_some();
         std::fs::write(
             &config,
-            private_config(&binary("containerd"), dir.path(), cri.as_ref(), !prepared)?,
+            private_config(&release.containerd(), dir.path(), cri.as_ref(), !prepared)?,
         )?;
         std::fs::write(
             dir.path().join(ENGINE_CONFIG),
@@ -196,7 +276,7 @@ impl Containerd {
         path.push_str(
             &std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
         );
-        let daemon = Command::new(binary("containerd"))
+        let daemon = Command::new(release.containerd())
             .arg("--config")
             .arg(&config)
             .env("PATH", path)
@@ -208,7 +288,7 @@ impl Containerd {
         let containerd = Containerd {
             dir,
             daemon: Some(daemon),
-            bin_dir,
+            release,
             cri,
         };
         containerd.wait_ready(Duration::from_secs(20))?;
@@ -222,6 +302,10 @@ impl Containerd {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    pub fn release(&self) -> Release {
+        self.release
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -262,11 +346,7 @@ impl Containerd {
     /// A `ctr` command aimed at this containerd. A `run` on the Wedge runtime gets
     /// `--runtime-config-path` with [`Self::engine_config`].
     pub fn ctr_command(&self, args: &[&str]) -> Command {
-        let ctr = match &self.bin_dir {
-            Some(bin) => bin.join("ctr"),
-            None => PathBuf::from("ctr"),
-        };
-        let mut command = Command::new(ctr);
+        let mut command = Command::new(self.release.binary("ctr"));
         command.arg("--address").arg(self.socket());
         if !args.contains(&"--namespace") {
             // A namespace per test: cgroups (/<namespace>/<id>) never collide between tests.
@@ -543,6 +623,7 @@ fn private_config(
         .context("cannot run `containerd config default`")?;
     ensure!(out.status.success(), "containerd config default failed");
     let mut config: toml_edit::DocumentMut = String::from_utf8(out.stdout)?.parse()?;
+    let layout = CriLayout::of(&config);
     let path = |name: &str| dir.join(name).display().to_string();
     config["root"] = toml_edit::value(path("root"));
     config["state"] = toml_edit::value(path("state"));
@@ -552,21 +633,67 @@ fn private_config(
     config["debug"]["level"] = toml_edit::value("debug");
     let mut disabled = toml_edit::Array::new();
     match cri {
-        Some(cri) => configure_cri(&mut config, dir, cri, register_wedge)?,
-        None => disabled.push("io.containerd.grpc.v1.cri"),
+        Some(cri) => configure_cri(&mut config, &layout, dir, cri, register_wedge)?,
+        None => {
+            for plugin in layout.plugins() {
+                disabled.push(plugin);
+            }
+        }
     }
     config["disabled_plugins"] = toml_edit::value(disabled);
-    if let Some(opt) = config
-        .get_mut("plugins")
-        .and_then(|plugins| plugins.get_mut("io.containerd.internal.v1.opt"))
-    {
+    let plugins = config["plugins"]
+        .as_table_like_mut()
+        .context("containerd's default config has no plugins")?;
+    if let Some(opt) = plugins.get_mut("io.containerd.internal.v1.opt") {
         opt["path"] = toml_edit::value(path("opt"));
+    }
+    // containerd 2 turns NRI on with a socket at a fixed host path, which tests running
+    // side by side would fight over.
+    if let Some(nri) = plugins.get_mut("io.containerd.nri.v1.nri") {
+        nri["disable"] = toml_edit::value(true);
     }
     Ok(config.to_string())
 }
 
+/// Where a config version keeps the CRI settings: version 2 (containerd 1.x) has one plugin,
+/// version 3 (containerd 2.x) splits it into the runtime, images and gRPC server plugins.
+struct CriLayout {
+    runtime: &'static str,
+    images: &'static str,
+    server: &'static str,
+}
+
+impl CriLayout {
+    fn of(config: &toml_edit::DocumentMut) -> Self {
+        if config.get("version").and_then(toml_edit::Item::as_integer) == Some(3) {
+            CriLayout {
+                runtime: "io.containerd.cri.v1.runtime",
+                images: "io.containerd.cri.v1.images",
+                server: "io.containerd.grpc.v1.cri",
+            }
+        } else {
+            CriLayout {
+                runtime: "io.containerd.grpc.v1.cri",
+                images: "io.containerd.grpc.v1.cri",
+                server: "io.containerd.grpc.v1.cri",
+            }
+        }
+    }
+
+    fn plugins(&self) -> Vec<&'static str> {
+        let mut plugins = vec![self.server, self.runtime, self.images];
+        plugins.dedup();
+        plugins
+    }
+
+    fn split(&self) -> bool {
+        self.runtime != self.images
+    }
+}
+
 fn configure_cri(
     config: &mut toml_edit::DocumentMut,
+    layout: &CriLayout,
     dir: &Path,
     cri: &CriSetup,
     register_wedge: bool,
@@ -575,18 +702,33 @@ fn configure_cri(
     let cni_dir = dir.join("cni");
     std::fs::create_dir_all(&cni_dir)?;
     std::fs::write(cni_dir.join("10-wedge-e2e.conflist"), cri.cni_config(dir))?;
-    let plugin = config["plugins"]["io.containerd.grpc.v1.cri"]
+    let plugins = &mut config["plugins"];
+    let runtime = plugins[layout.runtime]
         .as_table_like_mut()
         .context("containerd's default config has no CRI plugin section")?;
-    plugin.insert("sandbox_image", toml_edit::value(PAUSE_IMAGE));
     // Root here cannot lower its own oom_score_adj (see ENVIRONMENT.md).
-    plugin.insert("restrict_oom_score_adj", toml_edit::value(true));
-    plugin.insert("netns_mounts_under_state_dir", toml_edit::value(true));
-    plugin.insert("stream_server_port", toml_edit::value("0"));
-    let cni = &mut config["plugins"]["io.containerd.grpc.v1.cri"]["cni"];
-    cni["bin_dir"] = toml_edit::value("/usr/lib/cni");
+    runtime.insert("restrict_oom_score_adj", toml_edit::value(true));
+    runtime.insert("netns_mounts_under_state_dir", toml_edit::value(true));
+    plugins[layout.server]["stream_server_port"] = toml_edit::value("0");
+    if layout.split() {
+        plugins[layout.images]["pinned_images"]["sandbox"] = toml_edit::value(&cri.sandbox_image);
+    } else {
+        plugins[layout.images]["sandbox_image"] = toml_edit::value(&cri.sandbox_image);
+    }
+    if let Some(hosts) = &cri.registry_hosts {
+        plugins[layout.images]["registry"]["config_path"] =
+            toml_edit::value(hosts.display().to_string());
+    }
+    let cni = &mut plugins[layout.runtime]["cni"];
+    if cni.get("bin_dirs").is_some() {
+        let mut bin_dirs = toml_edit::Array::new();
+        bin_dirs.push("/usr/lib/cni");
+        cni["bin_dirs"] = toml_edit::value(bin_dirs);
+    } else {
+        cni["bin_dir"] = toml_edit::value("/usr/lib/cni");
+    }
     cni["conf_dir"] = toml_edit::value(cni_dir.display().to_string());
-    let runtimes = &mut config["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"];
+    let runtimes = &mut plugins[layout.runtime]["containerd"]["runtimes"];
     runtimes["runc"]["options"]["Root"] = toml_edit::value(path("runc-reference"));
     if !register_wedge {
         return Ok(());

@@ -105,7 +105,7 @@ fn assert_every_thread_confined(runner: i32, uid: u32, gid: u32) -> Result<usize
 /// as from a runc sidecar.
 #[test]
 fn device_nodes_in_an_image_are_refused_as_runc_refuses_them() -> Result<()> {
-    let node = CriNode::start(Release::System)?;
+    let node = CriNode::start(Release::under_test())?;
     let work = node.containerd.dir();
     let probe = programs::compile_c(programs::FILES_C, work, "files")?;
     let busybox = std::fs::read(BUSYBOX)?;
@@ -212,7 +212,7 @@ fn devices_list(cgroup: &Path) -> Result<BTreeSet<String>> {
 /// and without stdin.
 #[test]
 fn every_thread_of_a_wasm_container_is_confined() -> Result<()> {
-    let node = CriNode::start(Release::System)?;
+    let node = CriNode::start(Release::under_test())?;
     let work = node.containerd.dir();
     let echo = node.wasm_image(
         "echo",
@@ -302,7 +302,7 @@ fn every_thread_of_a_wasm_container_is_confined() -> Result<()> {
 /// alone in its mount namespace: the cache, the bundle and the host are out of reach.
 #[test]
 fn a_wasm_container_sees_only_its_own_root() -> Result<()> {
-    let node = CriNode::start(Release::System)?;
+    let node = CriNode::start(Release::under_test())?;
     let volume = tempfile::tempdir_in(node.containerd.dir())?;
     std::fs::write(volume.path().join("note.txt"), "from the volume\n")?;
     let module = programs::compile_c(programs::FILES_C, node.containerd.dir(), "files")?;
@@ -393,7 +393,7 @@ fn a_wasm_container_sees_only_its_own_root() -> Result<()> {
 /// asking for something the runner cannot do is refused with the field's name.
 #[test]
 fn seccomp_profiles_are_honoured_or_refused_by_name() -> Result<()> {
-    let node = CriNode::start(Release::System)?;
+    let node = CriNode::start(Release::under_test())?;
     let work = node.containerd.dir();
     let mkdir = node.wasm_image("mkdir", &programs::compile_c(MKDIR_C, work, "mkdir")?)?;
     let profiles = tempfile::tempdir_in(work)?;
@@ -456,7 +456,7 @@ fn seccomp_profiles_are_honoured_or_refused_by_name() -> Result<()> {
 /// type, while the pod's other containers are served; nothing is left behind.
 #[test]
 fn a_fifo_entrypoint_fails_fast_and_stalls_nothing() -> Result<()> {
-    let node = CriNode::start(Release::System)?;
+    let node = CriNode::start(Release::under_test())?;
     let work = node.containerd.dir();
     let (archive, fifo_image) = image_with_special_files(
         work,

@@ -38,7 +38,7 @@ fn refused(
 /// features beyond the operator's list are refused with a message naming them.
 #[test]
 fn wasm_features_and_annotations_follow_the_engine_config() -> Result<()> {
-    let node = CriNode::start(Release::System)?;
+    let node = CriNode::start(Release::under_test())?;
     let two_memories = node.wasm_image("memories", &programs::wat(programs::TWO_MEMORIES_WAT)?)?;
 
     let error = refused(&node, "plain", &two_memories, &[])?;
@@ -85,7 +85,7 @@ fn wasm_features_and_annotations_follow_the_engine_config() -> Result<()> {
 /// that says why.
 #[test]
 fn a_deadline_stops_a_spinning_module() -> Result<()> {
-    let node = CriNode::start(Release::System)?;
+    let node = CriNode::start(Release::under_test())?;
     let spinner = node.wasm_image("spinner", &programs::wat(programs::LOOP_WAT)?)?;
     let pod = node.run_pod_annotated("deadline", WEDGE_HANDLER, &[("wedge.dev/timeout", "1s")])?;
     let started = std::time::Instant::now();

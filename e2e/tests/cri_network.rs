@@ -24,7 +24,7 @@ fn pod_address(node: &CriNode, pod: &wedge_e2e::Pod, port: u16) -> Result<Socket
 /// flight finish, then the container exits 0.
 #[test]
 fn an_http_component_serves_like_any_pod() -> Result<()> {
-    let node = CriNode::start(Release::System)?;
+    let node = CriNode::start(Release::under_test())?;
     let server = node.wasm_image("http-hello", &components::http_hello_component()?)?;
     let busybox = node.busybox_image()?;
     let pod = node.run_pod_annotated(
@@ -160,7 +160,7 @@ fn an_http_component_serves_like_any_pod() -> Result<()> {
 /// node; a name lookup resolves.
 #[test]
 fn a_tcp_echo_component_is_reachable() -> Result<()> {
-    let node = CriNode::start(Release::System)?;
+    let node = CriNode::start(Release::under_test())?;
     let echo_image = node.wasm_image("tcp-echo", &components::tcp_echo_component()?)?;
     let busybox = node.busybox_image()?;
     let pod = node.run_pod("tcp", WEDGE_HANDLER)?;

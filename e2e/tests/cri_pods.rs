@@ -50,7 +50,7 @@ fn native_pod_observations(node: &CriNode, handler: &str) -> Result<Vec<String>>
 
 #[test]
 fn a_native_pod_behaves_as_under_runc() -> Result<()> {
-    let node = CriNode::start(Release::System)?;
+    let node = CriNode::start(Release::under_test())?;
     let wedge = native_pod_observations(&node, WEDGE_HANDLER)?;
     node.containerd.assert_clean()?;
     let runc = native_pod_observations(&node, RUNC_HANDLER)?;
@@ -67,7 +67,7 @@ fn a_native_pod_behaves_as_under_runc() -> Result<()> {
 /// `wedge` as under `runc`.
 #[test]
 fn a_native_container_gets_a_terminal_as_under_runc() -> Result<()> {
-    let node = CriNode::start(Release::System)?;
+    let node = CriNode::start(Release::under_test())?;
     let busybox = node.busybox_image()?;
     let mut seen = Vec::new();
     for handler in [WEDGE_HANDLER, RUNC_HANDLER] {
@@ -106,7 +106,7 @@ fn a_native_container_gets_a_terminal_as_under_runc() -> Result<()> {
 
 #[test]
 fn a_wasm_container_logs_and_exits_in_a_pod() -> Result<()> {
-    let node = CriNode::start(Release::System)?;
+    let node = CriNode::start(Release::under_test())?;
     let module = programs::compile_c(programs::ECHO_C, node.containerd.dir(), "echo")?;
     let image = node.wasm_image("echo", &module)?;
     let pod = node.run_pod("wasm-echo", WEDGE_HANDLER)?;
@@ -164,7 +164,7 @@ fn wait_for_file(path: &Path) -> Result<()> {
 #[test]
 fn wasm_and_a_sidecar_share_an_emptydir() -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let node = CriNode::start(Release::System)?;
+    let node = CriNode::start(Release::under_test())?;
     let work = node.containerd.dir().join("volumes");
     let empty_dir = work.join("empty-dir");
     let config = work.join("config");
@@ -268,7 +268,7 @@ fn wasm_and_a_sidecar_share_an_emptydir() -> Result<()> {
 /// grace period.
 #[test]
 fn a_wasm_container_is_sandboxed_measured_and_stopped() -> Result<()> {
-    let node = CriNode::start(Release::System)?;
+    let node = CriNode::start(Release::under_test())?;
     let busybox = node.busybox_image()?;
     let spinner = node.wasm_image("spinner", &programs::wat(programs::LOOP_WAT)?)?;
     let pod = node.run_pod("sandboxed", WEDGE_HANDLER)?;
@@ -390,7 +390,7 @@ fn a_wasm_container_is_sandboxed_measured_and_stopped() -> Result<()> {
 /// kubelet expects. A native container's OOM reads the same under `wedge` as under `runc`.
 #[test]
 fn memory_limits_and_oom_kills() -> Result<()> {
-    let node = CriNode::start(Release::System)?;
+    let node = CriNode::start(Release::under_test())?;
     let module = programs::compile_c(programs::ALLOCATE_C, node.containerd.dir(), "allocate")?;
     let allocate = node.wasm_image("allocate", &module)?;
     let two_memories = node.wasm_image("memories", &programs::wat(programs::TWO_MEMORIES_WAT)?)?;
@@ -480,7 +480,7 @@ fn memory_limits_and_oom_kills() -> Result<()> {
 #[test]
 fn a_cncf_wasm_artifact_runs_through_cri() -> Result<()> {
     let registry = wedge_e2e::Registry::start()?;
-    let node = CriNode::start(Release::V1_7)?;
+    let node = CriNode::start(Release::under_test().at_least(Release::V1_7))?;
     let work = node.containerd.dir().join("artifact");
     std::fs::create_dir_all(&work)?;
     let module = programs::compile_c(programs::STATUS_C, &work, "status")?;
@@ -526,7 +526,7 @@ fn a_cncf_wasm_artifact_runs_through_cri() -> Result<()> {
 /// a sidecar sees it, and a stop still ends the module at once.
 #[test]
 fn a_wasm_container_joins_a_shared_pid_namespace() -> Result<()> {
-    let node = CriNode::start(Release::System)?;
+    let node = CriNode::start(Release::under_test())?;
     let busybox = node.busybox_image()?;
     let spinner = node.wasm_image("spinner", &programs::wat(programs::LOOP_WAT)?)?;
     let pod = node.run_pod_sharing_pids("shared-pids", WEDGE_HANDLER)?;
@@ -607,7 +607,7 @@ fn a_wasm_container_joins_a_shared_pid_namespace() -> Result<()> {
 /// from its own cgroup, and the wasm container's cgroup sits beside the runc ones.
 #[test]
 fn a_systemd_form_cgroup_parent_follows_the_cgroupfs_driver_as_runc_does() -> Result<()> {
-    let node = CriNode::start(Release::System)?;
+    let node = CriNode::start(Release::under_test())?;
     let busybox = node.busybox_image()?;
     let spinner = node.wasm_image("spinner", &programs::wat(programs::LOOP_WAT)?)?;
     // Unique per test run: the directories land beside the shim's own cgroup.

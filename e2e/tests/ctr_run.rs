@@ -5,7 +5,7 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use wedge_e2e::{images, programs, Containerd, WEDGE_RUNTIME};
+use wedge_e2e::{images, programs, Containerd, Release, WEDGE_RUNTIME};
 
 struct Case {
     containerd: Containerd,
@@ -280,6 +280,26 @@ fn detached_task_reports_state_and_pids_then_deletes() -> Result<()> {
         line.split_whitespace().nth(3),
         Some(nofile.to_string().as_str()),
         "{line}"
+    );
+
+    // containerd 2 records how it talks to the shim: through the task API v3 the shim
+    // announced to it (every call above went through it); 1.x dials the plain address.
+    let bootstrap = std::fs::read(bundle.join("bootstrap.json")).ok();
+    let task_api = match &bootstrap {
+        Some(bytes) => serde_json::from_slice::<serde_json::Value>(bytes)?["version"].as_i64(),
+        None => None,
+    };
+    let expected = match cd.release() {
+        Release::V1_6 => None,
+        Release::V1_7 => None,
+        Release::V2_1 => Some(3),
+    };
+    assert_eq!(
+        task_api,
+        expected,
+        "containerd {} and bootstrap.json {:?}",
+        cd.release().name(),
+        bootstrap.map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
     );
 
     let refused = cd.ctr(&["tasks", "delete", "bg"])?;

@@ -411,7 +411,7 @@ fn aim_engine_config_at_the_test(config: &Path, dir: &Path) -> Result<()> {
 fn installed_runtime_runs_a_cri_pod_and_uninstall_restores_the_config() -> Result<()> {
     require_root()?;
     let mut original = None;
-    let mut node = CriNode::start_with(Release::System, |config, dir| {
+    let mut node = CriNode::start_with(Release::V1_6, |config, dir| {
         original = Some(std::fs::read(config)?);
         cri_node("install", config, dir)?;
         aim_engine_config_at_the_test(config, dir)

@@ -78,7 +78,7 @@ fn program_origin(containerd: &Containerd, id: &str) -> Result<String> {
 
 #[test]
 fn every_wasm_layer_media_type_runs_from_an_imported_archive() -> Result<()> {
-    let containerd = Containerd::start_release(Release::V1_7)?;
+    let containerd = Containerd::start_release(Release::under_test().at_least(Release::V1_7))?;
     let work = tempfile::tempdir()?;
     let module = status_module(work.path())?;
     for (index, media_type) in WASM_LAYER_MEDIA_TYPES.iter().enumerate() {
@@ -125,7 +125,7 @@ fn a_component_runs_as_a_wasi_preview2_command() -> Result<()> {
     drop(containerd);
 
     // ...and the component as an image layer on 1.7.
-    let containerd = Containerd::start_release(Release::V1_7)?;
+    let containerd = Containerd::start_release(Release::under_test().at_least(Release::V1_7))?;
     let (archive, reference) = images::built_image(
         work.path(),
         "component-layer",
@@ -141,7 +141,7 @@ fn a_component_runs_as_a_wasi_preview2_command() -> Result<()> {
 #[test]
 fn images_pushed_to_a_registry_are_pulled_and_run() -> Result<()> {
     let registry = Registry::start()?;
-    let containerd = Containerd::start_release(Release::V1_7)?;
+    let containerd = Containerd::start_release(Release::under_test().at_least(Release::V1_7))?;
     let work = tempfile::tempdir()?;
     let module = status_module(work.path())?;
     let component = programs::componentize(&module)?;
@@ -216,7 +216,7 @@ fn named_exports_run_and_non_commands_are_refused() -> Result<()> {
 
 #[test]
 fn an_image_with_two_wasm_layers_is_refused() -> Result<()> {
-    let containerd = Containerd::start_release(Release::V1_7)?;
+    let containerd = Containerd::start_release(Release::under_test().at_least(Release::V1_7))?;
     let work = tempfile::tempdir()?;
     let hello = programs::wat(programs::HELLO_WAT)?;
     let other = programs::wat(programs::EXIT_42_WAT)?;

@@ -19,6 +19,7 @@ pub mod sandbox;
 pub mod shim;
 pub mod spec;
 pub mod stdio;
+pub mod task_api;
 pub mod task_service;
 
 pub use error::{Error, Result};

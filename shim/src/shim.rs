@@ -3,9 +3,9 @@
 //! after a server that died) and, with no action, the ttrpc server itself.
 //!
 //! The containerd-shim crate's own bootstrap only speaks task API v3 and answers `start` in
-//! the JSON form of containerd 2.x; containerd 1.6 and 1.7 dial the printed text as the
-//! address and call `containerd.task.v2.Task`. This bootstrap prints the plain address, which
-//! every containerd since 1.2 accepts, and serves the same task service under both names.
+//! the JSON form of containerd 2.x; containerd 1.6 dials the printed text as the address and
+//! 1.7 refuses v3. This bootstrap answers each release in its own form (see [`crate::task_api`])
+//! and serves the same task service under both names.
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -31,6 +31,7 @@ use crate::exits::now;
 use crate::native::Runc;
 use crate::runner::protocol::RUNNER_ARG0;
 use crate::sandbox::{Cgroup, Driver};
+use crate::task_api::TaskApi;
 use crate::task_service::{TaskService, CGROUP_FILE, RUNNER_PID_FILE};
 use crate::{logging, rootfs, spec};
 use wedge_runtime_config::{ConfigSource, EngineConfig};
@@ -123,7 +124,8 @@ async fn start(flags: &Flags) -> Result<(), ShimError> {
     // containerd reconnects through this file after a restart.
     std::fs::write(bundle.join("address"), &address)
         .map_err(io_error("cannot record the shim address"))?;
-    write_stdout(address.as_bytes()).await
+    let api = TaskApi::of_containerd(Path::new(&flags.publish_binary));
+    write_stdout(&api.start_answer(&address)).await
 }
 
 /// `delete`: the server died; kill what it left running and unmount the rootfs.

@@ -189,7 +189,7 @@ fn http(work: &Path) -> Result<()> {
         measured?
     };
 
-    let node = CriNode::start(Release::System)?;
+    let node = CriNode::start(Release::under_test())?;
     let image = node.wasm_image("http-hello", &component)?;
     let pod = node.run_pod("http-bench", WEDGE_HANDLER)?;
     node.run_container(
