@@ -7,10 +7,19 @@ PROFILE    := --release
 BIN_DIR    := target/release
 # The e2e tests each start a containerd; two at a time suits a 2-core machine.
 E2E_THREADS ?= 2
+# The suites that run again on each other containerd release (the first run is on 1.6).
+E2E_RELEASES ?= 1.7 2.1
+E2E_RELEASE_SUITES := ctr_run wasm_images cri_pods cri_confinement cri_engine cri_network
+# The CRI conformance kit (critest, crictl, offline images and registry) and the containerd
+# releases `make conformance` runs it on; `make test` runs it on CI_CONFORMANCE_CONTAINERD.
+CRI_CONFORMANCE ?= ../shared/cri-conformance
+CONFORMANCE_CONTAINERD ?= 1.6,1.7,2.1
+CI_CONFORMANCE_CONTAINERD ?= 1.6,2.1
 WASMTIME_VERSION := 48.0.8
 WASMTIME_CLI := target/wasmtime-cli/bin/wasmtime
 
-.PHONY: all deps build demo test fmt-check lint unit e2e manifests bench install uninstall clean
+.PHONY: all deps build demo test fmt-check lint unit e2e e2e-releases manifests conformance \
+	conformance-if-kit bench install uninstall clean
 
 all: build
 
@@ -25,7 +34,7 @@ demo: build
 	$(BIN_DIR)/wedge-demo
 
 ## test: formatting, lints, unit tests, end-to-end tests against a real containerd.
-test: deps fmt-check lint build unit e2e manifests
+test: deps fmt-check lint build unit e2e e2e-releases manifests conformance-if-kit
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -40,6 +49,26 @@ unit:
 
 e2e: build
 	$(CARGO) test $(PROFILE) -p wedge-e2e --tests -- --test-threads=$(E2E_THREADS)
+
+## e2e-releases: the ctr and CRI suites again on containerd 1.7 and 2.1 (config version 3,
+## task API v3).
+e2e-releases: build
+	for release in $(E2E_RELEASES); do \
+		WEDGE_E2E_CONTAINERD=$$release $(CARGO) test $(PROFILE) -p wedge-e2e \
+			$(addprefix --test ,$(E2E_RELEASE_SUITES)) -- --test-threads=$(E2E_THREADS) || exit 1; \
+	done
+
+## conformance: critest on handler wedge and on runc (the reference) against a private
+## containerd of each release; fails when Wedge passes fewer specs or fails one runc passes.
+conformance: build
+	$(BIN_DIR)/wedge-conformance --kit $(CRI_CONFORMANCE) --containerd $(CONFORMANCE_CONTAINERD)
+
+conformance-if-kit: build
+	@if [ -d "$(CRI_CONFORMANCE)" ]; then \
+		$(BIN_DIR)/wedge-conformance --kit $(CRI_CONFORMANCE) --containerd $(CI_CONFORMANCE_CONTAINERD); \
+	else \
+		echo "conformance: SKIPPED, no CRI conformance kit at $(CRI_CONFORMANCE) (set CRI_CONFORMANCE)"; \
+	fi
 
 ## manifests: render deploy/ and the Helm chart, validate every object against the
 ## Kubernetes schemas of several releases.

@@ -177,6 +177,10 @@ impl CriSetup {
                     "routes": [{ "dst": "0.0.0.0/0" }],
                     "dataDir": dir.join("cni-ipam"),
                 },
+            }, {
+                // hostPort mappings, as kubelet's pods (and critest) ask for them.
+                "type": "portmap",
+                "capabilities": { "portMappings": true },
             }],
         })
         .to_string()

@@ -472,6 +472,28 @@ impl CriNode {
         Ok(())
     }
 
+    /// [`Self::stop_container`], failing when containerd has not answered within `limit`
+    /// (a stop that hangs, not a slow one: the limit is far above any normal stop).
+    pub fn stop_container_within(
+        &self,
+        id: &str,
+        grace_seconds: i64,
+        limit: Duration,
+    ) -> Result<()> {
+        let mut client = self.client.clone();
+        let request = client.stop_container(StopContainerRequest {
+            container_id: id.into(),
+            timeout: grace_seconds,
+        });
+        self.runtime
+            .block_on(async { tokio::time::timeout(limit, request).await })
+            .map_err(|_| {
+                anyhow::anyhow!("CRI StopContainer of {id} hung (no answer in {limit:?})")
+            })?
+            .map_err(|status| anyhow::anyhow!("CRI StopContainer: {}", status.message()))?;
+        Ok(())
+    }
+
     pub fn remove_container(&self, id: &str) -> Result<()> {
         let mut client = self.client.clone();
         self.call(

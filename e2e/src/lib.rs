@@ -6,6 +6,7 @@ pub mod cgroups;
 pub mod components;
 pub mod containerd;
 pub mod cri;
+pub mod critest;
 pub mod http_load;
 pub mod images;
 pub mod programs;

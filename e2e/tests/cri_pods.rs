@@ -522,6 +522,60 @@ fn a_cncf_wasm_artifact_runs_through_cri() -> Result<()> {
     node.containerd.assert_clean()
 }
 
+/// In a pod sharing one pid namespace, a container's children outlive its init (the pause
+/// process inherits them), so the shim kills them when the init ends, as runc's own shim
+/// does: otherwise they live on and hold the container's stdout, which containerd 1.7 and 2
+/// wait on before they finish the stop (critest's port-forward spec hung on it).
+#[test]
+fn a_stopped_container_in_a_shared_pid_namespace_takes_its_children_along() -> Result<()> {
+    let node = CriNode::start(Release::under_test())?;
+    let busybox = node.busybox_image()?;
+    for (handler, marker) in [(WEDGE_HANDLER, "7331"), (RUNC_HANDLER, "7332")] {
+        let pod = node.run_pod_sharing_pids(&format!("orphans-{handler}"), handler)?;
+        let id = node.run_container(
+            &pod,
+            &ContainerSpec {
+                name: "parent".into(),
+                image: busybox.clone(),
+                command: sh(&format!("sleep {marker} & echo started; exec sleep 2000")),
+                ..Default::default()
+            },
+        )?;
+        node.wait_for_log(&pod, "parent", "started")?;
+        ensure!(
+            !processes_running(&["sleep", marker]).is_empty(),
+            "{handler}: the child did not start"
+        );
+        node.stop_container_within(&id, 0, Duration::from_secs(30))?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !processes_running(&["sleep", marker]).is_empty() {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "{handler}: the container's child outlived its stop: {:?}",
+                processes_running(&["sleep", marker])
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        node.remove_pod(&pod)?;
+    }
+    node.containerd.assert_clean()
+}
+
+/// Pids whose command line is exactly `args`.
+fn processes_running(args: &[&str]) -> Vec<i32> {
+    let wanted: Vec<u8> = args
+        .iter()
+        .flat_map(|arg| [arg.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| cmd == wanted))
+        .collect()
+}
+
 /// With `shareProcessNamespace: true` the runner is a process of the pod's pid namespace:
 /// a sidecar sees it, and a stop still ends the module at once.
 #[test]

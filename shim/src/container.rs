@@ -33,6 +33,9 @@ pub enum Engine {
         runc: Runc,
         started: bool,
         paused: bool,
+        /// The container has no pid namespace of its own (it shares the pod's or the host's):
+        /// its processes outlive its init unless the shim kills them when the init ends.
+        kill_all_on_exit: bool,
     },
 }
 
@@ -144,6 +147,19 @@ impl Container {
     /// True when the shim made the cgroup and so removes it at Delete.
     pub fn owns_cgroup(&self) -> bool {
         matches!(self.engine, Engine::Wasm { .. })
+    }
+
+    /// The runc of a native container whose remaining processes are to be killed when its
+    /// init ends (see [`Engine::Native`]).
+    pub fn runc_to_kill_all_on_exit(&self) -> Option<&Runc> {
+        match &self.engine {
+            Engine::Native {
+                runc,
+                kill_all_on_exit: true,
+                ..
+            } => Some(runc),
+            _ => None,
+        }
     }
 
     /// The runc of a native container, None for wasm.

@@ -40,6 +40,7 @@ use crate::sandbox::security::SecurityPlan;
 use crate::sandbox::{Cgroup, CgroupError, Driver, RunnerSandbox};
 use crate::spec::MountSpec;
 use crate::{image, options, rootfs, spec, stdio};
+use oci_spec::runtime::LinuxNamespaceType;
 
 /// Name of the file in the bundle that records the runner's pid, for `shim delete` after a
 /// shim crash.
@@ -309,10 +310,15 @@ impl Inner {
         .await?;
         let exited = self.exits.watch(pid);
         info!(pid, "native container created by runc");
+        let own_pid_namespace = spec
+            .namespaces
+            .iter()
+            .any(|(kind, path)| *kind == LinuxNamespaceType::Pid && path.is_none());
         let engine = Engine::Native {
             runc,
             started: false,
             paused: false,
+            kill_all_on_exit: !own_pid_namespace,
         };
         // runc made it (same path rules); the shim reads it for Stats and OOM events.
         let cgroup = Cgroup::for_container(&spec.cgroups_path, &self.namespace, &req.id, driver)
@@ -455,6 +461,9 @@ impl Inner {
             return;
         };
         info!(id = %id, process = %process_id, pid, code = status.code, "process exited");
+        if process_id == id {
+            self.kill_what_the_init_left(&id).await;
+        }
         self.publish(TaskExit {
             container_id: id,
             id: process_id,
@@ -465,6 +474,27 @@ impl Inner {
         })
         .await;
         let _ = exit_sender.send(Some(status));
+    }
+
+    /// Kills the processes a native container's init leaves behind when it has no pid
+    /// namespace of its own (as runc's own shim does): no namespace teardown ends them, and
+    /// they would hold the container's stdio open, which containerd waits on before Delete.
+    async fn kill_what_the_init_left(&self, id: &str) {
+        let found = self.with_container(id, |container| {
+            Ok(container
+                .runc_to_kill_all_on_exit()
+                .map(|runc| (runc.clone(), container.bundle.clone())))
+        });
+        let Ok(Some((runc, bundle))) = found else {
+            return;
+        };
+        match runc
+            .kill(&self.exits, id, &bundle, Signal::SIGKILL, true)
+            .await
+        {
+            Ok(()) | Err(Error::ProcessFinished) => {}
+            Err(err) => warn!(id, error = %err, "cannot kill what the container's init left"),
+        }
     }
 
     async fn start(&self, id: &str) -> Result<i32> {
