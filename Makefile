@@ -18,7 +18,7 @@ CI_CONFORMANCE_CONTAINERD ?= 1.6,2.1
 WASMTIME_VERSION := 48.0.8
 WASMTIME_CLI := target/wasmtime-cli/bin/wasmtime
 
-.PHONY: all deps build demo test fmt-check lint unit e2e e2e-releases manifests conformance \
+.PHONY: all deps build demo test fmt-check lint unit e2e e2e-releases e2e-guest manifests conformance \
 	conformance-if-kit bench install uninstall clean
 
 all: build
@@ -62,6 +62,12 @@ e2e-releases: build
 ## containerd of each release; fails when Wedge passes fewer specs or fails one runc passes.
 conformance: build
 	$(BIN_DIR)/wedge-conformance --kit $(CRI_CONFORMANCE) --containerd $(CONFORMANCE_CONTAINERD)
+
+## e2e-guest: a CRI pod on a real systemd + cgroup v2 node, a Debian guest under qemu's
+## software emulation (built once into /var/tmp/wedge-guest; several minutes a run).
+e2e-guest: build
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends qemu-system-x86 debootstrap >/dev/null
+	$(CARGO) test $(PROFILE) -p wedge-e2e --test systemd_guest -- --ignored --nocapture
 
 conformance-if-kit: build
 	@if [ -d "$(CRI_CONFORMANCE)" ]; then \

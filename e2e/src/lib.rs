@@ -7,6 +7,7 @@ pub mod components;
 pub mod containerd;
 pub mod cri;
 pub mod critest;
+pub mod guest;
 pub mod http_load;
 pub mod images;
 pub mod programs;

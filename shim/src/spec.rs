@@ -73,8 +73,10 @@ impl MountSpec {
                 .any(|opt| opt == "bind" || opt == "rbind")
     }
 
+    /// `ro`, or `rro` (recursively read-only, the OCI option for CRI's recursiveReadOnly):
+    /// a wasm container's read-only volumes are read-only all the way down either way.
     pub fn is_readonly(&self) -> bool {
-        self.options.iter().any(|opt| opt == "ro")
+        self.options.iter().any(|opt| opt == "ro" || opt == "rro")
     }
 
     /// The directory a wasm module sees at this mount's destination. WASI reaches files
@@ -303,6 +305,13 @@ mod tests {
         );
         assert!(spec.mounts[0].is_bind() && spec.mounts[0].is_readonly());
         assert!(!spec.mounts[1].is_bind());
+        let recursive = MountSpec {
+            destination: "/data".into(),
+            source: Some("/v".into()),
+            kind: Some("bind".into()),
+            options: vec!["rbind".into(), "rro".into()],
+        };
+        assert!(recursive.is_readonly());
     }
 
     #[test]

@@ -108,6 +108,9 @@ fn run() -> Result<bool> {
         for (name, message) in &runc.failed {
             println!("  runc fails too: {name}: {message}");
         }
+        for (name, reason) in wedge.skipped_by_containerd(&runc) {
+            println!("  skipped for wedge only, by containerd ({reason}): {name}");
+        }
         for problem in &problems {
             println!("  PROBLEM: {problem}");
         }
