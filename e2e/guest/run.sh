@@ -9,14 +9,21 @@ share=/mnt/wedge
 export PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin
 driver=setup
 ok() { echo "ok $driver $1"; }
-fail() { echo "FAIL $driver $1: $2"; }
+fail() {
+  echo "FAIL $driver $1: $2"
+  echo "--- containerd's journal, last lines:"
+  journalctl -u containerd --no-pager -n 25 -o cat 2>&1 | sed 's/^/    /'
+}
 # check NAME COMMAND...: ok when the command succeeds, else FAIL with what it printed.
 check() {
   local name=$1 out
   shift
   if out=$("$@" 2>&1); then ok "$name"; else fail "$name" "$(echo "$out" | tr '\n' ' ')"; fi
 }
-crictl() { command crictl --runtime-endpoint unix:///run/containerd/containerd.sock --timeout 120s "$@"; }
+crictl() {
+  command crictl --runtime-endpoint unix:///run/containerd/containerd.sock --timeout 300s "$@" \
+    2> >(grep -v 'crictl.yaml' >&2)
+}
 equals() { [ "$1" = "$2" ] || { echo "expected '$2', found '$1'"; return 1; }; }
 wait_for() { # wait_for SECONDS COMMAND...
   local deadline=$((SECONDS + $1))
@@ -90,6 +97,14 @@ CTR
  "log_path": "memories.log", "annotations": {"wedge.dev/features": "multi-memory"},
  "linux": {"resources": {"memory_limit_in_bytes": 67108864}}}
 CTR
+  # The reference: the same pod on runc's own shim.
+  sed "s/guest-$driver/reference-$driver/g" /tmp/pod.json > /tmp/reference-pod.json
+  if reference=$(crictl runp --runtime runc /tmp/reference-pod.json); then
+    ok reference-runp
+    crictl stopp "$reference" >/dev/null && crictl rmp "$reference" >/dev/null
+  else
+    fail reference-runp "$reference"
+  fi
   pod=$(crictl runp --runtime wedge /tmp/pod.json) || { fail runp "$pod"; continue; }
   ok runp
   sidecar=$(crictl create "$pod" /tmp/sidecar.json /tmp/pod.json) && crictl start "$sidecar" >/dev/null \

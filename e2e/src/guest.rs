@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 
 /// What the cached disk is built from; a different recipe rebuilds it.
-const RECIPE: &str = "bookworm minbase 3: systemd systemd-sysv linux-image-amd64 udev kmod \
+/// D-Bus is there as on any systemd node: runc's systemd driver asks systemd through it.
+const RECIPE: &str = "bookworm minbase 4: systemd systemd-sysv dbus linux-image-amd64 udev kmod \
                       iproute2 containerd runc containernetworking-plugins procps";
-const PACKAGES: &str = "systemd,systemd-sysv,linux-image-amd64,udev,kmod,iproute2,containerd,\
-                        runc,containernetworking-plugins,procps";
+const PACKAGES: &str = "systemd,systemd-sysv,dbus,linux-image-amd64,udev,kmod,iproute2,\
+                        containerd,runc,containernetworking-plugins,procps";
 const MIRROR: &str = "http://deb.debian.org/debian";
 const DISK_SIZE: &str = "4G";
 

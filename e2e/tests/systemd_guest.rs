@@ -14,10 +14,11 @@ use wedge_e2e::guest::Guest;
 use wedge_e2e::{binaries, images, programs};
 
 /// The checks `guest/run.sh` makes for each driver; every one must report ok.
-const CHECKS: [&str; 26] = [
+const CHECKS: [&str; 27] = [
     "install",
     "engine-config-driver",
     "containerd-up",
+    "reference-runp",
     "runp",
     "sidecar",
     "wasm-start",
