@@ -33,39 +33,16 @@ if ((${#missing[@]})) || $need_containerd17 || $need_containerd21; then
   fi
 fi
 
-if $need_containerd21 && ! grep -rqs "Suites: sid" /etc/apt/sources.list.d/; then
-  # sid pinned lower still: only the download below takes anything from it.
-  cat > /etc/apt/sources.list.d/wedge-sid.sources <<'SRC'
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: sid
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-  cat > /etc/apt/preferences.d/wedge-sid <<'PIN'
-Package: *
-Pin: release n=sid
-Pin-Priority: 50
-PIN
-fi
-
-if $need_containerd17; then
-  # trixie as a low-priority source: nothing installed moves, only the download below uses it.
-  if ! grep -rqs "Suites: trixie" /etc/apt/sources.list.d/; then
-    cat > /etc/apt/sources.list.d/wedge-trixie.sources <<'SRC'
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: trixie
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-    cat > /etc/apt/preferences.d/wedge-trixie <<'PIN'
-Package: *
-Pin: release n=trixie
-Pin-Priority: 100
-PIN
-  fi
-fi
+# add_source SUITE PRIORITY: Debian SUITE as a source pinned at PRIORITY (below bookworm's
+# 500), so nothing installed moves: only the downloads below take anything from it.
+add_source() {
+  grep -rqs "Suites: $1" /etc/apt/sources.list.d/ && return
+  printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+    "$1" > "/etc/apt/sources.list.d/wedge-$1.sources"
+  printf 'Package: *\nPin: release n=%s\nPin-Priority: %s\n' "$1" "$2" > "/etc/apt/preferences.d/wedge-$1"
+}
+$need_containerd17 && add_source trixie 100
+$need_containerd21 && add_source sid 50
 
 if ((${#missing[@]})) || $need_containerd17 || $need_containerd21; then
   apt-get update -q
@@ -77,23 +54,19 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
   rm -f /usr/sbin/policy-rc.d
 fi
-if $need_containerd17; then
+# unpack_containerd DIR PACKAGE...: the first PACKAGE apt can download, unpacked into DIR.
+unpack_containerd() {
+  local dir=$1 download
+  shift
   download=$(mktemp -d)
-  (cd "$download" && apt-get download -q "containerd=$containerd17_version")
-  rm -rf "$containerd17_dir" && mkdir -p "$containerd17_dir"
-  dpkg-deb -x "$download"/containerd_*.deb "$containerd17_dir"
+  (cd "$download" && for package in "$@"; do apt-get download -q "$package" && break; done)
+  rm -rf "$dir" && mkdir -p "$dir"
+  dpkg-deb -x "$download"/containerd_*.deb "$dir"
   rm -rf "$download"
-  "$containerd17_dir/usr/bin/containerd" --version
-fi
-if $need_containerd21; then
-  download=$(mktemp -d)
-  (cd "$download" && { apt-get download -q "containerd=$containerd21_version" \
-    || apt-get download -q containerd/sid; })
-  rm -rf "$containerd21_dir" && mkdir -p "$containerd21_dir"
-  dpkg-deb -x "$download"/containerd_*.deb "$containerd21_dir"
-  rm -rf "$download"
-  "$containerd21_dir/usr/bin/containerd" --version
-fi
+  "$dir/usr/bin/containerd" --version
+}
+$need_containerd17 && unpack_containerd "$containerd17_dir" "containerd=$containerd17_version"
+$need_containerd21 && unpack_containerd "$containerd21_dir" "containerd=$containerd21_version" containerd/sid
 
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup)" >&2; exit 1; }
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt 2>/dev/null || true

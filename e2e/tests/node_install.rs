@@ -186,7 +186,7 @@ fn install_gives_the_engine_config_runc_s_cgroup_driver() -> Result<()> {
             "--restart",
             "never",
             "--engine-config",
-            &extra[extra.len() - 1],
+            extra[extra.len() - 1],
         ];
         node("uninstall", root.path(), &engine_args)?;
         ensure!(
