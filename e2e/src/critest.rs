@@ -51,9 +51,11 @@ impl Kit {
             dir.display(),
             missing.join(", ")
         );
-        Ok(Kit {
-            dir: dir.to_path_buf(),
-        })
+        // Absolute: critest runs in its own work directory.
+        let dir = dir
+            .canonicalize()
+            .with_context(|| format!("cannot resolve {}", dir.display()))?;
+        Ok(Kit { dir })
     }
 
     /// Builds the stand-in images into `store` (static pause and no-new-privs programs,
