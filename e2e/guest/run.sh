@@ -13,6 +13,8 @@ fail() {
   echo "FAIL $driver $1: $2"
   echo "--- containerd's journal, last lines:"
   journalctl -u containerd --no-pager -n 25 -o cat 2>&1 | sed 's/^/    /'
+  echo "--- runtime processes and where they wait:"
+  ps -eo pid,ppid,stat,wchan:30,args | grep -E 'runc|shim|pause|sleep' | grep -v grep | sed 's/^/    /'
 }
 # check NAME COMMAND...: ok when the command succeeds, else FAIL with what it printed.
 check() {
