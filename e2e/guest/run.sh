@@ -107,7 +107,22 @@ CTR
   else
     fail reference-runp "$reference"
   fi
-  pod=$(crictl runp --runtime wedge /tmp/pod.json) || { fail runp "$pod"; continue; }
+  # A hang is looked at while it still hangs.
+  crictl runp --runtime wedge /tmp/pod.json > /tmp/runp.out 2>&1 &
+  runp=$!
+  for _ in $(seq 120); do kill -0 $runp 2>/dev/null || break; sleep 1; done
+  if kill -0 $runp 2>/dev/null; then
+    echo "--- RunPodSandbox still waiting after 120 s; runtime processes:"
+    ps -eo pid,ppid,stat,wchan:30,args | grep -E 'runc|shim|pause|sleep|busybox' | grep -v grep | sed 's/^/    /'
+    for pid in $(pgrep -f 'runc'); do
+      echo "    $pid stack: $(head -6 /proc/$pid/stack 2>/dev/null | tr '\n' ' ')"
+      echo "    $pid fds: $(ls -l /proc/$pid/fd 2>/dev/null | awk '{print $9 $10 $11}' | tr '\n' ' ')"
+    done
+  fi
+  wait $runp
+  status=$?
+  pod=$(grep -v crictl.yaml /tmp/runp.out)
+  [ $status -eq 0 ] || { fail runp "$pod"; continue; }
   ok runp
   sidecar=$(crictl create "$pod" /tmp/sidecar.json /tmp/pod.json) && crictl start "$sidecar" >/dev/null \
     && ok sidecar || fail sidecar "$sidecar"
