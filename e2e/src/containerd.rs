@@ -284,6 +284,9 @@ impl Containerd {
             .arg("--config")
             .arg(&config)
             .env("PATH", path)
+            // As under systemd, where containerd is a Type=notify unit: its shims inherit
+            // NOTIFY_SOCKET (here a path nothing listens on).
+            .env("NOTIFY_SOCKET", dir.path().join("systemd-notify"))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

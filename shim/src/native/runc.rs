@@ -72,7 +72,13 @@ impl Runc {
         if self.systemd_cgroup {
             command.arg("--systemd-cgroup");
         }
-        command.args(args).current_dir(bundle);
+        // containerd under systemd is a Type=notify unit and its shims inherit NOTIFY_SOCKET;
+        // given it, `runc start` waits for the container to send READY=1 there, which a pod's
+        // process never does: Start would hang. runc's own shim drops it too.
+        command
+            .env_remove("NOTIFY_SOCKET")
+            .args(args)
+            .current_dir(bundle);
         command
     }
 
@@ -348,6 +354,15 @@ mod tests {
         .unwrap();
         assert_eq!(last_error(&log).unwrap(), "exec: \"/nope\": no such file");
         assert_eq!(last_error(&dir.path().join("none")), None);
+    }
+
+    #[test]
+    fn runc_never_sees_systemd_s_notify_socket() {
+        let runc = Runc::new(Path::new("runc"), Path::new("/run/wedge/runc"), "k8s.io");
+        let command = runc.command(Path::new("/tmp/bundle"), &["start", "c1"]);
+        assert!(command
+            .get_envs()
+            .any(|(key, value)| key == "NOTIFY_SOCKET" && value.is_none()));
     }
 
     #[test]
