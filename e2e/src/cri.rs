@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use containerd_client::tonic;
 use containerd_client::tonic::transport::Channel;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStats, ContainerStatsRequest,
@@ -35,6 +36,7 @@ pub const BUSYBOX: &str = "/bin/busybox";
 pub struct CriNode {
     pub containerd: Containerd,
     client: RuntimeServiceClient<Channel>,
+    images: ImageServiceClient<Channel>,
     runtime: tokio::runtime::Runtime,
     logs: PathBuf,
 }
@@ -113,12 +115,50 @@ impl CriNode {
             .with_context(|| format!("cannot connect to {}", socket.display()))?;
         let logs = containerd.dir().join("pod-logs");
         std::fs::create_dir_all(&logs)?;
-        Ok(CriNode {
+        let node = CriNode {
             containerd,
-            client: RuntimeServiceClient::new(channel),
+            client: RuntimeServiceClient::new(channel.clone()),
+            images: ImageServiceClient::new(channel),
             runtime,
             logs,
-        })
+        };
+        node.wait_for_image(PAUSE_IMAGE)?;
+        Ok(node)
+    }
+
+    /// Imports an image archive into `k8s.io` and waits until the CRI plugin knows
+    /// `reference`: containerd 2 fills the CRI's image cache from events, a moment after
+    /// the import returns.
+    pub fn import(&self, archive: &Path, reference: &str) -> Result<()> {
+        self.containerd.import_for_cri(archive)?;
+        self.wait_for_image(reference)
+    }
+
+    /// Waits until the CRI plugin knows `reference` (see [`Self::import`]).
+    pub fn wait_for_image(&self, reference: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut images = self.images.clone();
+            let found = self
+                .runtime
+                .block_on(images.image_status(k8s_cri::v1::ImageStatusRequest {
+                    image: Some(ImageSpec {
+                        image: reference.to_string(),
+                        ..Default::default()
+                    }),
+                    verbose: false,
+                }))
+                .map(|response| response.into_inner().image.is_some())
+                .unwrap_or(false);
+            if found {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the CRI plugin does not know the imported image {reference}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The static busybox as a native image in `k8s.io`: the sidecar of most tests.
@@ -130,14 +170,14 @@ impl CriNode {
             "/bin/busybox",
             &["/bin/busybox"],
         )?;
-        self.containerd.import_for_cri(&archive)?;
+        self.import(&archive, &reference)?;
         Ok(reference)
     }
 
     /// `module` as a wasm image in `k8s.io`.
     pub fn wasm_image(&self, name: &str, module: &[u8]) -> Result<String> {
         let (archive, reference) = images::wasm_image(self.containerd.dir(), name, module)?;
-        self.containerd.import_for_cri(&archive)?;
+        self.import(&archive, &reference)?;
         Ok(reference)
     }
 

@@ -120,7 +120,7 @@ fn device_nodes_in_an_image_are_refused_as_runc_refuses_them() -> Result<()> {
         }],
         &["/probe.wasm", "read", "/hwrng"],
     )?;
-    node.containerd.import_for_cri(&archive)?;
+    node.import(&archive, &image)?;
     let pod = node.run_pod("devices", WEDGE_HANDLER)?;
     let wasm = node.run_container(
         &pod,
@@ -501,7 +501,7 @@ fn a_fifo_entrypoint_fails_fast_and_stalls_nothing() -> Result<()> {
         &[SpecialFile::Fifo("/app.wasm")],
         &["/app.wasm"],
     )?;
-    node.containerd.import_for_cri(&archive)?;
+    node.import(&archive, &fifo_image)?;
     let (archive, dir_image) = image_with_special_files(
         work,
         "dir-entrypoint",
@@ -509,7 +509,7 @@ fn a_fifo_entrypoint_fails_fast_and_stalls_nothing() -> Result<()> {
         &[SpecialFile::Directory("/app.wasm")],
         &["/app.wasm"],
     )?;
-    node.containerd.import_for_cri(&archive)?;
+    node.import(&archive, &dir_image)?;
     let hello = node.wasm_image("hello", &programs::wat(programs::HELLO_WAT)?)?;
     let pod = node.run_pod("fifo", WEDGE_HANDLER)?;
     let fifo_spec = |name: &str| ContainerSpec {

@@ -501,6 +501,7 @@ fn a_cncf_wasm_artifact_runs_through_cri() -> Result<()> {
         "--plain-http",
         &remote,
     ])?;
+    node.wait_for_image(&remote)?;
     let pod = node.run_pod("artifact", WEDGE_HANDLER)?;
     let id = node.run_container(
         &pod,
