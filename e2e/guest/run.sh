@@ -158,8 +158,8 @@ CTR
   check stop crictl stopp "$pod"
   check remove crictl rmp "$pod"
   check cgroups-gone wait_for 10 bash -c "! [ -e $want_dir ] && ! find $(dirname "$want_dir") -mindepth 1 -type d 2>/dev/null | grep -q ."
-  check no-runners bash -c "! pgrep -f wedge-runner"
-  check no-shims wait_for 10 bash -c "! pgrep -f containerd-shim-wedge"
+  check no-runners bash -c "! pgrep -f '[w]edge-runner'"
+  check no-shims wait_for 10 bash -c "! pgrep -f '[c]ontainerd-shim-wedge'"
   check uninstall wedge node uninstall --shim-dest /usr/local/bin --engine-config "$share/engine.toml" --restart never
 done
 echo "guest: done"
