@@ -543,10 +543,15 @@ fn a_stopped_container_in_a_shared_pid_namespace_takes_its_children_along() -> R
             },
         )?;
         node.wait_for_log(&pod, "parent", "started")?;
-        ensure!(
-            !processes_running(&["sleep", marker]).is_empty(),
-            "{handler}: the child did not start"
-        );
+        // The shell echoes before its background child has necessarily exec'd `sleep`.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while processes_running(&["sleep", marker]).is_empty() {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "{handler}: the child did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         node.stop_container_within(&id, 0, Duration::from_secs(30))?;
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while !processes_running(&["sleep", marker]).is_empty() {
