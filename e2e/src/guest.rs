@@ -158,9 +158,22 @@ impl Guest {
             .spawn()
             .context("cannot start qemu-system-x86_64")?;
         let deadline = Instant::now() + limit;
+        let mut finished_at = None;
         loop {
             if let Some(status) = qemu.try_wait()? {
                 ensure!(status.success(), "qemu ended with {status}");
+                return Ok(());
+            }
+            // The script's last line is its own: once it is there, the results are in and a
+            // guest stuck on its way down (systemd's shutdown waiting on a mount) costs only
+            // a grace period, not the whole limit.
+            if finished_at.is_none() && script_finished(&share.join(SCRIPT_OUTPUT)) {
+                finished_at = Some(Instant::now());
+            }
+            if finished_at.is_some_and(|at| at.elapsed() > POWER_OFF_GRACE) {
+                eprintln!("guest: the script finished but the guest did not power off; stopping qemu");
+                let _ = qemu.kill();
+                let _ = qemu.wait();
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -174,6 +187,18 @@ impl Guest {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
+}
+
+/// Where the guest's script writes its results (in the share).
+pub const SCRIPT_OUTPUT: &str = "out.log";
+/// The line the script ends with.
+pub const SCRIPT_DONE: &str = "guest: done";
+/// How long a guest whose script has finished may take to power off.
+const POWER_OFF_GRACE: Duration = Duration::from_secs(60);
+
+fn script_finished(output: &Path) -> bool {
+    std::fs::read_to_string(output)
+        .is_ok_and(|text| text.lines().any(|line| line == SCRIPT_DONE))
 }
 
 fn which(tool: &str) -> bool {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use wedge_e2e::cri::BUSYBOX;
-use wedge_e2e::guest::Guest;
+use wedge_e2e::guest::{self, Guest};
 use wedge_e2e::{binaries, images, programs};
 
 /// The checks `guest/run.sh` makes for each driver; every one must report ok.
@@ -108,7 +108,7 @@ fn a_pod_runs_on_systemd_and_cgroup_v2_with_either_driver() -> Result<()> {
     }
 
     guest.boot(share, Duration::from_secs(40 * 60))?;
-    let out = std::fs::read_to_string(share.join("out.log")).with_context(|| {
+    let out = std::fs::read_to_string(share.join(guest::SCRIPT_OUTPUT)).with_context(|| {
         format!(
             "the guest's script left no output; console:\n{}",
             std::fs::read_to_string(share.join("console.log")).unwrap_or_default()
@@ -129,7 +129,7 @@ fn a_pod_runs_on_systemd_and_cgroup_v2_with_either_driver() -> Result<()> {
         .filter(|check| !passed.contains(check.as_str()))
         .collect();
     ensure!(
-        failures.is_empty() && missing.is_empty() && out.contains("guest: done"),
+        failures.is_empty() && missing.is_empty() && out.contains(guest::SCRIPT_DONE),
         "failed: {failures:#?}\nnot reported ok: {missing:#?}\n{out}"
     );
     ensure!(
