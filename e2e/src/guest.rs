@@ -171,7 +171,9 @@ impl Guest {
                 finished_at = Some(Instant::now());
             }
             if finished_at.is_some_and(|at| at.elapsed() > POWER_OFF_GRACE) {
-                eprintln!("guest: the script finished but the guest did not power off; stopping qemu");
+                eprintln!(
+                    "guest: the script finished but the guest did not power off; stopping qemu"
+                );
                 let _ = qemu.kill();
                 let _ = qemu.wait();
                 return Ok(());
@@ -197,8 +199,7 @@ pub const SCRIPT_DONE: &str = "guest: done";
 const POWER_OFF_GRACE: Duration = Duration::from_secs(60);
 
 fn script_finished(output: &Path) -> bool {
-    std::fs::read_to_string(output)
-        .is_ok_and(|text| text.lines().any(|line| line == SCRIPT_DONE))
+    std::fs::read_to_string(output).is_ok_and(|text| text.lines().any(|line| line == SCRIPT_DONE))
 }
 
 fn which(tool: &str) -> bool {

@@ -28,7 +28,7 @@ pub enum Error {
     #[error("exec process {1} of container {0} already exists")]
     ExecExists(String, String),
 
-    #[error("{operation} is not supported by the wasm runtime yet")]
+    #[error("{operation} is not supported by this runtime")]
     Unsupported { operation: &'static str },
 
     #[error("container {id} is {state}; {operation} needs it {wanted}")]
@@ -47,12 +47,6 @@ pub enum Error {
 
     #[error("{0}")]
     InvalidRequest(String),
-
-    #[error(
-        "{path} is not a WebAssembly module; native Linux containers are not supported by \
-         this runtime yet"
-    )]
-    NotWasm { path: String },
 
     #[error("entrypoint {path} not found in the container's root filesystem: {source}")]
     EntrypointNotFound {
@@ -131,8 +125,9 @@ pub enum Error {
     #[error("wasm runner of container {id} failed: {reason}")]
     Runner { id: String, reason: String },
 
-    #[error("failed to publish event {topic}: {reason}")]
-    Publish { topic: &'static str, reason: String },
+    /// A failure of the shim or the host, not of the request: the operator's to look into.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -158,7 +153,6 @@ impl Error {
             Error::WrongState { .. } => Code::FAILED_PRECONDITION,
             Error::InvalidSpec { .. }
             | Error::InvalidRequest(_)
-            | Error::NotWasm { .. }
             | Error::NoEntrypoint
             | Error::EntrypointNotRegular { .. }
             | Error::UnsupportedSpecField { .. }
@@ -177,7 +171,7 @@ impl Error {
             | Error::Sys { .. }
             | Error::Runner { .. }
             | Error::Native { .. }
-            | Error::Publish { .. } => Code::INTERNAL,
+            | Error::Internal(_) => Code::INTERNAL,
         }
     }
 }

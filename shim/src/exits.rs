@@ -7,7 +7,8 @@
 //! exits nobody claimed are kept for that.
 //!
 //! Because the reaper waits for *every* child, the shim's helper commands (runc) cannot use
-//! `std::process::Child::wait`; [`ExitRouter::run`] gets their status from here instead.
+//! `std::process::Child::wait`; [`ExitRouter::run`] gets their status from here instead. The
+//! signals the shim sends to processes it watches go through [`signal_process`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -15,6 +16,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use containerd_shim::asynchronous::monitor::monitor_subscribe;
 use containerd_shim::monitor::{Subject, Topic};
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
@@ -184,6 +187,30 @@ async fn lost_if_dropped(exited: oneshot::Receiver<ExitStatus>) -> Result<ExitSt
         id: String::new(),
         reason: "the exit status of a helper command was lost".into(),
     })
+}
+
+/// Sends `signal` to process `pid`. A process already gone is [`Error::ProcessFinished`],
+/// which containerd takes as "not found".
+pub fn signal_process(pid: i32, signal: Signal) -> Result<()> {
+    match kill(Pid::from_raw(pid), signal) {
+        Ok(()) => Ok(()),
+        Err(nix::Error::ESRCH) => Err(Error::ProcessFinished),
+        Err(source) => Err(Error::Sys {
+            context: "cannot signal the process",
+            source,
+        }),
+    }
+}
+
+/// True when process `pid` is gone or a zombie waiting to be reaped.
+pub fn has_exited(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which ends at the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
+    }
 }
 
 pub fn now() -> Timestamp {

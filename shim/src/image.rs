@@ -1,5 +1,6 @@
-//! Decides what a container runs: finds the entrypoint in the root filesystem and checks
-//! that it is WebAssembly. (Images that carry the module as a layer are `content`'s job.)
+//! The container's entrypoint in its root filesystem: where it is and whether it is WebAssembly
+//! or a Linux program. (Images that carry the module as a layer are `content`'s job; the
+//! choice between the two back ends is `backend::plan`'s.)
 
 use std::io::Read;
 use std::path::Path;
@@ -38,18 +39,46 @@ impl Entrypoint {
     }
 }
 
-/// Resolves the entrypoint path to an absolute path inside the root filesystem and checks that the file
-/// there is a WebAssembly binary.
+/// What the container's entrypoint is in its root filesystem.
+#[derive(Debug)]
+pub enum EntrypointFile {
+    /// A WebAssembly binary, at this absolute path inside the root filesystem.
+    Wasm { path: String },
+    /// A regular file that is not WebAssembly: a Linux program, for runc.
+    Native { path: String },
+    /// Not there (or unreadable): the image's layers may still carry the module.
+    Missing(Error),
+    /// A FIFO, device, socket or directory: no program of any kind.
+    NotAProgram(Error),
+}
+
+/// Looks at the entrypoint: resolves `arg0` to an absolute path inside the root filesystem
+/// and reads its first bytes.
 ///
 /// Lookup follows execve's rules: a name with a `/` is a path (relative to `cwd`), a bare
 /// name is searched in the spec's `PATH`. Every lookup goes through a capability on the root
 /// filesystem, so a symlink in the image cannot point the shim at a host file.
-pub fn resolve_wasm_entrypoint(
+pub fn inspect_entrypoint(
     rootfs: &Path,
     arg0: &str,
     env: &[(String, String)],
     cwd: &str,
-) -> Result<String> {
+) -> EntrypointFile {
+    match read_magic(rootfs, arg0, env, cwd) {
+        Ok((path, true)) => EntrypointFile::Wasm { path },
+        Ok((path, false)) => EntrypointFile::Native { path },
+        Err(err @ Error::EntrypointNotRegular { .. }) => EntrypointFile::NotAProgram(err),
+        Err(err) => EntrypointFile::Missing(err),
+    }
+}
+
+/// The entrypoint's absolute path and whether it starts like a wasm binary.
+fn read_magic(
+    rootfs: &Path,
+    arg0: &str,
+    env: &[(String, String)],
+    cwd: &str,
+) -> Result<(String, bool)> {
     let root = Dir::open_ambient_dir(rootfs, cap_std::ambient_authority())
         .map_err(|err| Error::io("cannot open the root filesystem", rootfs, err))?;
 
@@ -73,10 +102,8 @@ pub fn resolve_wasm_entrypoint(
             path: path.clone(),
             source,
         })?;
-    if !has_wasm_magic(&magic[..read]) {
-        return Err(Error::NotWasm { path });
-    }
-    Ok(path)
+    let is_wasm = has_wasm_magic(&magic[..read]);
+    Ok((path, is_wasm))
 }
 
 /// Opens the entrypoint `path` (absolute, inside `root`) for reading without ever blocking,
@@ -205,53 +232,74 @@ mod tests {
         assert_eq!(Entrypoint::parse(&[]), None);
     }
 
+    fn wasm_path(found: EntrypointFile) -> String {
+        match found {
+            EntrypointFile::Wasm { path } => path,
+            other => panic!("not wasm: {other:?}"),
+        }
+    }
+
+    fn missing(found: EntrypointFile) -> Error {
+        match found {
+            EntrypointFile::Missing(err) => err,
+            other => panic!("not missing: {other:?}"),
+        }
+    }
+
+    fn not_a_program(found: EntrypointFile) -> Error {
+        match found {
+            EntrypointFile::NotAProgram(err) => err,
+            other => panic!("a program: {other:?}"),
+        }
+    }
+
     #[test]
     fn finds_absolute_relative_and_path_entrypoints() {
         let wasm: &[u8] = b"\0asm\x01\0\0\0";
         let root = rootfs_with(&[("/app/m.wasm", wasm), ("/usr/bin/tool", wasm)]);
         let r = root.path();
         assert_eq!(
-            resolve_wasm_entrypoint(r, "/app/m.wasm", &[], "/").unwrap(),
+            wasm_path(inspect_entrypoint(r, "/app/m.wasm", &[], "/")),
             "/app/m.wasm"
         );
         assert_eq!(
-            resolve_wasm_entrypoint(r, "./m.wasm", &[], "/app").unwrap(),
+            wasm_path(inspect_entrypoint(r, "./m.wasm", &[], "/app")),
             "/app/./m.wasm"
         );
         assert_eq!(
-            resolve_wasm_entrypoint(r, "tool", &[], "/").unwrap(),
+            wasm_path(inspect_entrypoint(r, "tool", &[], "/")),
             "/usr/bin/tool"
         );
         let env = vec![("PATH".to_string(), "/app".to_string())];
         assert!(matches!(
-            resolve_wasm_entrypoint(r, "tool", &env, "/"),
-            Err(Error::EntrypointNotFound { .. })
+            missing(inspect_entrypoint(r, "tool", &env, "/")),
+            Error::EntrypointNotFound { .. }
         ));
     }
 
     #[test]
-    fn refuses_missing_native_and_escaping_entrypoints() {
+    fn tells_native_from_missing_and_escaping_entrypoints() {
         let root = rootfs_with(&[("/bin/sh", b"\x7fELF\x02\x01\x01\0")]);
         let r = root.path();
         assert!(matches!(
-            resolve_wasm_entrypoint(r, "/bin/sh", &[], "/"),
-            Err(Error::NotWasm { .. })
+            inspect_entrypoint(r, "/bin/sh", &[], "/"),
+            EntrypointFile::Native { path } if path == "/bin/sh"
         ));
         assert!(matches!(
-            resolve_wasm_entrypoint(r, "/missing.wasm", &[], "/"),
-            Err(Error::EntrypointNotFound { .. })
+            missing(inspect_entrypoint(r, "/missing.wasm", &[], "/")),
+            Error::EntrypointNotFound { .. }
         ));
 
         let outside = rootfs_with(&[("/secret.wasm", b"\0asm\x01\0\0\0")]);
         std::os::unix::fs::symlink(outside.path().join("secret.wasm"), r.join("link.wasm"))
             .unwrap();
         assert!(matches!(
-            resolve_wasm_entrypoint(r, "/link.wasm", &[], "/"),
-            Err(Error::EntrypointNotFound { .. })
+            missing(inspect_entrypoint(r, "/link.wasm", &[], "/")),
+            Error::EntrypointNotFound { .. }
         ));
         assert!(matches!(
-            resolve_wasm_entrypoint(r, "/../secret.wasm", &[], "/"),
-            Err(Error::EntrypointNotFound { .. })
+            missing(inspect_entrypoint(r, "/../secret.wasm", &[], "/")),
+            Error::EntrypointNotFound { .. }
         ));
     }
 
@@ -261,20 +309,20 @@ mod tests {
         let r = root.path();
         nix::unistd::mkfifo(&r.join("app.wasm"), nix::sys::stat::Mode::S_IRWXU).unwrap();
         let started = std::time::Instant::now();
-        let err = resolve_wasm_entrypoint(r, "/app.wasm", &[], "/").unwrap_err();
+        let err = not_a_program(inspect_entrypoint(r, "/app.wasm", &[], "/"));
         assert!(started.elapsed() < std::time::Duration::from_secs(1));
         assert!(
             matches!(&err, Error::EntrypointNotRegular { kind, .. } if kind.contains("FIFO")),
             "{err}"
         );
         assert!(err.to_string().contains("/app.wasm"), "{err}");
-        let err = resolve_wasm_entrypoint(r, "/dir", &[], "/").unwrap_err();
+        let err = not_a_program(inspect_entrypoint(r, "/dir", &[], "/"));
         assert!(
             matches!(&err, Error::EntrypointNotRegular { kind, .. } if *kind == "directory"),
             "{err}"
         );
         let socket = std::os::unix::net::UnixListener::bind(r.join("sock.wasm")).unwrap();
-        let err = resolve_wasm_entrypoint(r, "/sock.wasm", &[], "/").unwrap_err();
+        let err = not_a_program(inspect_entrypoint(r, "/sock.wasm", &[], "/"));
         assert!(err.to_string().contains("socket"), "{err}");
         drop(socket);
     }

@@ -3,11 +3,11 @@
 //! The binary `containerd-shim-wedge-v1` serves containerd's Task API; each wasm container
 //! runs in a runner process of its own, started from the same binary.
 
-pub mod container;
+pub mod backend;
+pub mod bootstrap;
 pub mod content;
 pub mod engine;
 pub mod error;
-pub mod exec;
 pub mod exits;
 pub mod image;
 pub mod logging;
@@ -19,8 +19,7 @@ pub mod sandbox;
 pub mod shim;
 pub mod spec;
 pub mod stdio;
-pub mod task_api;
-pub mod task_service;
+pub mod task;
 
 pub use error::{Error, Result};
 pub use shim::RUNTIME_ID;

@@ -4,7 +4,7 @@
 //!
 //! The containerd-shim crate's own bootstrap only speaks task API v3 and answers `start` in
 //! the JSON form of containerd 2.x; containerd 1.6 dials the printed text as the address and
-//! 1.7 refuses v3. This bootstrap answers each release in its own form (see [`crate::task_api`])
+//! 1.7 refuses v3. This bootstrap answers each release in its own form (see [`crate::bootstrap`])
 //! and serves the same task service under both names.
 
 use std::os::unix::ffi::OsStrExt;
@@ -27,12 +27,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
+use crate::backend::wasm::{CGROUP_FILE, RUNNER_PID_FILE};
+use crate::bootstrap::TaskApi;
 use crate::exits::now;
 use crate::native::Runc;
 use crate::runner::protocol::RUNNER_ARG0;
 use crate::sandbox::{Cgroup, Driver};
-use crate::task_api::TaskApi;
-use crate::task_service::{TaskService, CGROUP_FILE, RUNNER_PID_FILE};
+use crate::task::TaskService;
 use crate::{logging, rootfs, spec};
 use wedge_runtime_config::{ConfigSource, EngineConfig};
 

@@ -1,7 +1,7 @@
 //! Opening the stdio paths containerd hands to Create.
 //!
 //! The runner writes straight into containerd's fifos: no copy loop in the shim, no buffers
-//! per container. A stdin fifo is left to the runner (see `runner::stdin`), which can afford
+//! per container. A stdin fifo is left to the runner (see `runner::child::stdin`), which can afford
 //! to wait for the client to attach.
 
 use std::fs::{File, OpenOptions};
@@ -9,11 +9,26 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::runner::spawn::RunnerStdio;
+
+/// The stdio strings containerd gave at Create or Exec, reported back by State.
+#[derive(Debug, Clone, Default)]
+pub struct StdioPaths {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A process's stdio, opened by the shim and inherited by the process (a runner, or the
+/// init or exec process `runc` starts).
+pub struct OpenedStdio {
+    pub stdin: File,
+    pub stdout: File,
+    pub stderr: File,
+}
 
 /// The container's stdio as the runner gets it.
 pub struct ContainerIo {
-    pub runner: RunnerStdio,
+    pub runner: OpenedStdio,
     /// A stdin fifo for the runner to open itself; its fd 0 is /dev/null until then.
     pub stdin_fifo: Option<PathBuf>,
 }
@@ -21,7 +36,7 @@ pub struct ContainerIo {
 pub fn open(stdin: &str, stdout: &str, stderr: &str) -> Result<ContainerIo> {
     let (stdin, stdin_fifo) = open_stdin(stdin)?;
     Ok(ContainerIo {
-        runner: RunnerStdio {
+        runner: OpenedStdio {
             stdin,
             stdout: open_output(stdout)?,
             stderr: open_output(stderr)?,
@@ -30,16 +45,9 @@ pub fn open(stdin: &str, stdout: &str, stderr: &str) -> Result<ContainerIo> {
     })
 }
 
-/// A native container's stdio, inherited by its init process through `runc create`.
-pub struct NativeIo {
-    pub stdin: File,
-    pub stdout: File,
-    pub stderr: File,
-}
-
 /// Opens stdio for a runc container. A stdin fifo is relayed through a pipe by a small
 /// thread that waits for the client to attach (see [`relay_fifo`]).
-pub fn open_native(stdin: &str, stdout: &str, stderr: &str) -> Result<NativeIo> {
+pub fn open_native(stdin: &str, stdout: &str, stderr: &str) -> Result<OpenedStdio> {
     let (stdin, stdin_fifo) = open_stdin(stdin)?;
     let stdin = match stdin_fifo {
         None => stdin,
@@ -53,7 +61,7 @@ pub fn open_native(stdin: &str, stdout: &str, stderr: &str) -> Result<NativeIo> 
             File::from(read_end)
         }
     };
-    Ok(NativeIo {
+    Ok(OpenedStdio {
         stdin,
         stdout: open_output(stdout)?,
         stderr: open_output(stderr)?,
@@ -79,8 +87,8 @@ pub fn open_terminal(stdin: &str, stdout: &str) -> Result<TerminalIo> {
 }
 
 /// Stdio for a runc command whose process gets a terminal instead.
-pub fn null_native() -> Result<NativeIo> {
-    Ok(NativeIo {
+pub fn null_native() -> Result<OpenedStdio> {
+    Ok(OpenedStdio {
         stdin: open_null(false)?,
         stdout: open_null(true)?,
         stderr: open_null(true)?,

@@ -6,6 +6,7 @@ pub mod command;
 mod context;
 mod deadline;
 pub mod http;
+pub mod memory_bound;
 pub mod program;
 
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Trap};
@@ -82,6 +83,17 @@ pub fn wasm_kind(bytes: &[u8]) -> Option<WasmKind> {
 pub enum EngineRole {
     Command,
     HttpServer,
+}
+
+impl EngineRole {
+    /// The role a program's bytes call for: a component exporting an HTTP handler is
+    /// served, everything else runs as a command.
+    pub fn of(bytes: &[u8]) -> EngineRole {
+        match wasm_kind(bytes) {
+            Some(WasmKind::Component) if exports_http_handler(bytes) => EngineRole::HttpServer,
+            _ => EngineRole::Command,
+        }
+    }
 }
 
 /// The options that change generated code, as a string the cache key covers. wasmtime's own

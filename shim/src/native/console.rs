@@ -15,10 +15,9 @@ use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
 use tokio::net::UnixListener;
 use tracing::warn;
 
-use crate::container::StdioPaths;
 use crate::error::{Error, Result};
 use crate::native::runc::InitStdio;
-use crate::stdio::{self, relay_fifo};
+use crate::stdio::{self, relay_fifo, StdioPaths};
 
 /// How long runc may take to hand over the master once it has been started.
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use nix::sys::signal::Signal;
 use serde::Deserialize;
@@ -27,23 +28,14 @@ pub struct Runc {
     systemd_cgroup: bool,
 }
 
-/// What a process-starting runc command is about, for its errors.
-struct StartedBy<'a> {
-    id: &'a str,
-    bundle: &'a Path,
-    operation: &'static str,
-    pid_file: &'a Path,
-}
-
-/// Where `runc exec` finds the container's bundle and the process spec, and writes the pid.
+/// Where `runc exec` finds the process spec, and where it writes the pid.
 pub struct ExecFiles<'a> {
-    pub bundle: &'a Path,
     pub process: &'a Path,
     pub pid_file: &'a Path,
 }
 
 /// The process's stdio for `runc create` / `runc exec`: inherited by that process.
-pub type InitStdio = crate::stdio::NativeIo;
+pub type InitStdio = crate::stdio::OpenedStdio;
 
 impl Runc {
     pub fn new(binary: &Path, root: &Path, namespace: &str) -> Self {
@@ -82,179 +74,6 @@ impl Runc {
         command
     }
 
-    /// `runc create`: sets the container up, its init waiting for `start`. Returns the pid.
-    /// With `console_socket`, the init gets a terminal whose master runc sends there.
-    pub async fn create(
-        &self,
-        exits: &ExitRouter,
-        id: &str,
-        bundle: &Path,
-        stdio: InitStdio,
-        console_socket: Option<PathBuf>,
-    ) -> Result<i32> {
-        std::fs::create_dir_all(&self.root)
-            .map_err(|err| Error::io("cannot create the runc root", &self.root, err))?;
-        let record = format!(
-            "{}\n{}\n{}\n",
-            self.binary.display(),
-            self.root.display(),
-            self.systemd_cgroup
-        );
-        std::fs::write(bundle.join(RECORD_FILE), record)
-            .map_err(|err| Error::io("cannot record runc in", bundle, err))?;
-        let pid_file = bundle.join(PID_FILE);
-        let mut command = self.command(bundle, &["create", "--bundle"]);
-        command.arg(bundle);
-        let started = StartedBy {
-            id,
-            bundle,
-            operation: "create",
-            pid_file: &pid_file,
-        };
-        self.start_process(exits, command, started, stdio, console_socket)
-            .await
-    }
-
-    /// `runc exec --detach`: starts the process described by `files.process` (an OCI
-    /// process spec) in the running container; returns its pid. With `console_socket`, runc
-    /// gives the process a terminal and sends its master there.
-    pub async fn exec(
-        &self,
-        exits: &ExitRouter,
-        id: &str,
-        files: ExecFiles<'_>,
-        stdio: InitStdio,
-        console_socket: Option<PathBuf>,
-    ) -> Result<i32> {
-        let ExecFiles {
-            bundle,
-            process,
-            pid_file,
-        } = files;
-        let mut command = self.command(bundle, &["exec", "--detach", "--process"]);
-        command.arg(process);
-        let started = StartedBy {
-            id,
-            bundle,
-            operation: "exec",
-            pid_file,
-        };
-        self.start_process(exits, command, started, stdio, console_socket)
-            .await
-    }
-
-    /// Runs a runc command that starts a process (create, exec): adds the pid file, the
-    /// console socket if the process gets a terminal, and the container id; `stdio` is
-    /// inherited by that process. Returns the pid runc wrote.
-    async fn start_process(
-        &self,
-        exits: &ExitRouter,
-        mut command: Command,
-        started: StartedBy<'_>,
-        stdio: InitStdio,
-        console_socket: Option<PathBuf>,
-    ) -> Result<i32> {
-        command.arg("--pid-file").arg(started.pid_file);
-        if let Some(socket) = console_socket {
-            command.arg("--console-socket").arg(socket);
-        }
-        command.arg(started.id);
-        // runc itself writes its errors to the log, not to these.
-        command
-            .stdin(Stdio::from(stdio.stdin))
-            .stdout(Stdio::from(stdio.stdout))
-            .stderr(Stdio::from(stdio.stderr));
-        let status = exits.run_inheriting(command).await?;
-        if status != 0 {
-            return Err(self.failure(started.bundle, started.id, started.operation, status));
-        }
-        read_pid(started.pid_file).ok_or_else(|| Error::Native {
-            id: started.id.to_string(),
-            operation: started.operation,
-            reason: format!("runc wrote no pid to {}", started.pid_file.display()),
-        })
-    }
-
-    /// `runc pause` (true) or `runc resume` (false): the freezer of the container's cgroup.
-    pub async fn freeze(
-        &self,
-        exits: &ExitRouter,
-        id: &str,
-        bundle: &Path,
-        frozen: bool,
-    ) -> Result<()> {
-        let operation = if frozen { "pause" } else { "resume" };
-        self.simple(exits, id, bundle, operation, &[operation, id])
-            .await
-    }
-
-    /// `runc update --resources FILE`: `resources` is the OCI LinuxResources JSON, passed
-    /// through a file in the bundle (removed after).
-    pub async fn update(
-        &self,
-        exits: &ExitRouter,
-        id: &str,
-        bundle: &Path,
-        resources: &[u8],
-    ) -> Result<()> {
-        let file = bundle.join("wedge-update-resources.json");
-        std::fs::write(&file, resources).map_err(|err| {
-            Error::io("cannot write the resources for runc update to", &file, err)
-        })?;
-        let file_arg = file.display().to_string();
-        let result = self
-            .simple(
-                exits,
-                id,
-                bundle,
-                "update",
-                &["update", "--resources", &file_arg, id],
-            )
-            .await;
-        let _ = std::fs::remove_file(&file);
-        result
-    }
-
-    pub async fn start(&self, exits: &ExitRouter, id: &str, bundle: &Path) -> Result<()> {
-        self.simple(exits, id, bundle, "start", &["start", id])
-            .await
-    }
-
-    pub async fn kill(
-        &self,
-        exits: &ExitRouter,
-        id: &str,
-        bundle: &Path,
-        signal: Signal,
-        all: bool,
-    ) -> Result<()> {
-        let number = (signal as i32).to_string();
-        let mut args = vec!["kill"];
-        if all {
-            args.push("--all");
-        }
-        args.extend([id, number.as_str()]);
-        match self.simple(exits, id, bundle, "kill", &args).await {
-            // The process ended between containerd's request and runc's look (a stop racing
-            // the exit): what containerd expects then is "not found", as runc's own shim
-            // answers, not a failure of the stop.
-            Err(Error::Native { reason, .. }) if already_gone(&reason) => {
-                Err(Error::ProcessFinished)
-            }
-            other => other,
-        }
-    }
-
-    /// `runc delete --force`: removes the container's state, killing it if need be.
-    pub async fn delete(&self, exits: &ExitRouter, id: &str, bundle: &Path) -> Result<()> {
-        self.simple(exits, id, bundle, "delete", &["delete", "--force", id])
-            .await?;
-        let _ = std::fs::remove_file(bundle.join(PID_FILE));
-        let _ = std::fs::remove_file(bundle.join(LOG_FILE));
-        let _ = std::fs::remove_file(bundle.join(RECORD_FILE));
-        Ok(())
-    }
-
     /// The runc a bundle's container was created with, if it is a native container.
     pub fn recorded_in(bundle: &Path) -> Option<Runc> {
         let record = std::fs::read_to_string(bundle.join(RECORD_FILE)).ok()?;
@@ -278,26 +97,168 @@ impl Runc {
         Ok(status.success())
     }
 
-    async fn simple(
+    /// Binds this runc to one container: every later command is about that container.
+    pub fn bind(self, exits: Arc<ExitRouter>, id: &str, bundle: &Path) -> RuncContainer {
+        RuncContainer {
+            runc: self,
+            exits,
+            id: id.to_string(),
+            bundle: bundle.to_path_buf(),
+        }
+    }
+}
+
+/// One container's runc: the binary and state root, the container's id and bundle, and the
+/// shim's exit router (which reaps what runc starts), fixed once at Create.
+#[derive(Clone)]
+pub struct RuncContainer {
+    runc: Runc,
+    exits: Arc<ExitRouter>,
+    id: String,
+    bundle: PathBuf,
+}
+
+impl RuncContainer {
+    /// `runc create`: sets the container up, its init waiting for `start`. Returns the pid.
+    /// With `console_socket`, the init gets a terminal whose master runc sends there.
+    pub async fn create(&self, stdio: InitStdio, console_socket: Option<PathBuf>) -> Result<i32> {
+        let runc = &self.runc;
+        std::fs::create_dir_all(&runc.root)
+            .map_err(|err| Error::io("cannot create the runc root", &runc.root, err))?;
+        let record = format!(
+            "{}\n{}\n{}\n",
+            runc.binary.display(),
+            runc.root.display(),
+            runc.systemd_cgroup
+        );
+        std::fs::write(self.bundle.join(RECORD_FILE), record)
+            .map_err(|err| Error::io("cannot record runc in", &self.bundle, err))?;
+        let pid_file = self.bundle.join(PID_FILE);
+        let mut command = runc.command(&self.bundle, &["create", "--bundle"]);
+        command.arg(&self.bundle);
+        self.start_process(command, "create", &pid_file, stdio, console_socket)
+            .await
+    }
+
+    /// `runc exec --detach`: starts the process described by `files.process` (an OCI
+    /// process spec) in the running container; returns its pid. With `console_socket`, runc
+    /// gives the process a terminal and sends its master there.
+    pub async fn exec(
         &self,
-        exits: &ExitRouter,
-        id: &str,
-        bundle: &Path,
+        files: ExecFiles<'_>,
+        stdio: InitStdio,
+        console_socket: Option<PathBuf>,
+    ) -> Result<i32> {
+        let mut command = self
+            .runc
+            .command(&self.bundle, &["exec", "--detach", "--process"]);
+        command.arg(files.process);
+        self.start_process(command, "exec", files.pid_file, stdio, console_socket)
+            .await
+    }
+
+    /// Runs a runc command that starts a process (create, exec): adds the pid file, the
+    /// console socket if the process gets a terminal, and the container id; `stdio` is
+    /// inherited by that process. Returns the pid runc wrote.
+    async fn start_process(
+        &self,
+        mut command: Command,
         operation: &'static str,
-        args: &[&str],
-    ) -> Result<()> {
-        let output = exits.run(self.command(bundle, args)).await?;
-        if output.code != 0 {
-            return Err(self.failure(bundle, id, operation, output.code));
+        pid_file: &Path,
+        stdio: InitStdio,
+        console_socket: Option<PathBuf>,
+    ) -> Result<i32> {
+        command.arg("--pid-file").arg(pid_file);
+        if let Some(socket) = console_socket {
+            command.arg("--console-socket").arg(socket);
+        }
+        command.arg(&self.id);
+        // runc itself writes its errors to the log, not to these.
+        command
+            .stdin(Stdio::from(stdio.stdin))
+            .stdout(Stdio::from(stdio.stdout))
+            .stderr(Stdio::from(stdio.stderr));
+        let status = self.exits.run_inheriting(command).await?;
+        if status != 0 {
+            return Err(self.failure(operation, status));
+        }
+        read_pid(pid_file).ok_or_else(|| Error::Native {
+            id: self.id.clone(),
+            operation,
+            reason: format!("runc wrote no pid to {}", pid_file.display()),
+        })
+    }
+
+    /// `runc pause` (true) or `runc resume` (false): the freezer of the container's cgroup.
+    pub async fn freeze(&self, frozen: bool) -> Result<()> {
+        let operation = if frozen { "pause" } else { "resume" };
+        self.simple(operation, &[operation, &self.id]).await
+    }
+
+    /// `runc update --resources FILE`: `resources` is the OCI LinuxResources JSON, passed
+    /// through a file in the bundle (removed after).
+    pub async fn update(&self, resources: &[u8]) -> Result<()> {
+        let file = self.bundle.join("wedge-update-resources.json");
+        std::fs::write(&file, resources).map_err(|err| {
+            Error::io("cannot write the resources for runc update to", &file, err)
+        })?;
+        let file_arg = file.display().to_string();
+        let result = self
+            .simple("update", &["update", "--resources", &file_arg, &self.id])
+            .await;
+        let _ = std::fs::remove_file(&file);
+        result
+    }
+
+    pub async fn start(&self) -> Result<()> {
+        self.simple("start", &["start", &self.id]).await
+    }
+
+    /// `runc kill [--all]`.
+    pub async fn kill(&self, signal: Signal, all: bool) -> Result<()> {
+        let number = (signal as i32).to_string();
+        let mut args = vec!["kill"];
+        if all {
+            args.push("--all");
+        }
+        args.extend([self.id.as_str(), number.as_str()]);
+        match self.simple("kill", &args).await {
+            // The process ended between containerd's request and runc's look (a stop racing
+            // the exit): what containerd expects then is "not found", as runc's own shim
+            // answers, not a failure of the stop.
+            Err(Error::Native { reason, .. }) if already_gone(&reason) => {
+                Err(Error::ProcessFinished)
+            }
+            other => other,
+        }
+    }
+
+    /// `runc delete --force`: removes the container's state, killing it if need be.
+    pub async fn delete(&self) -> Result<()> {
+        self.simple("delete", &["delete", "--force", &self.id])
+            .await?;
+        for file in [PID_FILE, LOG_FILE, RECORD_FILE] {
+            let _ = std::fs::remove_file(self.bundle.join(file));
         }
         Ok(())
     }
 
-    fn failure(&self, bundle: &Path, id: &str, operation: &'static str, code: u32) -> Error {
-        let reason = last_error(&bundle.join(LOG_FILE))
-            .unwrap_or_else(|| format!("{} exited with {code}", self.binary.display()));
+    async fn simple(&self, operation: &'static str, args: &[&str]) -> Result<()> {
+        let output = self
+            .exits
+            .run(self.runc.command(&self.bundle, args))
+            .await?;
+        if output.code != 0 {
+            return Err(self.failure(operation, output.code));
+        }
+        Ok(())
+    }
+
+    fn failure(&self, operation: &'static str, code: u32) -> Error {
+        let reason = last_error(&self.bundle.join(LOG_FILE))
+            .unwrap_or_else(|| format!("{} exited with {code}", self.runc.binary.display()));
         Error::Native {
-            id: id.to_string(),
+            id: self.id.clone(),
             operation,
             reason,
         }

@@ -95,6 +95,8 @@ pub enum RunnerMessage {
     Ready { program: ProgramOrigin },
     /// The module cannot run; `reason` is for the user.
     Rejected { reason: String },
+    /// The host could not set the runner up; `reason` is for the operator.
+    Failed { reason: String },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@
 //!
 //! The pid namespace is the exception: joining one only applies to a process's children. A
 //! pod's shared pid namespace (a path in the spec) is set here for the runner's children, and
-//! the runner forks once into it (`runner::pid_namespace`). A new pid namespace (no path, the
+//! the runner forks once into it (`runner::child::pid_namespace`). A new pid namespace (no path, the
 //! default) is not made: the runner would need that extra process too, and a wasm module has
 //! no process API to notice the difference.
 

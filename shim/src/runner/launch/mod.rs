@@ -1,6 +1,7 @@
 //! The shim's side of a runner: starting the process and talking to it.
 
-use std::fs::File;
+pub mod module_fd;
+
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -16,13 +17,7 @@ use super::protocol::{
 use crate::engine::ProgramOrigin;
 use crate::error::{Error, Result};
 use crate::sandbox::BeforeExec;
-
-/// The container's stdio, already opened by the shim.
-pub struct RunnerStdio {
-    pub stdin: File,
-    pub stdout: File,
-    pub stderr: File,
-}
+use crate::stdio::OpenedStdio;
 
 /// A live runner process and the shim's end of its control socket.
 pub struct Runner {
@@ -41,7 +36,7 @@ pub struct Runner {
 pub fn spawn_runner(
     id: &str,
     bundle: &Path,
-    stdio: RunnerStdio,
+    stdio: OpenedStdio,
     module: Option<OwnedFd>,
     sandbox: BeforeExec,
 ) -> Result<Runner> {
@@ -147,6 +142,7 @@ impl Runner {
         {
             RunnerMessage::Ready { program } => Ok(program),
             RunnerMessage::Rejected { reason } => Err(Error::ModuleRejected(reason)),
+            RunnerMessage::Failed { reason } => Err(self.failure(reason)),
         }
     }
 

@@ -24,18 +24,29 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use crate::engine::{Preopen, Rejected};
+
+/// The host could not confine the runner: nothing about the module, the operator's to fix.
+#[derive(Debug)]
+pub struct HostFailure(pub String);
+
+impl From<HostFailure> for Rejected {
+    /// Inside the compile child every failure is reported as text through one pipe.
+    fn from(failure: HostFailure) -> Self {
+        Rejected(failure.0)
+    }
+}
 use crate::sandbox::privileges;
 use crate::spec::{FileBind, Identity};
 
 /// Fails unless this process has exactly one thread.
-pub fn require_single_thread() -> Result<(), Rejected> {
+pub fn require_single_thread() -> Result<(), HostFailure> {
     let threads = std::fs::read_dir("/proc/self/task")
         .map(|tasks| tasks.count())
-        .map_err(|err| Rejected(format!("cannot count the runner's threads: {err}")))?;
+        .map_err(|err| HostFailure(format!("cannot count the runner's threads: {err}")))?;
     if threads == 1 {
         Ok(())
     } else {
-        Err(Rejected(format!(
+        Err(HostFailure(format!(
             "internal error: the runner has {threads} threads before it is confined; \
              privileges are per thread, so it refuses to go on"
         )))
@@ -230,9 +241,9 @@ fn bind_file_into(rootfs: &Path, bind: &FileBind) -> std::io::Result<()> {
 
 /// Makes the bound root filesystem the runner's root and detaches the host's tree, as runc
 /// does (`pivot_root(".", ".")`, then a lazy unmount of the old root stacked beneath).
-pub fn pivot_into_rootfs(rootfs: &Path) -> Result<(), Rejected> {
+pub fn pivot_into_rootfs(rootfs: &Path) -> Result<(), HostFailure> {
     let fail = |step: &str, err: nix::Error| {
-        Rejected(format!(
+        HostFailure(format!(
             "cannot make {} the runner's root ({step}): {err}",
             rootfs.display()
         ))
@@ -246,12 +257,12 @@ pub fn pivot_into_rootfs(rootfs: &Path) -> Result<(), Rejected> {
 
 /// Takes on the container's user with no capabilities and no_new_privs, if the runner is
 /// root (a runner started by an unprivileged shim has nothing to drop).
-pub fn become_container_user(identity: &Identity) -> Result<(), Rejected> {
+pub fn become_container_user(identity: &Identity) -> Result<(), HostFailure> {
     if nix::unistd::geteuid().is_root() {
-        privileges::drop_to(identity).map_err(Rejected)?;
+        privileges::drop_to(identity).map_err(HostFailure)?;
     } else {
         nix::sys::prctl::set_no_new_privs()
-            .map_err(|err| Rejected(format!("cannot set no_new_privs: {err}")))?;
+            .map_err(|err| HostFailure(format!("cannot set no_new_privs: {err}")))?;
     }
     Ok(())
 }
@@ -265,7 +276,7 @@ pub struct AppArmorChange {
 }
 
 impl AppArmorChange {
-    pub fn open(profile: &str) -> Result<Self, Rejected> {
+    pub fn open(profile: &str) -> Result<Self, HostFailure> {
         // The per-LSM file first (kernels with LSM stacking), then the classic one.
         let attribute = [
             "/proc/thread-self/attr/apparmor/current",
@@ -274,7 +285,7 @@ impl AppArmorChange {
         .iter()
         .find_map(|path| std::fs::OpenOptions::new().write(true).open(path).ok())
         .ok_or_else(|| {
-            Rejected(format!(
+            HostFailure(format!(
                 "cannot apply AppArmor profile {profile}: the kernel offers no AppArmor \
                      attribute file"
             ))
@@ -285,12 +296,12 @@ impl AppArmorChange {
         })
     }
 
-    pub fn apply(mut self) -> Result<(), Rejected> {
+    pub fn apply(mut self) -> Result<(), HostFailure> {
         use std::io::Write;
         self.attribute
             .write_all(format!("changeprofile {}", self.profile).as_bytes())
             .map_err(|err| {
-                Rejected(format!(
+                HostFailure(format!(
                     "cannot change to AppArmor profile {}: {err}",
                     self.profile
                 ))

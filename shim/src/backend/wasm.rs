@@ -1,0 +1,237 @@
+//! The wasm back end: one runner process per container, in a cgroup and namespaces the shim
+//! makes itself. The runner compiles (or loads) the module inside the container's limits
+//! at Create and waits for Start on its control channel.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use nix::sys::signal::Signal;
+use oci_spec::runtime::LinuxResources;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use super::plan::WasmModule;
+use super::{
+    off_the_event_loop, remove_cgroup, sandbox_error, Backend, CreateRequest, Created, ExecRequest,
+};
+use crate::error::{Error, Result};
+use crate::exits::{signal_process, ExitStatus};
+use crate::image::Entrypoint;
+use crate::native::Console;
+use crate::runner::launch::{spawn_runner, Runner};
+use crate::runner::protocol::{CacheSettings, RunSpec};
+use crate::sandbox::cgroup::Resources;
+use crate::sandbox::security::SecurityPlan;
+use crate::sandbox::{Cgroup, RunnerSandbox};
+use crate::spec::MountSpec;
+use crate::stdio;
+
+/// Name of the file in the bundle that records the runner's pid, for `shim delete` after a
+/// shim crash.
+pub const RUNNER_PID_FILE: &str = "wedge-runner.pid";
+
+/// Name of the file in the bundle that records a wasm container's cgroup (relative to the
+/// hierarchy roots), for `shim delete` after a shim crash: where it is depends on the
+/// driver of the engine config that Create was given.
+pub const CGROUP_FILE: &str = "wedge-cgroup";
+
+pub struct WasmContainer {
+    id: String,
+    bundle: PathBuf,
+    pid: i32,
+    cgroup: Cgroup,
+    /// The control channel, until Start hands the module its go.
+    runner: Mutex<Option<Runner>>,
+}
+
+/// Create for a wasm container: the runner started in the container's sandbox, the module
+/// read, compiled and linked inside the container's limits. On error nothing is left behind
+/// (the caller unmounts the root filesystem).
+pub async fn create(request: CreateRequest<'_>, module: WasmModule) -> Result<Created> {
+    let CreateRequest {
+        id,
+        namespace,
+        bundle,
+        spec,
+        stdio: paths,
+        terminal,
+        engine_config,
+        driver,
+        exits,
+    } = request;
+    if terminal || spec.terminal {
+        return Err(Error::TerminalUnsupported);
+    }
+    let entrypoint = Entrypoint::parse(&spec.args);
+    let options = engine_config
+        .wasm_options(&spec.annotations, spec.port_variable())
+        .map_err(Error::Annotation)?;
+    let security = SecurityPlan::for_container(&spec).map_err(|err| sandbox_error(id, err))?;
+    let io = stdio::open(&paths.stdin, &paths.stdout, &paths.stderr)?;
+    let RunnerSandbox {
+        cgroup,
+        before_exec,
+    } = RunnerSandbox::create(&spec, namespace, id, driver)
+        .map_err(|err| sandbox_error(id, err))?;
+    let enter_pod_pid_namespace = before_exec.joins_pod_pids();
+    let spawned = exits.spawn_watched(|| {
+        let runner = spawn_runner(id, bundle, io.runner, module.fd, before_exec)?;
+        let pid = runner.pid;
+        Ok((runner, pid))
+    });
+    let (mut runner, exited) = match spawned {
+        Ok(spawned) => spawned,
+        Err(err) => {
+            remove_cgroup(cgroup).await;
+            return Err(err);
+        }
+    };
+    let pid = runner.pid;
+    // Before the runner reads its first message: the module is read, compiled and run
+    // inside the container's limits.
+    if let Err(err) =
+        off_the_event_loop(cgroup.clone(), move |cgroup| cgroup.add_process(pid)).await
+    {
+        abandon(runner, exited).await;
+        remove_cgroup(cgroup).await;
+        return Err(sandbox_error(id, err));
+    }
+    let mut args = spec.args;
+    if let (Some(arg0), Some(entrypoint)) = (args.first_mut(), &entrypoint) {
+        // The module sees its path as argv[0], without the `#name` that chose the export.
+        arg0.clone_from(&entrypoint.path);
+    }
+    let run_spec = RunSpec {
+        container_id: id.to_string(),
+        rootfs: spec.rootfs.clone(),
+        module: module.source,
+        export: entrypoint.and_then(|entrypoint| entrypoint.export),
+        args,
+        env: spec.env,
+        cwd: spec.cwd,
+        readonly_root: spec.readonly_root,
+        stdin_fifo: io.stdin_fifo,
+        cache: engine_config.cache.enabled.then(|| CacheSettings {
+            dir: engine_config.cache.dir.clone(),
+            max_bytes: engine_config.cache.max_size_bytes(),
+        }),
+        identity: spec.identity.clone(),
+        memory_limit: spec.resources.memory_bytes(),
+        memory_usage_file: cgroup.memory_usage_file(),
+        mounts: spec
+            .mounts
+            .iter()
+            .filter_map(MountSpec::as_preopen)
+            .collect(),
+        file_binds: spec
+            .mounts
+            .iter()
+            .filter_map(MountSpec::as_file_bind)
+            .collect(),
+        enter_pod_pid_namespace,
+        options,
+        seccomp: security.filters,
+        apparmor_profile: security.apparmor_profile,
+    };
+    match runner.prepare(run_spec).await {
+        Ok(program) => info!(origin = program.label(), detail = ?program, "module ready"),
+        Err(err) => {
+            abandon(runner, exited).await;
+            remove_cgroup(cgroup).await;
+            return Err(err);
+        }
+    }
+    if let Err(err) = std::fs::write(bundle.join(RUNNER_PID_FILE), pid.to_string()) {
+        warn!(error = %err, "cannot record the runner pid in the bundle");
+    }
+    if let Err(err) = std::fs::write(bundle.join(CGROUP_FILE), cgroup.record()) {
+        warn!(error = %err, "cannot record the cgroup in the bundle");
+    }
+    let container = WasmContainer {
+        id: id.to_string(),
+        bundle: bundle.to_path_buf(),
+        pid,
+        cgroup,
+        runner: Mutex::new(Some(runner)),
+    };
+    Ok(Created {
+        backend: std::sync::Arc::new(container),
+        pid,
+        exited,
+        console: None,
+    })
+}
+
+/// Ends a runner that will not become a container and waits until it is reaped.
+async fn abandon(runner: Runner, exited: oneshot::Receiver<ExitStatus>) {
+    let _ = signal_process(runner.pid, Signal::SIGKILL);
+    drop(runner);
+    let _ = exited.await;
+}
+
+#[async_trait]
+impl Backend for WasmContainer {
+    fn cgroup(&self) -> Option<&Cgroup> {
+        Some(&self.cgroup)
+    }
+
+    async fn start(&self) -> Result<()> {
+        let runner = self
+            .runner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .ok_or(Error::ProcessFinished)?;
+        runner.start().await
+    }
+
+    /// A wasm container is one process: `all` changes nothing.
+    async fn kill(&self, signal: Signal, _all: bool) -> Result<()> {
+        signal_process(self.pid, signal)
+    }
+
+    async fn freeze(&self, frozen: bool) -> Result<()> {
+        off_the_event_loop(self.cgroup.clone(), move |cgroup| cgroup.freeze(frozen))
+            .await
+            .map_err(|err| sandbox_error(&self.id, err))
+    }
+
+    async fn update(&self, resources: &LinuxResources, _json: &[u8]) -> Result<()> {
+        let resources = Resources::from_oci(resources);
+        off_the_event_loop(self.cgroup.clone(), move |cgroup| cgroup.apply(&resources))
+            .await
+            .map_err(|err| sandbox_error(&self.id, err))
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        vec![self.pid]
+    }
+
+    async fn exec(&self, _request: ExecRequest<'_>) -> Result<(i32, Option<Console>)> {
+        Err(Error::ExecUnsupported(self.id.clone()))
+    }
+
+    fn supports_exec(&self) -> bool {
+        false
+    }
+
+    async fn init_exited(&self) {}
+
+    async fn delete(&self, never_started: bool) -> Result<()> {
+        // The runner of a container never started still waits for its go: end it.
+        if never_started {
+            match signal_process(self.pid, Signal::SIGKILL) {
+                Ok(()) | Err(Error::ProcessFinished) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    async fn release(&self) {
+        remove_cgroup(self.cgroup.clone()).await;
+        let _ = std::fs::remove_file(self.bundle.join(RUNNER_PID_FILE));
+        let _ = std::fs::remove_file(self.bundle.join(CGROUP_FILE));
+    }
+}

@@ -1,0 +1,108 @@
+//! Create: the spec read, the root filesystem mounted, the back end chosen by
+//! `backend::plan` and the container made by that back end, then registered.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use containerd_shim::api;
+
+use super::tasks::{Placement, Tasks};
+use crate::backend::plan::{plan, Plan};
+use crate::backend::{native, wasm, CreateRequest, Created};
+use crate::error::{Error, Result};
+use crate::image::{inspect_entrypoint, Entrypoint};
+use crate::sandbox::Driver;
+use crate::spec::ContainerSpec;
+use crate::stdio::StdioPaths;
+use crate::{options, rootfs};
+
+impl Tasks {
+    /// Makes the container of `req`; its pid. On error nothing is left behind.
+    pub async fn create(self: &Arc<Self>, req: &api::CreateTaskRequest) -> Result<i32> {
+        if self.containers().contains_key(&req.id) {
+            return Err(Error::ContainerExists(req.id.clone()));
+        }
+        // Overlaps the slow first step of the runner's cgroup migration with the rest of
+        // Create (a native container's runc migrates its init too).
+        crate::sandbox::cgroup::warm_up_migration();
+        let bundle = PathBuf::from(&req.bundle);
+        let spec = ContainerSpec::load(&bundle)?;
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+        };
+        let rootfs = spec.rootfs.clone();
+        let mounted = rootfs::mount(&req.rootfs, &rootfs).await?;
+        let created = match self.make(req, &bundle, spec, &stdio).await {
+            Ok(created) => created,
+            Err(err) => {
+                if mounted {
+                    rootfs::unmount(&rootfs);
+                }
+                return Err(err);
+            }
+        };
+        let pid = created.pid;
+        let placement = Placement {
+            id: req.id.clone(),
+            bundle,
+            rootfs,
+            rootfs_mounted: mounted,
+            stdio,
+        };
+        self.register(placement, created);
+        Ok(pid)
+    }
+
+    /// Everything of Create after the root filesystem is mounted; on error the back end
+    /// has left nothing behind, and the caller unmounts.
+    async fn make(
+        &self,
+        req: &api::CreateTaskRequest,
+        bundle: &Path,
+        spec: ContainerSpec,
+        stdio: &StdioPaths,
+    ) -> Result<Created> {
+        let engine_config = options::engine_config(req.options.as_ref())?;
+        crate::logging::apply_configured_level(engine_config.log_level);
+        // One decision for wasm and native containers alike, as runc's shim makes it.
+        let driver = Driver::decide(engine_config.cgroup.driver, &spec.cgroups_path);
+        let entrypoint = self.inspect_entrypoint(&spec).await?;
+        let planned = plan(entrypoint, self.content.wasm_layer(&req.id)).await?;
+        let request = CreateRequest {
+            id: &req.id,
+            namespace: &self.namespace,
+            bundle,
+            spec,
+            stdio,
+            terminal: req.terminal,
+            engine_config: &engine_config,
+            driver,
+            exits: &self.exits,
+        };
+        match planned {
+            Plan::Wasm(module) => wasm::create(request, module).await,
+            Plan::Native => native::create(request).await,
+        }
+    }
+
+    /// What the spec's entrypoint is in the root filesystem, looked at on a blocking
+    /// thread: the image's file system can be slow or hostile, and the pod's other
+    /// containers are served meanwhile.
+    async fn inspect_entrypoint(
+        &self,
+        spec: &ContainerSpec,
+    ) -> Result<Option<crate::image::EntrypointFile>> {
+        let Some(entrypoint) = Entrypoint::parse(&spec.args) else {
+            return Ok(None);
+        };
+        let (rootfs, env, cwd) = (spec.rootfs.clone(), spec.env.clone(), spec.cwd.clone());
+        tokio::task::spawn_blocking(move || {
+            inspect_entrypoint(&rootfs, &entrypoint.path, &env, &cwd)
+        })
+        .await
+        .map(Some)
+        .map_err(|err| Error::Internal(format!("looking for the entrypoint failed: {err}")))
+    }
+}

@@ -1,0 +1,298 @@
+//! The containers one shim serves, and what the Task API does to them: each operation asks
+//! the container's lifecycle whether it is legal, lets the back end act, records the new
+//! state and publishes what containerd must hear.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use containerd_shim::asynchronous::ExitSignal;
+use containerd_shim_protos::events::task::{TaskExit, TaskOOM};
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::MessageField;
+use nix::sys::signal::Signal;
+use oci_spec::runtime::LinuxResources;
+use tokio::sync::{oneshot, watch};
+use tokio::task::AbortHandle;
+use tracing::{info, warn, Instrument};
+
+use super::container::{refusal, wait_for_exit, Container, NewContainer};
+use super::events::{publish, EventSink};
+use super::lifecycle::{Operation, Status};
+use crate::backend::{Backend, Created};
+use crate::content::ContentStore;
+use crate::error::{Error, Result};
+use crate::exits::{ExitRouter, ExitStatus};
+use crate::rootfs;
+use crate::sandbox::cgroup::oom::OomWatch;
+use crate::sandbox::Cgroup;
+use crate::stdio::StdioPaths;
+
+pub struct Tasks {
+    pub(super) namespace: String,
+    pub(super) content: ContentStore,
+    pub(super) events: Arc<dyn EventSink>,
+    pub(super) exits: Arc<ExitRouter>,
+    containers: Mutex<HashMap<String, Container>>,
+    pub(super) shutdown: Arc<ExitSignal>,
+}
+
+/// Where a new container lives, for [`Tasks::register`].
+pub struct Placement {
+    pub id: String,
+    pub bundle: std::path::PathBuf,
+    pub rootfs: std::path::PathBuf,
+    pub rootfs_mounted: bool,
+    pub stdio: StdioPaths,
+}
+
+impl Tasks {
+    pub fn new(
+        namespace: &str,
+        content: ContentStore,
+        events: Arc<dyn EventSink>,
+        exits: Arc<ExitRouter>,
+        shutdown: Arc<ExitSignal>,
+    ) -> Self {
+        Tasks {
+            namespace: namespace.to_string(),
+            content,
+            events,
+            exits,
+            containers: Mutex::new(HashMap::new()),
+            shutdown,
+        }
+    }
+
+    pub(super) fn containers(&self) -> MutexGuard<'_, HashMap<String, Container>> {
+        self.containers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn with_container<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut Container) -> Result<T>,
+    ) -> Result<T> {
+        let mut containers = self.containers();
+        let container = containers
+            .get_mut(id)
+            .ok_or_else(|| Error::ContainerNotFound(id.to_string()))?;
+        f(container)
+    }
+
+    /// The back end of a container whose state allows `operation`.
+    fn backend_for(&self, id: &str, operation: Operation) -> Result<Arc<dyn Backend>> {
+        self.with_container(id, |container| {
+            container.check(operation)?;
+            Ok(Arc::clone(&container.backend))
+        })
+    }
+
+    /// Takes a container its back end has made into the shim's care: OOM events, the exit
+    /// watch, and the container's place in the registry.
+    pub fn register(self: &Arc<Self>, placement: Placement, created: Created) {
+        let Created {
+            backend,
+            pid,
+            exited,
+            console,
+        } = created;
+        let oom_watch = backend
+            .cgroup()
+            .and_then(|cgroup| self.watch_oom(&placement.id, cgroup));
+        let (exit_sender, exit_watch) = watch::channel(None);
+        let id = placement.id.clone();
+        let container = Container::new(NewContainer {
+            id: placement.id,
+            bundle: placement.bundle,
+            rootfs: placement.rootfs,
+            rootfs_mounted: placement.rootfs_mounted,
+            stdio: placement.stdio,
+            pid,
+            backend,
+            exit: exit_watch,
+            oom_watch,
+            console,
+        });
+        self.containers().insert(id.clone(), container);
+        tokio::spawn(Arc::clone(self).on_exit(id.clone(), id, pid, exited, exit_sender));
+    }
+
+    /// Publishes TaskExit when a process (a runner, a runc init, an exec) ends, records the
+    /// exit, then releases Wait and Delete. `process_id` is the container id for the
+    /// container's own process, the exec id for an exec.
+    pub(super) async fn on_exit(
+        self: Arc<Self>,
+        id: String,
+        process_id: String,
+        pid: i32,
+        exited: oneshot::Receiver<ExitStatus>,
+        exit_sender: watch::Sender<Option<ExitStatus>>,
+    ) {
+        let Ok(status) = exited.await else {
+            return;
+        };
+        info!(id = %id, process = %process_id, pid, code = status.code, "process exited");
+        let is_init = process_id == id;
+        if is_init {
+            if let Ok(backend) = self.with_container(&id, |c| Ok(Arc::clone(&c.backend))) {
+                backend.init_exited().await;
+            }
+        }
+        publish(
+            self.events.as_ref(),
+            TaskExit {
+                container_id: id.clone(),
+                id: process_id.clone(),
+                pid: pid as u32,
+                exit_status: status.code,
+                exited_at: MessageField::some(status.at.clone()),
+                ..Default::default()
+            },
+        )
+        .await;
+        let _ = self.with_container(&id, |container| {
+            if is_init {
+                container.lifecycle.exited();
+            } else {
+                container.exec_mut(&process_id)?.lifecycle.exited();
+            }
+            Ok(())
+        });
+        let _ = exit_sender.send(Some(status));
+    }
+
+    pub async fn start(&self, id: &str) -> Result<i32> {
+        let (backend, pid) = self.with_container(id, |container| {
+            container
+                .lifecycle
+                .start()
+                .map_err(|refused| refusal(id, refused))?;
+            Ok((Arc::clone(&container.backend), container.pid))
+        })?;
+        backend.start().await?;
+        Ok(pid)
+    }
+
+    /// Pause (true) or Resume (false).
+    pub async fn freeze(&self, id: &str, frozen: bool) -> Result<()> {
+        let operation = if frozen {
+            Operation::Pause
+        } else {
+            Operation::Resume
+        };
+        let backend = self.backend_for(id, operation)?;
+        backend.freeze(frozen).await?;
+        self.with_container(id, |container| {
+            // An exit that came in meanwhile wins: the container stays stopped.
+            let _ = container.lifecycle.frozen(frozen);
+            Ok(())
+        })
+    }
+
+    pub async fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<()> {
+        let backend = self.backend_for(id, Operation::Kill)?;
+        backend.kill(signal, all).await
+    }
+
+    /// Delete of a created or stopped container: the back end ends a container that never
+    /// started, the exit is awaited, then everything the container held is given back.
+    pub async fn delete(&self, id: &str) -> Result<(i32, ExitStatus)> {
+        let (backend, never_started, exit) = self.with_container(id, |container| {
+            container.check(Operation::Delete)?;
+            Ok((
+                Arc::clone(&container.backend),
+                container.status() == Status::Created,
+                container.exit_watch(),
+            ))
+        })?;
+        backend.delete(never_started).await?;
+        let exit_status = wait_for_exit(exit).await.ok_or_else(|| Error::Runner {
+            id: id.to_string(),
+            reason: "exit status lost".into(),
+        })?;
+        let mut container = self
+            .containers()
+            .remove(id)
+            .ok_or_else(|| Error::ContainerNotFound(id.to_string()))?;
+        if let Err(refused) = container.lifecycle.deleted() {
+            warn!(%refused, "deleted in an unexpected state");
+        }
+        if let Some(watch) = &container.oom_watch {
+            watch.abort();
+        }
+        container.backend.release().await;
+        if container.rootfs_mounted {
+            rootfs::unmount(&container.rootfs);
+        }
+        Ok((container.pid, exit_status))
+    }
+
+    /// Every process of the container; none once it has stopped.
+    pub fn pids(&self, id: &str) -> Result<Vec<i32>> {
+        let (status, backend) =
+            self.with_container(id, |c| Ok((c.status(), Arc::clone(&c.backend))))?;
+        if status == Status::Stopped {
+            return Ok(Vec::new());
+        }
+        Ok(backend.pids())
+    }
+
+    pub fn stats(&self, id: &str) -> Result<Any> {
+        let backend = self.with_container(id, |c| Ok(Arc::clone(&c.backend)))?;
+        backend.stats(id)
+    }
+
+    /// New `linux.resources` (OCI JSON) for a container.
+    pub async fn update(&self, id: &str, json: &[u8]) -> Result<()> {
+        let resources: LinuxResources = serde_json::from_slice(json)
+            .map_err(|err| Error::InvalidRequest(format!("malformed resources: {err}")))?;
+        let backend = self.with_container(id, |c| Ok(Arc::clone(&c.backend)))?;
+        backend.update(&resources, json).await
+    }
+
+    /// The exit status of the container's own process, once known.
+    pub async fn wait(&self, id: &str) -> Result<ExitStatus> {
+        let exit = self.with_container(id, |container| Ok(container.exit_watch()))?;
+        wait_for_exit(exit)
+            .await
+            .ok_or_else(|| Error::ContainerNotFound(id.to_string()))
+    }
+
+    /// True when the shim serves no container (and so may exit).
+    pub fn is_empty(&self) -> bool {
+        self.containers().is_empty()
+    }
+
+    /// Publishes TaskOOM for each OOM kill in the container's cgroup until the cgroup goes.
+    fn watch_oom(self: &Arc<Self>, id: &str, cgroup: &Cgroup) -> Option<AbortHandle> {
+        let mut watch = match OomWatch::new(cgroup) {
+            Ok(watch) => watch,
+            Err(err) => {
+                warn!(error = %err, "no OOM events for this container");
+                return None;
+            }
+        };
+        let events = Arc::clone(&self.events);
+        let container_id = id.to_string();
+        let span = tracing::info_span!("oom", id = %container_id);
+        let task = tokio::spawn(
+            async move {
+                while let Some(kills) = watch.next_kill().await {
+                    info!(kills, "OOM kill in the container's cgroup");
+                    publish(
+                        events.as_ref(),
+                        TaskOOM {
+                            container_id: container_id.clone(),
+                            ..Default::default()
+                        },
+                    )
+                    .await;
+                }
+            }
+            .instrument(span),
+        );
+        Some(task.abort_handle())
+    }
+}
