@@ -13,7 +13,6 @@ use oci_spec::image::{
     Arch, ConfigBuilder, Descriptor, DescriptorBuilder, Digest, ImageConfigurationBuilder,
     ImageIndexBuilder, ImageManifestBuilder, MediaType, Os, PlatformBuilder, RootFsBuilder,
 };
-use sha2::{Digest as _, Sha256};
 
 /// containerd reads the image name from this index annotation on import.
 pub const CONTAINERD_IMAGE_NAME: &str = "io.containerd.image.name";
@@ -297,12 +296,7 @@ impl Blobs {
     }
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
-}
+pub use wedge_runtime_config::wasm_image::sha256_hex;
 
 fn descriptor(media_type: MediaType, hex: &str, size: u64) -> Result<Descriptor, ImageError> {
     let digest: Digest = format!("sha256:{hex}").parse()?;

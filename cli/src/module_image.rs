@@ -18,10 +18,9 @@ use serde_json::json;
 
 use crate::image::{normalize_reference, process_config, Blobs, ImageContent, ImageError};
 
-pub const WASM_ARTIFACT_CONFIG: &str = "application/vnd.wasm.config.v0+json";
-pub const WASM_ARTIFACT_LAYER: &str = "application/wasm";
-pub const COMPONENT_LAYER: &str = "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm";
-pub const MODULE_LAYER: &str = "application/vnd.w3c.wasm.module.v1+wasm";
+pub use wedge_runtime_config::wasm_image::{
+    COMPONENT_LAYER, MODULE_LAYER, WASM_ARTIFACT_CONFIG, WASM_ARTIFACT_LAYER,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModuleForm {

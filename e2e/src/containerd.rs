@@ -117,6 +117,8 @@ pub struct Containerd {
     daemon: Option<Child>,
     release: Release,
     cri: Option<CriSetup>,
+    /// The `PATH` containerd runs with: where it finds the shims.
+    search_path: String,
 }
 
 /// What a containerd with its CRI plugin on needs beyond the plain one: a CNI network of
@@ -265,7 +267,6 @@ impl Containerd {
         if let Some(prepare) = prepare {
             prepare(&config, dir.path()).context("the test's preparation of containerd failed")?;
         }
-        let log = std::fs::File::create(dir.path().join("containerd.log"))?;
         // The shim under test first; then this release's own shims (runc). A prepared
         // containerd looks in the temp dir's `bin` before that: whatever `prepare` installs
         // there (the installer's shim) is what runs, not the build's copy.
@@ -280,26 +281,45 @@ impl Containerd {
         path.push_str(
             &std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
         );
-        let daemon = Command::new(release.containerd())
+        let mut containerd = Containerd {
+            dir,
+            daemon: None,
+            release,
+            cri,
+            search_path: path,
+        };
+        containerd.start_daemon()?;
+        Ok(containerd)
+    }
+
+    /// Starts the daemon on the config in the temp dir and waits until it answers; its log
+    /// goes on in `containerd.log`.
+    fn start_daemon(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("containerd.log"))?;
+        let daemon = Command::new(self.release.containerd())
             .arg("--config")
-            .arg(&config)
-            .env("PATH", path)
+            .arg(self.dir.path().join("config.toml"))
+            .env("PATH", &self.search_path)
             // As under systemd, where containerd is a Type=notify unit: its shims inherit
             // NOTIFY_SOCKET (here a path nothing listens on).
-            .env("NOTIFY_SOCKET", dir.path().join("systemd-notify"))
+            .env("NOTIFY_SOCKET", self.dir.path().join("systemd-notify"))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .context("cannot start containerd (apt-get install containerd runc)")?;
-        let containerd = Containerd {
-            dir,
-            daemon: Some(daemon),
-            release,
-            cri,
-        };
-        containerd.wait_ready(Duration::from_secs(20))?;
-        Ok(containerd)
+        self.daemon = Some(daemon);
+        self.wait_ready(Duration::from_secs(20))
+    }
+
+    /// Stops the daemon and starts it again on its (perhaps changed) config, as a node's
+    /// service manager restarts containerd.
+    pub fn restart_daemon(&mut self) -> Result<()> {
+        self.stop_daemon();
+        self.start_daemon()
     }
 
     /// The CRI plugin's network and cgroup setup, when started with [`Self::start_cri`].

@@ -170,13 +170,7 @@ fn host_platform() -> Platform {
 /// stand-in for images made by other tools. The module sits at `/usr/bin/<name>.wasm` and
 /// the entrypoint names it bare, to be found through the image's `PATH`.
 pub fn docker_save_archive(work: &Path, name: &str, module: &[u8]) -> Result<(PathBuf, String)> {
-    use sha2::{Digest, Sha256};
-    let hex = |bytes: &[u8]| -> String {
-        Sha256::digest(bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    };
+    use wedge_runtime_config::wasm_image::sha256_hex as hex;
     let reference = format!("wedge.test/{name}:docker");
 
     let mut layer = tar::Builder::new(Vec::new());

@@ -5,15 +5,14 @@
 //! harness's containerd, a `wedge` pod runs, uninstall gives the config its bytes back.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
-use sha2::{Digest, Sha256};
+use anyhow::{ensure, Context, Result};
 use wedge_e2e::binaries;
-use wedge_e2e::containerd::{CONTAINERD_1_7_DIR, ENGINE_CONFIG, PREPARED_BIN};
+use wedge_e2e::containerd::{ENGINE_CONFIG, PREPARED_BIN};
 use wedge_e2e::cri::WEDGE_HANDLER;
-use wedge_e2e::{programs, ContainerSpec, CriNode, Release};
+use wedge_e2e::{programs, Containerd, ContainerSpec, CriNode, Release};
 
 const CONFIG: &str = "etc/containerd/config.toml";
 const SHIM_DEST: &str = "usr/local/bin";
@@ -28,7 +27,7 @@ fn require_root() -> Result<()> {
 
 fn sha256(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
-    Ok(format!("{:x}", Sha256::digest(bytes)))
+    Ok(wedge_runtime_config::wasm_image::sha256_hex(&bytes))
 }
 
 /// `containerd config default` of the given binary.
@@ -197,100 +196,28 @@ fn install_gives_the_engine_config_runc_s_cgroup_driver() -> Result<()> {
     Ok(())
 }
 
-/// A containerd started with a config under a temp dir, stopped (by its pid) when dropped.
-struct Daemon {
-    child: Child,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The default config with every path containerd writes moved under `dir`; CRI stays on,
-/// with a CNI directory of its own (empty: no pod is started).
-fn private_config(default: &str, dir: &Path) -> Result<String> {
-    let mut config: toml_edit::DocumentMut = default.parse()?;
-    let path = |name: &str| toml_edit::value(dir.join(name).display().to_string());
-    config["root"] = path("root");
-    config["state"] = path("state");
-    config["grpc"]["address"] = path("containerd.sock");
-    config["ttrpc"]["address"] = path("containerd.sock.ttrpc");
-    config["debug"]["address"] = path("debug.sock");
-    let cri = config["plugins"]["io.containerd.grpc.v1.cri"]
-        .as_table_like_mut()
-        .context("no CRI plugin section")?;
-    cri.insert("stream_server_port", toml_edit::value("0"));
-    config["plugins"]["io.containerd.grpc.v1.cri"]["cni"]["conf_dir"] = path("cni");
-    if let Some(opt) = config["plugins"].get_mut("io.containerd.internal.v1.opt") {
-        opt["path"] = path("opt");
-    }
-    Ok(config.to_string())
-}
-
-fn start_containerd(containerd: &Path, config: &Path, dir: &Path) -> Result<Daemon> {
-    let log = std::fs::File::create(dir.join("containerd.log"))?;
-    let child = Command::new(containerd)
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("cannot start containerd")?;
-    let daemon = Daemon { child };
-    let socket = dir.join("containerd.sock");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !socket.exists() {
-        if Instant::now() > deadline {
-            bail!(
-                "containerd did not come up: {}",
-                std::fs::read_to_string(dir.join("containerd.log")).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(daemon)
-}
-
-/// Installs into a private containerd's config, starts that containerd, and checks with
-/// `wedge doctor` that its CRI plugin lists the runtime; after uninstall and a restart it
-/// no longer does.
-fn real_containerd_registers_the_runtime(containerd: &Path) -> Result<()> {
+/// Installs into the CRI config of a harness containerd (the `wedge` runtime not yet
+/// registered), restarts it, and checks with `wedge doctor` that its CRI plugin lists the
+/// runtime; after uninstall and a restart it no longer does.
+fn real_containerd_registers_the_runtime(release: Release) -> Result<()> {
     require_root()?;
-    // Short prefix: containerd's socket paths must stay under the unix socket length limit.
-    let root = tempfile::Builder::new()
-        .prefix("wedge-n")
-        .tempdir_in("/tmp")?;
-    let dir = root.path();
-    let config = dir.join(CONFIG);
-    std::fs::create_dir_all(config.parent().context("config dir")?)?;
-    std::fs::create_dir_all(dir.join("cni"))?;
-    let original = private_config(&default_config(containerd)?, dir)?;
-    std::fs::write(&config, &original)?;
-    // doctor looks for runc on the host's PATH, here the fake root's.
-    let runc = dir.join("usr/bin/runc");
-    std::fs::create_dir_all(runc.parent().context("runc dir")?)?;
-    std::fs::write(&runc, "#!/bin/sh\n")?;
-    std::fs::set_permissions(&runc, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-
-    let extra = install_args(&binaries::path(binaries::SHIM)?);
-    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    node("install", dir, &extra)?;
+    let mut original = None;
+    let mut containerd = Containerd::start_cri_with(release, |config, dir| {
+        original = Some(std::fs::read_to_string(config)?);
+        // doctor looks for runc on the host's PATH, here the fake root's.
+        let runc = dir.join("usr/bin/runc");
+        std::fs::create_dir_all(runc.parent().context("runc dir")?)?;
+        std::fs::write(&runc, "#!/bin/sh\n")?;
+        std::fs::set_permissions(&runc, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        cri_node("install", config, dir)?;
+        Ok(())
+    })?;
+    let original = original.context("prepare did not run")?;
+    let dir = containerd.dir().to_path_buf();
+    let config = dir.join("config.toml");
 
     let doctor = |expect_registered: bool| -> Result<String> {
-        let flags = node_flags(dir);
+        let flags = cri_node_flags(&config, &dir);
         let mut args = vec!["doctor"];
         args.extend(flags.iter().map(String::as_str));
         let out = Command::new(binaries::path(binaries::CLI)?)
@@ -310,44 +237,25 @@ fn real_containerd_registers_the_runtime(containerd: &Path) -> Result<()> {
         );
         Ok(text)
     };
-    {
-        let _daemon = start_containerd(containerd, &config, dir)?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match doctor(true) {
-                Ok(text) => {
-                    assert!(text.contains("containerd version"), "{text}");
-                    break;
-                }
-                Err(err) if Instant::now() > deadline => return Err(err),
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
-    }
-    node("uninstall", dir, &["--restart", "never"])?;
+    let text = doctor(true)?;
+    ensure!(text.contains("containerd version"), "{text}");
+
+    containerd.stop_daemon();
+    cri_node("uninstall", &config, &dir)?;
     assert_eq!(std::fs::read_to_string(&config)?, original, "byte for byte");
-    let _daemon = start_containerd(containerd, &config, dir)?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match doctor(false) {
-            Ok(_) => return Ok(()),
-            Err(err) if Instant::now() > deadline => return Err(err),
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
+    containerd.restart_daemon()?;
+    doctor(false)?;
+    containerd.assert_clean()
 }
 
 #[test]
 fn containerd_1_6_loads_the_patched_config() -> Result<()> {
-    real_containerd_registers_the_runtime(Path::new("containerd"))
+    real_containerd_registers_the_runtime(Release::V1_6)
 }
 
 #[test]
 fn containerd_1_7_loads_the_patched_config() -> Result<()> {
-    let dir = std::env::var_os("WEDGE_CONTAINERD_1_7_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(CONTAINERD_1_7_DIR));
-    real_containerd_registers_the_runtime(&dir.join("containerd"))
+    real_containerd_registers_the_runtime(Release::V1_7)
 }
 
 /// The flags of the CRI test: the harness's temp dir as the host root, its containerd

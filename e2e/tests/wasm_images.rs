@@ -8,15 +8,9 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Result};
-use sha2::{Digest, Sha256};
 use wedge_e2e::{images, programs, Containerd, Registry, Release};
 
-const WASM_LAYER_MEDIA_TYPES: [&str; 4] = [
-    "application/wasm",
-    "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm",
-    "application/vnd.w3c.wasm.module.v1+wasm",
-    "application/vnd.wasm.content.layer.v1+wasm",
-];
+use wedge_runtime_config::wasm_image::{sha256_digest, WASM_LAYER_MEDIA_TYPES};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -171,7 +165,7 @@ fn images_pushed_to_a_registry_are_pulled_and_run() -> Result<()> {
             // the artifact form runs through CRI. Here: it is pulled whole.
             let listed = text(&containerd.ctr_ok(&["images", "ls", "-q"])?.stdout);
             ensure!(listed.lines().any(|line| line == remote), "{listed}");
-            let digest = format!("sha256:{:x}", Sha256::digest(program));
+            let digest = sha256_digest(program);
             let layer = containerd.ctr_ok(&["content", "get", &digest])?.stdout;
             ensure!(
                 layer == program,

@@ -2,78 +2,14 @@
 //! config allows (`allowed_annotations`) and never beyond its maxima.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::annotation_key::{AnnotationKey, ANNOTATION_PREFIX};
 use crate::engine::{EngineConfig, NetworkConfig};
 use crate::features::{with_requirements, WasmFeature};
 use crate::quantity::{parse_duration, parse_memory, show_duration};
-
-/// The prefix every Wedge annotation carries; containerd passes them on when the runtime's
-/// `pod_annotations` / `container_annotations` list `wedge.dev/*`.
-pub const ANNOTATION_PREFIX: &str = "wedge.dev/";
-
-/// An annotation key after the prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AnnotationKey {
-    Features,
-    Timeout,
-    MaxMemory,
-    Fuel,
-    HttpPort,
-    HttpMaxConcurrency,
-    HttpRequestTimeout,
-}
-
-impl AnnotationKey {
-    pub const ALL: [AnnotationKey; 7] = [
-        AnnotationKey::Features,
-        AnnotationKey::Timeout,
-        AnnotationKey::MaxMemory,
-        AnnotationKey::Fuel,
-        AnnotationKey::HttpPort,
-        AnnotationKey::HttpMaxConcurrency,
-        AnnotationKey::HttpRequestTimeout,
-    ];
-
-    /// Keys a pod may use unless the operator says otherwise: each is bounded by a maximum in
-    /// the config. New wasm features widen what the engine accepts, so they are opt-in.
-    pub const ALLOWED_BY_DEFAULT: [AnnotationKey; 6] = [
-        AnnotationKey::Timeout,
-        AnnotationKey::MaxMemory,
-        AnnotationKey::Fuel,
-        AnnotationKey::HttpPort,
-        AnnotationKey::HttpMaxConcurrency,
-        AnnotationKey::HttpRequestTimeout,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            AnnotationKey::Features => "features",
-            AnnotationKey::Timeout => "timeout",
-            AnnotationKey::MaxMemory => "max-memory",
-            AnnotationKey::Fuel => "fuel",
-            AnnotationKey::HttpPort => "http-port",
-            AnnotationKey::HttpMaxConcurrency => "http-max-concurrency",
-            AnnotationKey::HttpRequestTimeout => "http-request-timeout",
-        }
-    }
-
-    fn from_name(name: &str) -> Option<Self> {
-        AnnotationKey::ALL
-            .into_iter()
-            .find(|key| key.name() == name)
-    }
-}
-
-impl fmt::Display for AnnotationKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{ANNOTATION_PREFIX}{}", self.name())
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AnnotationError {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::annotations::AnnotationKey;
+use crate::annotation_key::AnnotationKey;
 use crate::features::WasmFeature;
 use crate::quantity;
 

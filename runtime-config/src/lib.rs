@@ -3,16 +3,17 @@
 //! overrides of it (`wedge.dev/*` annotations), and the containerd config patching that
 //! registers the runtime.
 
+pub mod annotation_key;
 pub mod annotations;
 pub mod cgroup_driver;
 pub mod containerd;
 pub mod engine;
 pub mod features;
 pub mod quantity;
+pub mod wasm_image;
 
-pub use annotations::{
-    AnnotationError, AnnotationKey, HttpOptions, WasmOptions, ANNOTATION_PREFIX,
-};
+pub use annotation_key::{AnnotationKey, ANNOTATION_PREFIX};
+pub use annotations::{AnnotationError, HttpOptions, WasmOptions};
 pub use engine::{
     CacheConfig, CgroupConfig, CgroupDriver, ConfigError, ConfigSource, EngineConfig,
     NetworkConfig, RuncConfig,

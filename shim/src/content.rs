@@ -14,18 +14,12 @@ use containerd_client::services::v1::{GetContainerRequest, GetImageRequest, Read
 use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::Request;
 use oci_spec::image::{Arch, Descriptor, ImageIndex, ImageManifest, MediaType, Os};
-use sha2::{Digest, Sha256};
 use tracing::debug;
+
+use wedge_runtime_config::wasm_image::{self, WASM_LAYER_MEDIA_TYPES};
 
 use crate::error::{Error, Result};
 
-/// Layer media types that carry a wasm module or component as the layer's bytes.
-pub const WASM_LAYER_MEDIA_TYPES: [&str; 4] = [
-    "application/wasm",
-    "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm",
-    "application/vnd.w3c.wasm.module.v1+wasm",
-    "application/vnd.wasm.content.layer.v1+wasm",
-];
 
 /// Manifests and indexes are small; anything bigger is not one.
 const MAX_MANIFEST_BYTES: u64 = 4 << 20;
@@ -270,7 +264,7 @@ pub fn verify_blob(bytes: &[u8], digest: &str, size: u64) -> std::result::Result
             bytes.len()
         ));
     }
-    let actual = crate::engine::cache::hex(&Sha256::digest(bytes));
+    let actual = wasm_image::sha256_hex(bytes);
     if actual != expected {
         return Err(format!(
             "blob {digest} does not match its digest (content hashes to sha256:{actual})"
@@ -347,7 +341,7 @@ mod tests {
 
     #[test]
     fn blobs_are_checked_against_size_and_digest() {
-        let digest = format!("sha256:{}", crate::engine::cache::sha256_hex(b"abc"));
+        let digest = wasm_image::sha256_digest(b"abc");
         assert!(verify_blob(b"abc", &digest, 3).is_ok());
         assert!(verify_blob(b"abc", &digest, 4).unwrap_err().contains("4"));
         assert!(verify_blob(b"abd", &digest, 3)

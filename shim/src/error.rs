@@ -42,8 +42,8 @@ pub enum Error {
     #[error("process already finished")]
     ProcessFinished,
 
-    #[error("invalid OCI spec {path}: {reason}")]
-    InvalidSpec { path: PathBuf, reason: String },
+    #[error(transparent)]
+    InvalidSpec(#[from] crate::spec::InvalidSpec),
 
     #[error("{0}")]
     InvalidRequest(String),
@@ -151,7 +151,7 @@ impl Error {
             Error::ContainerExists(_) | Error::ExecExists(..) => Code::ALREADY_EXISTS,
             Error::ExecUnsupported(_) | Error::Unsupported { .. } => Code::UNIMPLEMENTED,
             Error::WrongState { .. } => Code::FAILED_PRECONDITION,
-            Error::InvalidSpec { .. }
+            Error::InvalidSpec(_)
             | Error::InvalidRequest(_)
             | Error::NoEntrypoint
             | Error::EntrypointNotRegular { .. }

@@ -7,7 +7,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use wedge_runtime_config::{cgroup_driver, EngineConfig};
+use wedge_runtime_config::{cgroup_driver, wasm_image, EngineConfig};
 
 use super::error::{NodeError, Result};
 
@@ -56,7 +56,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         }
         hasher.update(&buffer[..read]);
     }
-    Ok(format!("{:x}", hasher.finalize()))
+    Ok(wasm_image::hex(&hasher.finalize()))
 }
 
 /// Copies the shim to `dest` (temp file + rename, 0755) and checks the digest of what landed.
@@ -98,7 +98,7 @@ pub fn place_engine_config(
             message: err.to_string(),
         }
     })?;
-    let sha256 = format!("{:x}", Sha256::digest(text.as_bytes()));
+    let sha256 = wasm_image::sha256_hex(text.as_bytes());
     match fs::read(dest) {
         Ok(current) if current == text.as_bytes() => Ok(Copied::AlreadyThere { sha256 }),
         Ok(current) => match existing {

@@ -105,13 +105,7 @@ impl Hasher for StableHasher {
     }
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
+pub use wedge_runtime_config::wasm_image::{hex, sha256_hex};
 
 pub struct ModuleCache {
     dir: PathBuf,

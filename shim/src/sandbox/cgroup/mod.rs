@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub use resources::Resources;
+pub use crate::spec::Resources;
 pub use stats::Metrics;
 
 /// The controllers a wasm container is limited and measured by. cpuset is left alone: a new

@@ -6,8 +6,17 @@ use oci_spec::runtime::{LinuxDeviceCgroup, LinuxNamespaceType, LinuxSeccomp, Spe
 use serde::{Deserialize, Serialize};
 
 use crate::engine::Preopen;
-use crate::error::{Error, Result};
-use crate::sandbox::cgroup::Resources;
+
+mod resources;
+pub use resources::Resources;
+
+/// The bundle's `config.json` cannot be read, or asks for something no container can be.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid OCI spec {path}: {reason}")]
+pub struct InvalidSpec {
+    pub path: PathBuf,
+    pub reason: String,
+}
 
 /// CRI puts every container of a pod under the pod sandbox's id; one shim serves them all.
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
@@ -122,13 +131,13 @@ impl ContainerSpec {
             .map(|(_, value)| value.as_str())
     }
 
-    pub fn load(bundle: &Path) -> Result<Self> {
+    pub fn load(bundle: &Path) -> Result<Self, InvalidSpec> {
         let path = bundle.join("config.json");
-        let spec = Spec::load(&path).map_err(|err| Error::InvalidSpec {
+        let spec = Spec::load(&path).map_err(|err| InvalidSpec {
             path: path.clone(),
             reason: err.to_string(),
         })?;
-        Self::from_spec(bundle, &spec).map_err(|reason| Error::InvalidSpec { path, reason })
+        Self::from_spec(bundle, &spec).map_err(|reason| InvalidSpec { path, reason })
     }
 
     fn from_spec(bundle: &Path, spec: &Spec) -> std::result::Result<Self, String> {
