@@ -12,7 +12,7 @@ use anyhow::{ensure, Context, Result};
 use wedge_e2e::binaries;
 use wedge_e2e::containerd::{ENGINE_CONFIG, PREPARED_BIN};
 use wedge_e2e::cri::WEDGE_HANDLER;
-use wedge_e2e::{programs, Containerd, ContainerSpec, CriNode, Release};
+use wedge_e2e::{programs, ContainerSpec, Containerd, CriNode, Release};
 
 const CONFIG: &str = "etc/containerd/config.toml";
 const SHIM_DEST: &str = "usr/local/bin";

@@ -53,7 +53,12 @@ mod tests {
 
     #[test]
     fn every_layer_type_is_a_wasm_layer() {
-        for media_type in [WASM_ARTIFACT_LAYER, COMPONENT_LAYER, MODULE_LAYER, CONTENT_LAYER] {
+        for media_type in [
+            WASM_ARTIFACT_LAYER,
+            COMPONENT_LAYER,
+            MODULE_LAYER,
+            CONTENT_LAYER,
+        ] {
             assert!(WASM_LAYER_MEDIA_TYPES.contains(&media_type));
         }
     }

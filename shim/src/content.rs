@@ -20,7 +20,6 @@ use wedge_runtime_config::wasm_image::{self, WASM_LAYER_MEDIA_TYPES};
 
 use crate::error::{Error, Result};
 
-
 /// Manifests and indexes are small; anything bigger is not one.
 const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 /// Bigger than any module a runner could sensibly compile.

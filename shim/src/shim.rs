@@ -7,7 +7,6 @@
 //! 1.7 refuses v3. This bootstrap answers each release in its own form (see [`crate::bootstrap`])
 //! and serves the same task service under both names.
 
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,22 +19,17 @@ use containerd_shim_protos::protobuf::{Message, MessageField};
 use containerd_shim_protos::shim_async::{create_task, Task};
 use containerd_shim_protos::ttrpc::r#async::transport::Listener;
 use containerd_shim_protos::ttrpc::r#async::Server;
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
-use crate::backend::wasm::{CGROUP_FILE, RUNNER_PID_FILE};
 use crate::bootstrap::TaskApi;
 use crate::exits::now;
-use crate::native::Runc;
-use crate::runner::protocol::RUNNER_ARG0;
-use crate::sandbox::{Cgroup, Driver};
 use crate::task::TaskService;
-use crate::{logging, rootfs, spec};
-use wedge_runtime_config::{ConfigSource, EngineConfig};
+use crate::{backend, logging, rootfs, spec};
 
 /// containerd's name for this runtime; the binary is `containerd-shim-wedge-v1`.
 pub const RUNTIME_ID: &str = "io.containerd.wedge.v1";
@@ -137,17 +131,9 @@ async fn delete(flags: &Flags) -> Result<(), ShimError> {
     } else {
         PathBuf::from(&flags.bundle)
     };
-    let pid = kill_stray_runner(&bundle);
     let spec = spec::ContainerSpec::load(&bundle).ok();
-    if let Some(runc) = Runc::recorded_in(&bundle) {
-        match runc.force_delete_blocking(&flags.id, &bundle) {
-            Ok(true) => {}
-            Ok(false) => warn!(id = %flags.id, "runc delete --force failed"),
-            Err(err) => warn!(id = %flags.id, error = %err, "cannot run runc delete"),
-        }
-    } else if let Some(spec) = &spec {
-        remove_wasm_cgroup(&bundle, spec, &flags.namespace, &flags.id).await;
-    }
+    let pid =
+        backend::clean_up_after_crash(&bundle, spec.as_ref(), &flags.namespace, &flags.id).await;
     let rootfs = spec
         .map(|spec| spec.rootfs)
         .unwrap_or_else(|| bundle.join("rootfs"));
@@ -163,60 +149,6 @@ async fn delete(flags: &Flags) -> Result<(), ShimError> {
         .write_to_bytes()
         .map_err(|err| setup_error("cannot encode the delete response")(err.to_string()))?;
     write_stdout(&bytes).await
-}
-
-/// The cgroup the dead server made for a wasm container (as recorded in the bundle, else
-/// as the node's default engine config would place it): whatever is still in it is killed,
-/// then it is removed.
-async fn remove_wasm_cgroup(bundle: &Path, spec: &spec::ContainerSpec, namespace: &str, id: &str) {
-    let recorded = std::fs::read_to_string(bundle.join(CGROUP_FILE))
-        .ok()
-        .and_then(|record| Cgroup::from_record(record.trim()).ok());
-    let cgroup = match recorded {
-        Some(cgroup) => cgroup,
-        None => {
-            let driver = EngineConfig::load(&ConfigSource::NodeDefault)
-                .map(|config| config.cgroup.driver)
-                .unwrap_or_default();
-            let driver = Driver::decide(driver, &spec.cgroups_path);
-            let Ok(cgroup) = Cgroup::for_container(&spec.cgroups_path, namespace, id, driver)
-            else {
-                return;
-            };
-            cgroup
-        }
-    };
-    for pid in cgroup.pids().unwrap_or_default() {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-    }
-    // The killed processes leave their cgroup as they are reaped, which takes a moment.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    while !cgroup.pids().unwrap_or_default().is_empty() && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    if let Err(err) = cgroup.remove() {
-        warn!(id, error = %err, "cannot remove the container's cgroup");
-    }
-}
-
-/// Kills the runner recorded in the bundle, if that pid is still our runner for this bundle
-/// (pids get reused).
-fn kill_stray_runner(bundle: &Path) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(bundle.join(RUNNER_PID_FILE))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let mut words = cmdline.split(|byte| *byte == 0);
-    let is_ours = words.next() == Some(RUNNER_ARG0.as_bytes())
-        && words.any(|word| Path::new(std::ffi::OsStr::from_bytes(word)) == bundle);
-    if is_ours {
-        if let Err(err) = kill(Pid::from_raw(pid), Signal::SIGKILL) {
-            warn!(pid, error = %err, "cannot kill the stray runner");
-        }
-    }
-    Some(pid)
 }
 
 /// The server: the task service on the socket `start` chose, until the last container of

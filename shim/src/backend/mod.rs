@@ -20,7 +20,7 @@ use wedge_runtime_config::EngineConfig;
 
 use crate::error::{Error, Result};
 use crate::exits::{ExitRouter, ExitStatus};
-use crate::native::Console;
+use crate::runc::Console;
 use crate::sandbox::{Cgroup, CgroupError, Driver};
 use crate::spec::ContainerSpec;
 use crate::stdio::StdioPaths;
@@ -102,10 +102,9 @@ pub trait Backend: Send + Sync {
             operation: "stats without a cgroup",
         })?;
         let metrics = cgroup.metrics().map_err(|err| sandbox_error(id, err))?;
-        metrics.to_any().map_err(|err| Error::Runner {
-            id: id.to_string(),
-            reason: format!("cannot encode metrics: {err}"),
-        })
+        metrics
+            .to_any()
+            .map_err(|err| Error::Internal(format!("cannot encode the metrics of {id}: {err}")))
     }
 }
 
@@ -114,6 +113,24 @@ pub(crate) fn sandbox_error(id: &str, source: impl Into<crate::sandbox::SandboxE
         id: id.to_string(),
         source: source.into(),
     }
+}
+
+/// `shim delete` after the serving shim died: kills what it left running (a runner, a runc
+/// container) and removes what it made, by what the bundle records. The runner's pid, if
+/// one was recorded.
+pub async fn clean_up_after_crash(
+    bundle: &Path,
+    spec: Option<&ContainerSpec>,
+    namespace: &str,
+    id: &str,
+) -> Option<i32> {
+    let pid = wasm::kill_stray_runner(bundle);
+    if !native::clean_up_after_crash(bundle, id) {
+        if let Some(spec) = spec {
+            wasm::remove_cgroup_after_crash(bundle, spec, namespace, id).await;
+        }
+    }
+    pid
 }
 
 /// Runs a cgroup operation that can wait in the kernel (a migration waits for an RCU grace

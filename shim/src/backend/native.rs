@@ -10,9 +10,9 @@ use tracing::{info, warn};
 use super::{Backend, CreateRequest, Created, ExecRequest};
 use crate::error::{Error, Result};
 use crate::exits::has_exited;
-use crate::native::console::start_with_stdio;
-use crate::native::runc::{ExecFiles, RuncContainer};
-use crate::native::{Console, Runc};
+use crate::runc::console::start_with_stdio;
+use crate::runc::{Console, Runc};
+use crate::runc::{ExecFiles, RuncContainer};
 use crate::sandbox::{Cgroup, Driver};
 
 pub struct NativeContainer {
@@ -147,4 +147,18 @@ impl Backend for NativeContainer {
 
     /// runc removed the cgroup and its state at delete.
     async fn release(&self) {}
+}
+
+/// `runc delete --force` of a container the dead server created, if it was a native one
+/// (runc is recorded in its bundle); true when it was.
+pub(super) fn clean_up_after_crash(bundle: &std::path::Path, id: &str) -> bool {
+    let Some(runc) = Runc::recorded_in(bundle) else {
+        return false;
+    };
+    match runc.force_delete_blocking(id, bundle) {
+        Ok(true) => {}
+        Ok(false) => warn!(id, "runc delete --force failed"),
+        Err(err) => warn!(id, error = %err, "cannot run runc delete"),
+    }
+    true
 }

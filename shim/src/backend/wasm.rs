@@ -2,7 +2,8 @@
 //! makes itself. The runner compiles (or loads) the module inside the container's limits
 //! at Create and waits for Start on its control channel.
 
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -18,14 +19,15 @@ use super::{
 use crate::error::{Error, Result};
 use crate::exits::{signal_process, ExitStatus};
 use crate::image::Entrypoint;
-use crate::native::Console;
+use crate::runc::Console;
 use crate::runner::launch::{spawn_runner, Runner};
-use crate::runner::protocol::{CacheSettings, RunSpec};
+use crate::runner::protocol::{CacheSettings, RunSpec, RUNNER_ARG0};
 use crate::sandbox::cgroup::Resources;
 use crate::sandbox::security::SecurityPlan;
-use crate::sandbox::{Cgroup, RunnerSandbox};
-use crate::spec::MountSpec;
+use crate::sandbox::{Cgroup, Driver, RunnerSandbox};
+use crate::spec::{ContainerSpec, MountSpec};
 use crate::stdio;
+use wedge_runtime_config::{ConfigSource, EngineConfig};
 
 /// Name of the file in the bundle that records the runner's pid, for `shim delete` after a
 /// shim crash.
@@ -234,4 +236,63 @@ impl Backend for WasmContainer {
         let _ = std::fs::remove_file(self.bundle.join(RUNNER_PID_FILE));
         let _ = std::fs::remove_file(self.bundle.join(CGROUP_FILE));
     }
+}
+
+/// The cgroup the dead server made for a wasm container (as recorded in the bundle, else
+/// as the node's default engine config would place it): whatever is still in it is killed,
+/// then it is removed.
+pub(super) async fn remove_cgroup_after_crash(
+    bundle: &Path,
+    spec: &ContainerSpec,
+    namespace: &str,
+    id: &str,
+) {
+    let recorded = std::fs::read_to_string(bundle.join(CGROUP_FILE))
+        .ok()
+        .and_then(|record| Cgroup::from_record(record.trim()).ok());
+    let cgroup = match recorded {
+        Some(cgroup) => cgroup,
+        None => {
+            let driver = EngineConfig::load(&ConfigSource::NodeDefault)
+                .map(|config| config.cgroup.driver)
+                .unwrap_or_default();
+            let driver = Driver::decide(driver, &spec.cgroups_path);
+            let Ok(cgroup) = Cgroup::for_container(&spec.cgroups_path, namespace, id, driver)
+            else {
+                return;
+            };
+            cgroup
+        }
+    };
+    for pid in cgroup.pids().unwrap_or_default() {
+        let _ = signal_process(pid, Signal::SIGKILL);
+    }
+    // The killed processes leave their cgroup as they are reaped, which takes a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while !cgroup.pids().unwrap_or_default().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    if let Err(err) = cgroup.remove() {
+        warn!(id, error = %err, "cannot remove the container's cgroup");
+    }
+}
+
+/// Kills the runner recorded in the bundle, if that pid is still our runner for this bundle
+/// (pids get reused).
+pub(super) fn kill_stray_runner(bundle: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(bundle.join(RUNNER_PID_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let mut words = cmdline.split(|byte| *byte == 0);
+    let is_ours = words.next() == Some(RUNNER_ARG0.as_bytes())
+        && words.any(|word| Path::new(std::ffi::OsStr::from_bytes(word)) == bundle);
+    if is_ours {
+        if let Err(err) = signal_process(pid, Signal::SIGKILL) {
+            warn!(pid, error = %err, "cannot kill the stray runner");
+        }
+    }
+    Some(pid)
 }

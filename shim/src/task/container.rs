@@ -13,7 +13,7 @@ use super::lifecycle::{Lifecycle, Operation, Refused, Status};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::exits::ExitStatus;
-use crate::native::Console;
+use crate::runc::Console;
 use crate::stdio::StdioPaths;
 
 pub struct Container {

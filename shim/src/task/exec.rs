@@ -17,7 +17,7 @@ use super::tasks::Tasks;
 use crate::backend::ExecRequest;
 use crate::error::{Error, Result};
 use crate::exits::{now, signal_process, ExitStatus};
-use crate::native::Console;
+use crate::runc::Console;
 use crate::stdio::StdioPaths;
 
 /// Exit status of an exec whose process never started.

@@ -208,10 +208,9 @@ impl Tasks {
             ))
         })?;
         backend.delete(never_started).await?;
-        let exit_status = wait_for_exit(exit).await.ok_or_else(|| Error::Runner {
-            id: id.to_string(),
-            reason: "exit status lost".into(),
-        })?;
+        let exit_status = wait_for_exit(exit)
+            .await
+            .ok_or_else(|| Error::Internal(format!("the exit status of {id} was lost")))?;
         let mut container = self
             .containers()
             .remove(id)

@@ -20,7 +20,7 @@ use crate::backend::{Backend, Created, ExecRequest};
 use crate::content::ContentStore;
 use crate::error::{Error, Result};
 use crate::exits::{now, ExitStatus};
-use crate::native::Console;
+use crate::runc::Console;
 use crate::sandbox::Cgroup;
 use crate::stdio::StdioPaths;
 

@@ -16,7 +16,7 @@ use tokio::net::UnixListener;
 use tracing::warn;
 
 use crate::error::{Error, Result};
-use crate::native::runc::InitStdio;
+use crate::runc::InitStdio;
 use crate::stdio::{self, relay_fifo, StdioPaths};
 
 /// How long runc may take to hand over the master once it has been started.
