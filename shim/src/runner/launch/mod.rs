@@ -137,13 +137,9 @@ impl Runner {
         if read == 0 {
             return Err(self.failure("exited while loading the module".into()));
         }
-        match protocol::decode::<RunnerMessage>(&line)
-            .map_err(|err| self.failure(err.to_string()))?
-        {
-            RunnerMessage::Ready { program } => Ok(program),
-            RunnerMessage::Rejected { reason } => Err(Error::ModuleRejected(reason)),
-            RunnerMessage::Failed { reason } => Err(self.failure(reason)),
-        }
+        let answer = protocol::decode::<RunnerMessage>(&line)
+            .map_err(|err| self.failure(err.to_string()))?;
+        prepare_outcome(&self.id, answer)
     }
 
     /// Tells the runner to run the module. The control socket is done with after this.
@@ -164,5 +160,47 @@ impl Runner {
             id: self.id.clone(),
             reason,
         }
+    }
+}
+
+/// What the runner's answer to Prepare means for Create: a rejected module is the user's to
+/// fix (invalid argument), a host failure the operator's (internal).
+fn prepare_outcome(id: &str, answer: RunnerMessage) -> Result<ProgramOrigin> {
+    match answer {
+        RunnerMessage::Ready { program } => Ok(program),
+        RunnerMessage::Rejected { reason } => Err(Error::ModuleRejected(reason)),
+        RunnerMessage::Failed { reason } => Err(Error::Runner {
+            id: id.to_string(),
+            reason,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use containerd_shim_protos::ttrpc::Code;
+
+    use super::*;
+
+    #[test]
+    fn a_rejected_module_is_the_user_s_and_a_host_failure_the_operator_s() {
+        let rejected = prepare_outcome(
+            "c1",
+            RunnerMessage::Rejected {
+                reason: "unknown import wasi:nope/x".into(),
+            },
+        )
+        .unwrap_err();
+        assert_eq!(rejected.code(), Code::INVALID_ARGUMENT);
+        let failed = prepare_outcome(
+            "c1",
+            RunnerMessage::Failed {
+                reason: "cannot apply seccomp: EPERM".into(),
+            },
+        )
+        .unwrap_err();
+        assert_eq!(failed.code(), Code::INTERNAL);
+        assert!(failed.to_string().contains("c1"), "{failed}");
+        assert!(failed.to_string().contains("seccomp"), "{failed}");
     }
 }
