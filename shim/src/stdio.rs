@@ -52,10 +52,13 @@ pub fn open_native(stdin: &str, stdout: &str, stderr: &str) -> Result<OpenedStdi
     let stdin = match stdin_fifo {
         None => stdin,
         Some(fifo) => {
-            let (read_end, write_end) = nix::unistd::pipe().map_err(|source| Error::Sys {
-                context: "cannot create the stdin pipe",
-                source,
-            })?;
+            // Close-on-exec: runc hands the read end on as the container's fd 0 itself, and
+            // no other child (a runner started meanwhile) may hold the write end.
+            let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|source| Error::Sys {
+                    context: "cannot create the stdin pipe",
+                    source,
+                })?;
             relay_fifo(fifo, File::from(write_end))
                 .map_err(|err| Error::io("cannot relay stdin from", "stdin fifo", err))?;
             File::from(read_end)
@@ -177,6 +180,42 @@ fn open_null(write: bool) -> Result<File> {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// Children the shim starts later (runners, runc) must not inherit the write end of a
+    /// native container's stdin pipe: while any of them holds it, the container never
+    /// sees EOF.
+    #[test]
+    fn the_stdin_pipe_stays_out_of_later_children() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stdin");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        // Pipes the test process was itself started with are not the shim's to close.
+        let pipes_before: Vec<String> = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+            .map(|target| target.display().to_string())
+            .filter(|target| target.starts_with("pipe:"))
+            .collect();
+        let io = open_native(fifo.to_str().unwrap(), "", "").unwrap();
+        let listing = std::process::Command::new("sh")
+            .args(["-c", "ls -l /proc/self/fd/"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&listing.stdout);
+        let inherited_pipes: Vec<&str> = listing
+            .lines()
+            .filter(|line| line.contains("pipe:"))
+            // fds 1 and 2 are the listing's own output pipes.
+            .filter(|line| !line.contains(" 1 -> ") && !line.contains(" 2 -> "))
+            .filter(|line| !pipes_before.iter().any(|pipe| line.ends_with(pipe.as_str())))
+            .collect();
+        assert!(inherited_pipes.is_empty(), "{inherited_pipes:?}");
+        drop(io);
+        // The relay thread waits for a client: open and close the fifo to let it end.
+        let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+    }
 
     #[test]
     fn uris_are_classified() {
