@@ -119,19 +119,9 @@ impl ExitRouter {
         let (mut child, exited) = self.spawn_command(&mut command)?;
         drop(command);
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-        let captured = tokio::task::spawn_blocking(move || {
-            use std::io::Read;
-            let mut out = (Vec::new(), Vec::new());
-            if let Some(mut stdout) = stdout {
-                let _ = stdout.read_to_end(&mut out.0);
-            }
-            if let Some(mut stderr) = stderr {
-                let _ = stderr.read_to_end(&mut out.1);
-            }
-            out
-        })
-        .await
-        .unwrap_or_default();
+        let captured = tokio::task::spawn_blocking(move || drain_both(stdout, stderr))
+            .await
+            .unwrap_or_default();
         Ok(CommandOutput {
             code: lost_if_dropped(exited).await?.code,
             stdout: captured.0,
@@ -189,6 +179,31 @@ async fn lost_if_dropped(exited: oneshot::Receiver<ExitStatus>) -> Result<ExitSt
     })
 }
 
+/// Reads a command's stdout and stderr to their ends at the same time: read one after the
+/// other, a command that fills the second pipe (64 KiB) before closing the first would wait
+/// for the shim forever, and the shim for it.
+fn drain_both(
+    stdout: Option<std::process::ChildStdout>,
+    stderr: Option<std::process::ChildStderr>,
+) -> (Vec<u8>, Vec<u8>) {
+    use std::io::Read;
+    let stderr_reader = stderr.map(|mut stderr| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = stderr.read_to_end(&mut bytes);
+            bytes
+        })
+    });
+    let mut out = Vec::new();
+    if let Some(mut stdout) = stdout {
+        let _ = stdout.read_to_end(&mut out);
+    }
+    let err = stderr_reader
+        .and_then(|reader| reader.join().ok())
+        .unwrap_or_default();
+    (out, err)
+}
+
 /// Sends `signal` to process `pid`. A process already gone is [`Error::ProcessFinished`],
 /// which containerd takes as "not found".
 pub fn signal_process(pid: i32, signal: Signal) -> Result<()> {
@@ -226,6 +241,28 @@ pub fn now() -> Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_that_fills_stderr_first_is_read_to_the_end() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "head -c 200000 /dev/zero >&2; echo out"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = sender.send(drain_both(stdout, stderr));
+        });
+        let drained = receiver.recv_timeout(std::time::Duration::from_secs(10));
+        let _ = child.kill();
+        let _ = child.wait();
+        let (out, err) = drained.expect("stdout and stderr drained without a deadlock");
+        assert_eq!(out, b"out\n");
+        assert_eq!(err.len(), 200_000);
+    }
 
     #[tokio::test]
     async fn exits_reach_the_registered_waiter_only() {

@@ -54,8 +54,8 @@ pub fn open_native(stdin: &str, stdout: &str, stderr: &str) -> Result<OpenedStdi
         Some(fifo) => {
             // Close-on-exec: runc hands the read end on as the container's fd 0 itself, and
             // no other child (a runner started meanwhile) may hold the write end.
-            let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                .map_err(|source| Error::Sys {
+            let (read_end, write_end) =
+                nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|source| Error::Sys {
                     context: "cannot create the stdin pipe",
                     source,
                 })?;
@@ -209,7 +209,11 @@ mod tests {
             .filter(|line| line.contains("pipe:"))
             // fds 1 and 2 are the listing's own output pipes.
             .filter(|line| !line.contains(" 1 -> ") && !line.contains(" 2 -> "))
-            .filter(|line| !pipes_before.iter().any(|pipe| line.ends_with(pipe.as_str())))
+            .filter(|line| {
+                !pipes_before
+                    .iter()
+                    .any(|pipe| line.ends_with(pipe.as_str()))
+            })
             .collect();
         assert!(inherited_pipes.is_empty(), "{inherited_pipes:?}");
         drop(io);
