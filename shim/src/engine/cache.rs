@@ -21,7 +21,8 @@ use super::WasmKind;
 const ARTIFACT_SUFFIX: &str = ".cwasm";
 const CHECKSUM_SUFFIX: &str = ".sum";
 const TEMP_PREFIX: &str = ".tmp-";
-/// A temp file this old belongs to a writer that died; the next eviction pass removes it.
+/// A temp file (or a checksum record without its artifact) this old belongs to a writer that
+/// died; the next eviction pass removes it.
 const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
@@ -229,7 +230,11 @@ impl ModuleCache {
         }
         let checksum = format!("{} {}\n", sha256_hex(artifact), artifact.len());
         self.write_atomically(&self.checksum_path(key), checksum.as_bytes())?;
-        self.write_atomically(&self.artifact_path(key), artifact)?;
+        if let Err(err) = self.write_atomically(&self.artifact_path(key), artifact) {
+            // A record without its artifact would only take room (a full disk, say).
+            let _ = fs::remove_file(self.checksum_path(key));
+            return Err(err);
+        }
         self.evict_beyond_cap(Some(key));
         Ok(())
     }
@@ -266,6 +271,15 @@ impl ModuleCache {
                     let _ = fs::remove_file(dirent.path());
                 }
                 continue;
+            }
+            if let Some(stem) = name.strip_suffix(CHECKSUM_SUFFIX) {
+                // A record whose artifact never came: its writer died. Not yet stale, it
+                // may be a store in progress.
+                let orphaned = !self.dir.join(format!("{stem}{ARTIFACT_SUFFIX}")).exists();
+                if orphaned && now.duration_since(modified).unwrap_or_default() > STALE_TEMP_AGE {
+                    let _ = fs::remove_file(dirent.path());
+                    continue;
+                }
             }
             total += meta.len();
             if let Some(stem) = name.strip_suffix(ARTIFACT_SUFFIX) {
@@ -386,6 +400,25 @@ mod tests {
         std::os::unix::fs::symlink(elsewhere.path(), dir.path().join("k.cwasm")).unwrap();
         assert!(matches!(cache.lookup(&key("k")), Lookup::Removed { .. }));
         assert!(elsewhere.path().exists());
+    }
+
+    #[test]
+    fn checksum_records_without_their_artifact_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ModuleCache::open(dir.path(), 1 << 20).unwrap();
+        // A writer that died (or hit a full disk) between the record and the artifact.
+        let orphan = dir.path().join("gone.sum");
+        std::fs::write(&orphan, "00 1\n").unwrap();
+        File::options()
+            .write(true)
+            .open(&orphan)
+            .unwrap()
+            .set_modified(SystemTime::now() - STALE_TEMP_AGE - Duration::from_secs(1))
+            .unwrap();
+        // One being written right now is left alone.
+        std::fs::write(dir.path().join("fresh.sum"), "00 1\n").unwrap();
+        cache.store(&key("a"), &[1; 10]).unwrap();
+        assert_eq!(names(dir.path()), ["a.cwasm", "a.sum", "fresh.sum"]);
     }
 
     #[test]
