@@ -332,7 +332,7 @@ impl Task for TaskService {
         req: api::ShutdownRequest,
     ) -> TtrpcResult<api::Empty> {
         // One shim may serve a whole pod: it stays while any container remains.
-        if self.tasks.is_empty() {
+        if self.tasks.idle_once_creates_end().await {
             info!(requested_by = %req.id, "no containers left; shim exits");
             self.tasks.shutdown.signal();
         }

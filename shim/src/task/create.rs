@@ -19,6 +19,7 @@ use crate::{options, rootfs};
 impl Tasks {
     /// Makes the container of `req`; its pid. On error nothing is left behind.
     pub async fn create(self: &Arc<Self>, req: &api::CreateTaskRequest) -> Result<i32> {
+        let _in_flight = self.begin_create();
         if self.containers().contains_key(&req.id) {
             return Err(Error::ContainerExists(req.id.clone()));
         }

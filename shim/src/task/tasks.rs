@@ -33,7 +33,20 @@ pub struct Tasks {
     pub(super) events: Arc<dyn EventSink>,
     pub(super) exits: Arc<ExitRouter>,
     containers: Mutex<HashMap<String, Container>>,
+    /// How many Creates are between their first step and their registration (or failure).
+    creating: watch::Sender<usize>,
     pub(super) shutdown: Arc<ExitSignal>,
+}
+
+/// Counts one Create as in flight until dropped, also when containerd gives up on the
+/// request and its future is dropped halfway.
+pub struct CreateInFlight<'a>(&'a watch::Sender<usize>);
+
+impl Drop for CreateInFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .send_modify(|creating| *creating = creating.saturating_sub(1));
+    }
 }
 
 /// Where a new container lives, for [`Tasks::register`].
@@ -59,6 +72,7 @@ impl Tasks {
             events,
             exits,
             containers: Mutex::new(HashMap::new()),
+            creating: watch::channel(0).0,
             shutdown,
         }
     }
@@ -259,8 +273,18 @@ impl Tasks {
             .ok_or_else(|| Error::ContainerNotFound(id.to_string()))
     }
 
-    /// True when the shim serves no container (and so may exit).
-    pub fn is_empty(&self) -> bool {
+    /// Marks a Create as in flight until the returned guard is dropped.
+    pub fn begin_create(&self) -> CreateInFlight<'_> {
+        self.creating.send_modify(|creating| *creating += 1);
+        CreateInFlight(&self.creating)
+    }
+
+    /// Waits until no Create is in flight, then tells whether the shim serves no container
+    /// (and so may exit). A Create for the next container of the group can arrive just as
+    /// the last one is deleted; like runc's shim, Shutdown lets it finish and then decides.
+    pub async fn idle_once_creates_end(&self) -> bool {
+        let mut creating = self.creating.subscribe();
+        let _ = creating.wait_for(|creating| *creating == 0).await;
         self.containers().is_empty()
     }
 

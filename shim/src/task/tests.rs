@@ -439,3 +439,33 @@ async fn a_create_that_fails_publishes_nothing_and_registers_nothing() {
     let unknown = service.start(&ctx(), start("c2")).await.unwrap_err();
     assert_eq!(code_of(unknown), Code::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn shutdown_lets_a_create_in_flight_finish_first() {
+    let Harness {
+        service, shutdown, ..
+    } = with_created_container().await;
+    service.delete(&ctx(), delete("c1")).await.unwrap();
+    let service = Arc::new(service);
+    let in_flight = service.tasks().begin_create();
+    let asked = tokio::spawn({
+        let service = Arc::clone(&service);
+        async move {
+            service
+                .shutdown(&ctx(), api::ShutdownRequest::default())
+                .await
+        }
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), shutdown.wait())
+            .await
+            .is_err(),
+        "the shim must not exit under a Create"
+    );
+    // The Create failed: nothing was registered, so the shim may go.
+    drop(in_flight);
+    asked.await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(1), shutdown.wait())
+        .await
+        .expect("idle now: the shim exits");
+}
