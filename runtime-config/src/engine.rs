@@ -204,7 +204,11 @@ impl Default for NetworkConfig {
 }
 
 impl NetworkConfig {
+    /// Whether a guest may reach `address`. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`)
+    /// reaches the IPv4 host, so it meets the IPv4 rules: a deny rule for an IPv4 range
+    /// cannot be stepped around through an AAAA answer.
     pub fn permits(&self, address: std::net::IpAddr) -> bool {
+        let address = address.to_canonical();
         self.allow.iter().any(|net| net.contains(&address))
             && !self.deny.iter().any(|net| net.contains(&address))
     }
@@ -451,6 +455,24 @@ mod tests {
         assert!(err
             .to_string()
             .starts_with("invalid engine config cfg.toml"));
+    }
+
+    #[test]
+    fn an_ipv4_address_in_ipv6_clothes_meets_the_ipv4_rules() {
+        let config = EngineConfig::parse(
+            "[network]\nallow = [\"0.0.0.0/0\", \"::/0\"]\ndeny = [\"169.254.0.0/16\"]\n",
+            "t",
+        )
+        .unwrap();
+        for address in ["169.254.169.254", "::ffff:169.254.169.254"] {
+            assert!(
+                !config.network.permits(address.parse().unwrap()),
+                "{address} passed the deny rule"
+            );
+        }
+        assert!(config.network.permits("::ffff:10.1.2.3".parse().unwrap()));
+        let only_v4 = EngineConfig::parse("[network]\nallow = [\"10.0.0.0/8\"]\n", "t").unwrap();
+        assert!(only_v4.network.permits("::ffff:10.1.2.3".parse().unwrap()));
     }
 
     #[test]

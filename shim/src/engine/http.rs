@@ -95,13 +95,9 @@ impl wasmtime_wasi_http::WasiHttpHooks for OutgoingPolicy {
     ) -> Box<dyn std::future::Future<Output = OutgoingResponse> + Send> {
         let network = self.network.clone();
         Box::new(async move {
-            let authority = request
-                .uri()
-                .authority()
+            let (host, port) = destination(request.uri())
                 .ok_or(wasmtime_wasi_http::Error::HttpRequestUriInvalid)?;
-            let https = request.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
-            let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
-            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((authority.host(), port))
+            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
                 .await
                 .map_err(|_| wasmtime_wasi_http::Error::DestinationNotFound)?
                 .collect();
@@ -118,6 +114,20 @@ impl wasmtime_wasi_http::WasiHttpHooks for OutgoingPolicy {
             ))
         })
     }
+}
+
+/// The host (an IPv6 literal without its brackets, so that it is not looked up as a name)
+/// and port an outgoing request goes to.
+fn destination(uri: &http::Uri) -> Option<(&str, u16)> {
+    let authority = uri.authority()?;
+    let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let host = authority.host();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|literal| literal.strip_suffix(']'))
+        .unwrap_or(host);
+    Some((host, port))
 }
 
 impl WasiView for RequestState {
@@ -444,6 +454,24 @@ fn log_line(line: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn ipv6_literal_destinations_resolve_to_themselves() {
+        let uri: http::Uri = "http://[::1]:8080/x".parse().unwrap();
+        let (host, port) = destination(&uri).unwrap();
+        assert_eq!((host, port), ("::1", 8080));
+        let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .unwrap()
+            .collect();
+        assert_eq!(resolved, vec!["[::1]:8080".parse::<SocketAddr>().unwrap()]);
+        let https: http::Uri = "https://example.com/".parse().unwrap();
+        assert_eq!(destination(&https), Some(("example.com", 443)));
+        let plain: http::Uri = "http://10.0.0.1/".parse().unwrap();
+        assert_eq!(destination(&plain), Some(("10.0.0.1", 80)));
+        let relative: http::Uri = "/only/a/path".parse().unwrap();
+        assert_eq!(destination(&relative), None);
+    }
 
     #[test]
     fn finds_the_handler_export_at_the_top_level_only() {
