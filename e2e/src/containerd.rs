@@ -21,6 +21,9 @@ pub const PREPARED_BIN: &str = "bin";
 const ENGINE_OPTIONS: &str = r#"allowed_annotations = ["features", "timeout", "max-memory", "http-port", "http-max-concurrency", "http-request-timeout"]
 [wasm]
 allowed_features = ["multi-memory"]
+[http]
+header_timeout = "2s"
+max_connections = 24
 [network]
 deny = ["192.0.2.0/24"]
 "#;

@@ -2,7 +2,7 @@
 //! (`wasi:http/incoming-handler`) from the node through the pod IP and from a sidecar through
 //! localhost, and a TCP server written against `wasi:sockets`.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -245,6 +245,148 @@ fn a_tcp_echo_component_is_reachable() -> Result<()> {
         "lookup: exit {} {lines:?}",
         status.exit_code
     );
+    node.remove_pod(&pod)?;
+    node.containerd.assert_clean()
+}
+
+/// The status line and headers of one response on `stream`, then its body (by
+/// content-length); the status code.
+fn read_response(reader: &mut BufReader<&TcpStream>) -> Result<u16> {
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line)?;
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("no status in {status_line:?}"))?;
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse()?;
+            }
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body)?;
+    Ok(status)
+}
+
+/// Waits until the server closes `stream` (EOF or reset); how long that took.
+fn closed_within(mut stream: &TcpStream, limit: Duration) -> Result<Duration> {
+    let started = Instant::now();
+    stream.set_read_timeout(Some(limit))?;
+    let mut buffer = [0u8; 512];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return Ok(started.elapsed()),
+            Ok(_) => continue,
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Ok(started.elapsed())
+            }
+            Err(err) => anyhow::bail!("still open after {:?}: {err}", started.elapsed()),
+        }
+    }
+}
+
+/// The harness's engine config gives `http.header_timeout = "2s"` and
+/// `http.max_connections = 24`. A client that never finishes its request head is closed
+/// after the header timeout while others are served; an idle keep-alive connection is closed
+/// too; connection 25 is refused with 503; with one request at a time, a request queued
+/// behind a slow one is answered within its request timeout (503 or 504), not after it.
+#[test]
+fn an_http_component_holds_off_abusive_clients() -> Result<()> {
+    let node = CriNode::start(Release::under_test())?;
+    let server = node.wasm_image("http-hello", &components::http_hello_component()?)?;
+    let pod = node.run_pod_annotated(
+        "abuse",
+        WEDGE_HANDLER,
+        &[
+            ("wedge.dev/http-port", "8080"),
+            ("wedge.dev/http-max-concurrency", "1"),
+            ("wedge.dev/http-request-timeout", "2s"),
+        ],
+    )?;
+    node.run_container(
+        &pod,
+        &ContainerSpec {
+            name: "app".into(),
+            image: server,
+            ..Default::default()
+        },
+    )?;
+    let address = pod_address(&node, &pod, 8080)?;
+    wait_listening(address, Duration::from_secs(20))?;
+
+    // Slowloris: half a request head, never finished.
+    let slow = TcpStream::connect(address)?;
+    (&slow).write_all(b"GET / HTTP/1.1\r\nhost: pod\r\nx-slow: ")?;
+    let answer = http_load::get(address, "/meanwhile")?;
+    ensure!(
+        answer.status == 200,
+        "served beside a slow client: {answer:?}"
+    );
+    let after = closed_within(&slow, Duration::from_secs(10))?;
+    ensure!(
+        after < Duration::from_secs(5),
+        "the slow client was closed only after {after:?}"
+    );
+
+    // An idle keep-alive connection: one request, then silence.
+    let idle = TcpStream::connect(address)?;
+    (&idle).write_all(b"GET /once HTTP/1.1\r\nhost: pod\r\n\r\n")?;
+    let status = read_response(&mut BufReader::new(&idle))?;
+    ensure!(status == 200, "keep-alive request: {status}");
+    let after = closed_within(&idle, Duration::from_secs(10))?;
+    ensure!(
+        after < Duration::from_secs(5),
+        "the idle connection was closed only after {after:?}"
+    );
+
+    // The connection cap.
+    let held: Vec<TcpStream> = (0..24)
+        .map(|_| TcpStream::connect(address))
+        .collect::<std::io::Result<_>>()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let extra = TcpStream::connect(address)?;
+    extra.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut refusal = String::new();
+    BufReader::new(&extra).read_to_string(&mut refusal)?;
+    ensure!(
+        refusal.starts_with("HTTP/1.1 503") && refusal.contains("too many connections"),
+        "connection 25: {refusal:?}"
+    );
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match http_load::get(address, "/after-the-crowd") {
+            Ok(answer) if answer.status == 200 => break,
+            other if Instant::now() > deadline => anyhow::bail!("after the crowd: {other:?}"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+
+    // Overload: one slot, a slow request in it, another behind it.
+    let first = std::thread::spawn(move || http_load::get(address, "/sleep/5000"));
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let queued = http_load::get(address, "/sleep/5000")?;
+    let waited = started.elapsed();
+    ensure!(
+        matches!(queued.status, 503 | 504) && waited < Duration::from_millis(3200),
+        "queued behind a slow request: {} after {waited:?}",
+        queued.status
+    );
+    let first = first
+        .join()
+        .map_err(|_| anyhow::anyhow!("the first request panicked"))??;
+    ensure!(first.status == 504, "the slow request: {first:?}");
+
     node.remove_pod(&pod)?;
     node.containerd.assert_clean()
 }

@@ -59,6 +59,8 @@ pub struct HttpOptions {
     pub max_concurrency: u32,
     pub max_request_body: Option<u64>,
     pub request_timeout: Duration,
+    pub header_timeout: Duration,
+    pub max_connections: u32,
 }
 
 impl EngineConfig {
@@ -80,6 +82,8 @@ impl EngineConfig {
                 max_concurrency: self.http.max_concurrency,
                 max_request_body: self.http.max_request_body,
                 request_timeout: self.http.request_timeout,
+                header_timeout: self.http.header_timeout,
+                max_connections: self.http.max_connections,
             },
             pooling_instances: self.pooling.instances,
             pooled_memory: self.pooling.memory_per_instance,

@@ -158,9 +158,16 @@ pub struct HttpConfig {
     /// Largest request body; a bigger one is answered 413 without calling the guest.
     #[serde(deserialize_with = "quantity::optional_memory")]
     pub max_request_body: Option<u64>,
-    /// One request's deadline, guest CPU and I/O together; 504 when it passes.
+    /// One request's deadline, guest CPU and I/O together, from its arrival (waiting for a
+    /// concurrency slot counts): 503 when no slot frees in time, 504 when the guest is late.
     #[serde(deserialize_with = "quantity::duration")]
     pub request_timeout: Duration,
+    /// How long a client has to send a request's headers, and how long a keep-alive
+    /// connection may sit idle between requests; then the connection is closed.
+    #[serde(deserialize_with = "quantity::duration")]
+    pub header_timeout: Duration,
+    /// Client connections open at once; one more is answered 503 and closed.
+    pub max_connections: u32,
 }
 
 impl Default for HttpConfig {
@@ -170,6 +177,8 @@ impl Default for HttpConfig {
             max_concurrency: 64,
             max_request_body: Some(10 << 20),
             request_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            max_connections: 1024,
         }
     }
 }
@@ -354,6 +363,12 @@ impl EngineConfig {
         exceeds("limits.fuel", self.limits.fuel, self.limits.max_fuel)?;
         if self.http.port == 0 {
             return Err("http.port must be a port number, not 0".into());
+        }
+        if self.http.max_connections == 0 {
+            return Err("http.max_connections must be at least 1".into());
+        }
+        if self.http.header_timeout.is_zero() {
+            return Err("http.header_timeout must be longer than 0s".into());
         }
         if self.http.max_concurrency == 0 {
             return Err("http.max_concurrency must be at least 1".into());

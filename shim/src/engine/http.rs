@@ -13,8 +13,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioTimer;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, Linker, ResourceTable};
@@ -289,27 +291,45 @@ impl ReadyServer {
             options: self.options,
         });
         let connections = GracefulShutdown::new();
+        let open_connections = Arc::new(Semaphore::new(
+            usize::try_from(server.options.max_connections).unwrap_or(usize::MAX),
+        ));
+        let mut accept_backoff = AcceptBackoff::default();
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
                     let stream = match accepted {
-                        Ok((stream, _)) => stream,
-                        // Out of fds or a connection reset before accept: keep serving.
+                        Ok((stream, _)) => {
+                            accept_backoff.succeeded();
+                            stream
+                        }
+                        // Out of fds or a connection reset before accept: keep serving,
+                        // but give the node room instead of spinning.
                         Err(err) => {
-                            log_line(&format!("wasm http: accept failed: {err}"));
+                            accept_backoff.failed(&err).await;
                             continue;
                         }
                     };
+                    let Ok(slot) = open_connections.clone().try_acquire_owned() else {
+                        tokio::spawn(refuse_connection(stream));
+                        continue;
+                    };
                     let server = server.clone();
+                    let header_timeout = server.options.header_timeout;
                     let service = hyper::service::service_fn(move |request| {
                         let server = server.clone();
                         async move { Ok::<_, Infallible>(server.handle(request).await) }
                     });
+                    // The header timeout also ends idle keep-alive connections: hyper starts
+                    // it whenever it waits for the next request's head.
                     let connection = http1::Builder::new()
                         .keep_alive(true)
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(header_timeout)
                         .serve_connection(TokioIo::new(stream), service);
                     let connection = connections.watch(connection);
                     tokio::spawn(async move {
+                        let _slot = slot;
                         // A client that goes away mid-request is its own business.
                         let _ = connection.await;
                     });
@@ -341,21 +361,35 @@ impl Server {
                 );
             }
         }
-        let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
-            return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
-        };
         let method = request.method().clone();
         let path = request.uri().path().to_string();
         let timeout = self.options.request_timeout;
+        // One deadline from the request's arrival: the wait for a slot counts, so that an
+        // overloaded server answers within the timeout instead of queueing without bound.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let permit = match tokio::time::timeout_at(deadline, self.in_flight.clone().acquire_owned())
+            .await
+        {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into()),
+            Err(_) => {
+                log_line(&format!(
+                    "wasm http: {method} {path}: no free slot within the request timeout of \
+                     {timeout:?} ({} requests at once)",
+                    self.options.max_concurrency
+                ));
+                return plain(StatusCode::SERVICE_UNAVAILABLE, "overloaded\n".into());
+            }
+        };
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let server = self.clone();
         let guest = tokio::spawn(async move {
             let _permit = permit;
-            tokio::time::timeout(timeout, server.call_guest(request, sender))
+            tokio::time::timeout_at(deadline, server.call_guest(deadline, request, sender))
                 .await
                 .unwrap_or_else(|_| Err(wasmtime::Error::new(RequestTimedOut)))
         });
-        let outcome = tokio::time::timeout(timeout, receiver).await;
+        let outcome = tokio::time::timeout_at(deadline, receiver).await;
         match outcome {
             Ok(Ok(Ok(response))) => response,
             Ok(Ok(Err(code))) => {
@@ -379,8 +413,10 @@ impl Server {
         }
     }
 
+    /// Runs the handler for `request`; its CPU is cut off at `deadline` too.
     async fn call_guest(
         &self,
+        deadline: tokio::time::Instant,
         request: Request<Incoming>,
         sender: tokio::sync::oneshot::Sender<
             Result<ServerResponse, wasmtime_wasi_http::p2::bindings::http::types::ErrorCode>,
@@ -388,7 +424,8 @@ impl Server {
     ) -> wasmtime::Result<()> {
         let mut store = Store::new(&self.engine, self.requests.state());
         store.limiter(|state| &mut state.limits);
-        arm(&mut store, Some(self.options.request_timeout), None)?;
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        arm(&mut store, Some(remaining), None)?;
         let request = match self.options.max_request_body {
             Some(max) => {
                 let usize_max = usize::try_from(max).unwrap_or(usize::MAX);
@@ -426,6 +463,48 @@ fn is_timeout(err: &wasmtime::Error) -> bool {
             err.downcast_ref::<wasmtime::Trap>(),
             Some(wasmtime::Trap::Interrupt)
         )
+}
+
+/// A connection over `http.max_connections`: told so in one response, then closed.
+async fn refuse_connection(mut stream: TcpStream) {
+    const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\n\
+        content-type: text/plain\r\ncontent-length: 21\r\n\r\ntoo many connections\n";
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(REFUSAL)).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Failed accepts (out of fds, say) wait a little longer each time, up to a second, and
+/// are logged once per run of failures, not once each.
+#[derive(Default)]
+struct AcceptBackoff {
+    failures: u32,
+}
+
+impl AcceptBackoff {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(5);
+    const LONGEST: std::time::Duration = std::time::Duration::from_secs(1);
+
+    async fn failed(&mut self, err: &std::io::Error) {
+        if self.failures == 0 {
+            log_line(&format!("wasm http: accept failed: {err}; backing off"));
+        }
+        let wait = Self::FIRST
+            .saturating_mul(1 << self.failures.min(10))
+            .min(Self::LONGEST);
+        self.failures = self.failures.saturating_add(1);
+        tokio::time::sleep(wait).await;
+    }
+
+    fn succeeded(&mut self) {
+        if self.failures > 1 {
+            log_line(&format!(
+                "wasm http: accepting again after {} failed accepts",
+                self.failures
+            ));
+        }
+        self.failures = 0;
+    }
 }
 
 fn timed_out(method: &hyper::Method, path: &str, timeout: std::time::Duration) -> ServerResponse {
