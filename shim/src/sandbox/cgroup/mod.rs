@@ -253,7 +253,12 @@ impl Cgroup {
             enable_v2_controllers(root, &self.relative);
         }
         for dir in self.dirs() {
-            std::fs::create_dir_all(&dir).map_err(io_error("create cgroup", &dir))?;
+            if let Err(err) = std::fs::create_dir_all(&dir) {
+                // Half a cgroup is none: what the hierarchies before this one got is undone
+                // (v1 makes one directory per hierarchy).
+                let _ = self.remove();
+                return Err(io_error("create cgroup", &dir)(err));
+            }
         }
         Ok(())
     }

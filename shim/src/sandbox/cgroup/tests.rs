@@ -55,3 +55,23 @@ fn v2_freeze_writes_and_waits_for_the_event() {
     );
     assert!(root.path().join("cgroup.subtree_control").exists());
 }
+
+#[test]
+fn a_cgroup_made_in_only_some_hierarchies_is_undone() {
+    let root = tempfile::tempdir().unwrap();
+    let memory = root.path().join("memory");
+    std::fs::create_dir(&memory).unwrap();
+    // A hierarchy where no directory can be made.
+    let pids = root.path().join("pids");
+    std::fs::write(&pids, "").unwrap();
+    let layout = Layout::Legacy(vec![
+        (Controller::Memory, memory.clone()),
+        (Controller::Pids, pids),
+    ]);
+    let cgroup = Cgroup::new(layout, "pods/c1".into());
+    assert!(cgroup.create().is_err());
+    assert!(
+        !memory.join("pods/c1").exists(),
+        "the memory hierarchy kept the half-made cgroup"
+    );
+}
