@@ -523,6 +523,40 @@ fn a_cncf_wasm_artifact_runs_through_cri() -> Result<()> {
     node.containerd.assert_clean()
 }
 
+/// A module whose loading needs more memory than the container may use: the kernel kills
+/// the runner (or its compiler) inside the container's cgroup, and StartContainer says so
+/// (resource exhausted, with the limit) instead of "exited while loading the module";
+/// nothing is left.
+#[test]
+fn a_module_too_big_to_compile_within_the_limit_says_so() -> Result<()> {
+    let node = CriNode::start(Release::under_test())?;
+    let large = node.wasm_image("large", &programs::large_module(30_000)?)?;
+    let pod = node.run_pod("tight", WEDGE_HANDLER)?;
+    let limit: i64 = 24 << 20;
+    // CRI's CreateContainer only records the container; the shim's Create (and so the
+    // compile) runs at StartContainer.
+    let id = node.create_container(
+        &pod,
+        &ContainerSpec {
+            name: "large".into(),
+            image: large,
+            memory_limit: Some(limit),
+            ..Default::default()
+        },
+    )?;
+    let message = match node.start_container(&id) {
+        Ok(()) => anyhow::bail!("started {id} although loading needs more than {limit} bytes"),
+        Err(err) => format!("{err:#}"),
+    };
+    ensure!(
+        message.contains("ran out of memory while its module was loaded")
+            && message.contains(&limit.to_string()),
+        "{message}"
+    );
+    node.remove_pod(&pod)?;
+    node.containerd.assert_clean()
+}
+
 /// In a pod sharing one pid namespace, a container's children outlive its init (the pause
 /// process inherits them), so the shim kills them when the init ends, as runc's own shim
 /// does: otherwise they live on and hold the container's stdout, which containerd 1.7 and 2

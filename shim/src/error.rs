@@ -91,6 +91,12 @@ pub enum Error {
     #[error("wasm module rejected: {0}")]
     ModuleRejected(String),
 
+    #[error(
+        "container {id} ran out of memory while its module was loaded (compiled, linked and \
+         given its memories) within the container's memory limit{limit}: raise the limit"
+    )]
+    OutOfMemoryWhileLoading { id: String, limit: String },
+
     #[error("failed to mount the root filesystem at {target}: {reason}")]
     Mount { target: PathBuf, reason: String },
 
@@ -163,6 +169,7 @@ impl Error {
             | Error::EngineConfig(_)
             | Error::Annotation(_) => Code::INVALID_ARGUMENT,
             Error::ContentStore { .. } => Code::UNAVAILABLE,
+            Error::OutOfMemoryWhileLoading { .. } => Code::RESOURCE_EXHAUSTED,
             Error::EntrypointNotFound { .. } => Code::NOT_FOUND,
             Error::Sandbox { source, .. } if source.is_invalid_spec() => Code::INVALID_ARGUMENT,
             Error::Sandbox { .. }

@@ -136,10 +136,24 @@ pub async fn create(request: CreateRequest<'_>, module: WasmModule) -> Result<Cr
         seccomp: security.filters,
         apparmor_profile: security.apparmor_profile,
     };
+    let memory_limit = run_spec.memory_limit;
     match runner.prepare(run_spec).await {
         Ok(program) => info!(origin = program.label(), detail = ?program, "module ready"),
         Err(err) => {
             abandon(runner, exited).await;
+            // The runner (or its compiler) killed for lack of memory says little itself:
+            // the cgroup's OOM counter tells what happened.
+            let err = if cgroup.oom_kills().unwrap_or(0) > 0 {
+                warn!(error = %err, "OOM kill while loading the module");
+                Error::OutOfMemoryWhileLoading {
+                    id: id.to_string(),
+                    limit: memory_limit
+                        .map(|bytes| format!(" of {bytes} bytes"))
+                        .unwrap_or_default(),
+                }
+            } else {
+                err
+            };
             remove_cgroup(cgroup).await;
             return Err(err);
         }

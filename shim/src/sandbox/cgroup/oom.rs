@@ -102,6 +102,19 @@ impl OomWatch {
     }
 }
 
+impl Cgroup {
+    /// How many processes the kernel has OOM-killed in this cgroup so far; None when it
+    /// cannot be read (no memory hierarchy, or the cgroup is gone).
+    pub fn oom_kills(&self) -> Option<u64> {
+        let dir = self.dir(Controller::Memory)?;
+        let counter = match self.layout {
+            Layout::Legacy(_) => dir.join("memory.oom_control"),
+            Layout::Unified(_) => dir.join("memory.events"),
+        };
+        oom_kills(&counter)
+    }
+}
+
 /// The `oom_kill` counter of `memory.oom_control` (v1) or `memory.events` (v2); None when
 /// the cgroup is gone.
 fn oom_kills(counter: &Path) -> Option<u64> {
