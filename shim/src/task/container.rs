@@ -35,35 +35,45 @@ pub struct Container {
     pub console: Option<Console>,
 }
 
-/// What Create has put together for a new container.
-pub struct NewContainer {
+/// Where a new container lives, as Create found it.
+pub struct Placement {
     pub id: String,
     pub bundle: PathBuf,
     pub rootfs: PathBuf,
     pub rootfs_mounted: bool,
     pub stdio: StdioPaths,
-    pub pid: i32,
-    pub backend: Arc<dyn Backend>,
-    pub exit: watch::Receiver<Option<ExitStatus>>,
-    pub oom_watch: Option<AbortHandle>,
-    pub console: Option<Console>,
 }
 
 impl Container {
-    pub fn new(parts: NewContainer) -> Self {
+    /// A container made by its back end, waiting for Start.
+    pub fn new(
+        placement: Placement,
+        pid: i32,
+        backend: Arc<dyn Backend>,
+        console: Option<Console>,
+        exit: watch::Receiver<Option<ExitStatus>>,
+        oom_watch: Option<AbortHandle>,
+    ) -> Self {
+        let Placement {
+            id,
+            bundle,
+            rootfs,
+            rootfs_mounted,
+            stdio,
+        } = placement;
         Container {
-            id: parts.id,
-            bundle: parts.bundle,
-            rootfs: parts.rootfs,
-            rootfs_mounted: parts.rootfs_mounted,
-            stdio: parts.stdio,
-            pid: parts.pid,
-            backend: parts.backend,
+            id,
+            bundle,
+            rootfs,
+            rootfs_mounted,
+            stdio,
+            pid,
+            backend,
             lifecycle: Lifecycle::container(),
-            exit: parts.exit,
+            exit,
             execs: HashMap::new(),
-            oom_watch: parts.oom_watch,
-            console: parts.console,
+            oom_watch,
+            console,
         }
     }
 

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use containerd_shim::api;
 
-use super::tasks::{Placement, Tasks};
+use super::container::Placement;
+use super::tasks::Tasks;
 use crate::backend::plan::{plan, Plan};
 use crate::backend::{native, wasm, CreateRequest, Created};
 use crate::error::{Error, Result};

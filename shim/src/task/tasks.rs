@@ -15,7 +15,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::AbortHandle;
 use tracing::{info, warn, Instrument};
 
-use super::container::{refusal, wait_for_exit, Container, NewContainer};
+use super::container::{refusal, wait_for_exit, Container, Placement};
 use super::events::{publish, EventSink};
 use super::lifecycle::{Operation, Status};
 use crate::backend::{Backend, Created};
@@ -25,7 +25,6 @@ use crate::exits::{ExitRouter, ExitStatus};
 use crate::rootfs;
 use crate::sandbox::cgroup::oom::OomWatch;
 use crate::sandbox::Cgroup;
-use crate::stdio::StdioPaths;
 
 pub struct Tasks {
     pub(super) namespace: String,
@@ -47,15 +46,6 @@ impl Drop for CreateInFlight<'_> {
         self.0
             .send_modify(|creating| *creating = creating.saturating_sub(1));
     }
-}
-
-/// Where a new container lives, for [`Tasks::register`].
-pub struct Placement {
-    pub id: String,
-    pub bundle: std::path::PathBuf,
-    pub rootfs: std::path::PathBuf,
-    pub rootfs_mounted: bool,
-    pub stdio: StdioPaths,
 }
 
 impl Tasks {
@@ -95,6 +85,10 @@ impl Tasks {
         f(container)
     }
 
+    fn backend(&self, id: &str) -> Result<Arc<dyn Backend>> {
+        self.with_container(id, |container| Ok(Arc::clone(&container.backend)))
+    }
+
     /// The back end of a container whose state allows `operation`.
     fn backend_for(&self, id: &str, operation: Operation) -> Result<Arc<dyn Backend>> {
         self.with_container(id, |container| {
@@ -117,18 +111,7 @@ impl Tasks {
             .and_then(|cgroup| self.watch_oom(&placement.id, cgroup));
         let (exit_sender, exit_watch) = watch::channel(None);
         let id = placement.id.clone();
-        let container = Container::new(NewContainer {
-            id: placement.id,
-            bundle: placement.bundle,
-            rootfs: placement.rootfs,
-            rootfs_mounted: placement.rootfs_mounted,
-            stdio: placement.stdio,
-            pid,
-            backend,
-            exit: exit_watch,
-            oom_watch,
-            console,
-        });
+        let container = Container::new(placement, pid, backend, console, exit_watch, oom_watch);
         self.containers().insert(id.clone(), container);
         tokio::spawn(Arc::clone(self).on_exit(id.clone(), id, pid, exited, exit_sender));
     }
@@ -150,7 +133,7 @@ impl Tasks {
         info!(id = %id, process = %process_id, pid, code = status.code, "process exited");
         let is_init = process_id == id;
         if is_init {
-            if let Ok(backend) = self.with_container(&id, |c| Ok(Arc::clone(&c.backend))) {
+            if let Ok(backend) = self.backend(&id) {
                 backend.init_exited().await;
             }
         }
@@ -253,16 +236,14 @@ impl Tasks {
     }
 
     pub fn stats(&self, id: &str) -> Result<Any> {
-        let backend = self.with_container(id, |c| Ok(Arc::clone(&c.backend)))?;
-        backend.stats(id)
+        self.backend(id)?.stats(id)
     }
 
     /// New `linux.resources` (OCI JSON) for a container.
     pub async fn update(&self, id: &str, json: &[u8]) -> Result<()> {
         let resources: LinuxResources = serde_json::from_slice(json)
             .map_err(|err| Error::InvalidRequest(format!("malformed resources: {err}")))?;
-        let backend = self.with_container(id, |c| Ok(Arc::clone(&c.backend)))?;
-        backend.update(&resources, json).await
+        self.backend(id)?.update(&resources, json).await
     }
 
     /// The exit status of the container's own process, once known.

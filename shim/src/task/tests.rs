@@ -13,8 +13,8 @@ use nix::sys::signal::Signal;
 use oci_spec::runtime::LinuxResources;
 use tokio::sync::oneshot;
 
+use super::container::Placement;
 use super::events::Recording;
-use super::tasks::Placement;
 use super::TaskService;
 use crate::backend::{Backend, Created, ExecRequest};
 use crate::content::ContentStore;
