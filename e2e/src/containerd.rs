@@ -376,8 +376,13 @@ impl Containerd {
     /// A `ctr` command aimed at this containerd. A `run` on the Wedge runtime gets
     /// `--runtime-config-path` with [`Self::engine_config`].
     pub fn ctr_command(&self, args: &[&str]) -> Command {
+        self.ctr_command_with(&[], args)
+    }
+
+    /// [`Self::ctr_command`] with ctr's own options (such as `--timeout`) before `args`.
+    pub fn ctr_command_with(&self, options: &[&str], args: &[&str]) -> Command {
         let mut command = Command::new(self.release.binary("ctr"));
-        command.arg("--address").arg(self.socket());
+        command.arg("--address").arg(self.socket()).args(options);
         if !args.contains(&"--namespace") {
             // A namespace per test: cgroups (/<namespace>/<id>) never collide between tests.
             command.arg("--namespace").arg(self.namespace());

@@ -58,6 +58,8 @@ pub struct ContainerSpec {
     /// (host path, container path, read-only)
     pub mounts: Vec<(PathBuf, String, bool)>,
     pub memory_limit: Option<i64>,
+    /// CFS quota in microseconds per 100 ms period (`resources.limits.cpu`).
+    pub cpu_quota: Option<i64>,
     pub run_as_user: Option<i64>,
     pub run_as_group: Option<i64>,
     pub supplemental_groups: Vec<i64>,
@@ -365,6 +367,8 @@ impl CriNode {
             linux: Some(k8s_cri::v1::LinuxContainerConfig {
                 resources: Some(LinuxContainerResources {
                     memory_limit_in_bytes: spec.memory_limit.unwrap_or(0),
+                    cpu_quota: spec.cpu_quota.unwrap_or(0),
+                    cpu_period: spec.cpu_quota.map_or(0, |_| 100_000),
                     ..Default::default()
                 }),
                 security_context: Some(LinuxContainerSecurityContext {
@@ -404,6 +408,18 @@ impl CriNode {
                 container_id: id.into(),
             }),
         )?;
+        Ok(())
+    }
+
+    /// StartContainer with a deadline, as kubelet's runtime-request-timeout sets one;
+    /// containerd passes it on to the shim.
+    pub fn start_container_within(&self, id: &str, deadline: Duration) -> Result<()> {
+        let mut client = self.client.clone();
+        let mut request = tonic::Request::new(StartContainerRequest {
+            container_id: id.into(),
+        });
+        request.set_timeout(deadline);
+        self.call("StartContainer", client.start_container(request))?;
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 //! `wedge` against the `runc` handler on the same containerd.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use k8s_cri::v1::ContainerState;
@@ -780,5 +780,69 @@ fn a_systemd_form_cgroup_parent_follows_the_cgroupfs_driver_as_runc_does() -> Re
     for dir in [&wasm_dir, &sidecar_dir] {
         ensure!(!dir.exists(), "{} left behind", dir.display());
     }
+    node.containerd.assert_clean()
+}
+
+/// kubelet's runtime-request-timeout reaches the shim as the request's deadline, and ttrpc
+/// drops a request whose deadline passed. A Create still compiling then (a large module under
+/// a tight CPU quota) must run to its end and be undone: the pod's shim lives on (the sandbox
+/// is in it), so nobody else would remove the cgroup, the mount or the runner.
+#[test]
+fn a_start_whose_deadline_passes_mid_compile_leaves_nothing() -> Result<()> {
+    let node = CriNode::start(Release::under_test())?;
+    let large = node.wasm_image("large", &programs::large_module(30_000)?)?;
+    let pod = node.run_pod("deadline", WEDGE_HANDLER)?;
+    let id = node.create_container(
+        &pod,
+        &ContainerSpec {
+            name: "large".into(),
+            image: large,
+            cpu_quota: Some(5_000),
+            ..Default::default()
+        },
+    )?;
+    let started = Instant::now();
+    match node.start_container_within(&id, Duration::from_secs(2)) {
+        Ok(()) => anyhow::bail!(
+            "the compile beat the 2 s deadline in {:?}: use a larger module",
+            started.elapsed()
+        ),
+        Err(err) => {
+            let message = format!("{err:#}");
+            ensure!(
+                message.contains("deadline") || message.contains("Timeout expired"),
+                "{message}"
+            );
+        }
+    }
+    // Only the pod's own cgroup and the pause container stay; the container's cgroup (and
+    // so its runner, which lives in it) and its root filesystem mount go once the abandoned
+    // Create has been undone.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mounts: Vec<_> = node
+            .containerd
+            .mounts()
+            .into_iter()
+            .filter(|mount| mount.contains(&id))
+            .collect();
+        let cgroups: Vec<_> = node
+            .containerd
+            .leftover_cgroups()
+            .into_iter()
+            .filter(|dir| dir.to_string_lossy().contains(&id))
+            .collect();
+        if mounts.is_empty() && cgroups.is_empty() {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "left behind by the abandoned Create: mounts {mounts:?}, cgroups {cgroups:?}; \
+             log:\n{}",
+            node.containerd.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    node.remove_pod(&pod)?;
     node.containerd.assert_clean()
 }

@@ -97,6 +97,11 @@ pub enum Error {
     )]
     OutOfMemoryWhileLoading { id: String, limit: String },
 
+    #[error(
+        "the create of {0} was given up: its request's deadline passed while the module was loaded"
+    )]
+    GivenUp(String),
+
     #[error("failed to mount the root filesystem at {target}: {reason}")]
     Mount { target: PathBuf, reason: String },
 
@@ -170,6 +175,7 @@ impl Error {
             | Error::Annotation(_) => Code::INVALID_ARGUMENT,
             Error::ContentStore { .. } => Code::UNAVAILABLE,
             Error::OutOfMemoryWhileLoading { .. } => Code::RESOURCE_EXHAUSTED,
+            Error::GivenUp(_) => Code::DEADLINE_EXCEEDED,
             Error::EntrypointNotFound { .. } => Code::NOT_FOUND,
             Error::Sandbox { source, .. } if source.is_invalid_spec() => Code::INVALID_ARGUMENT,
             Error::Sandbox { .. }

@@ -37,6 +37,28 @@ pub struct CreateRequest<'a> {
     pub engine_config: &'a EngineConfig,
     pub driver: Driver,
     pub exits: &'a Arc<ExitRouter>,
+    /// Set when containerd stops waiting for this Create.
+    pub given_up: GivenUp,
+}
+
+/// Tells a Create that nobody waits for it any more (the request's deadline passed): a
+/// back end may stop a long step early, through its own error path.
+#[derive(Clone)]
+pub struct GivenUp(tokio::sync::watch::Receiver<bool>);
+
+impl GivenUp {
+    pub fn new(given_up: tokio::sync::watch::Receiver<bool>) -> Self {
+        GivenUp(given_up)
+    }
+
+    /// Never resolves while the request is still waited for.
+    pub async fn wait(&self) {
+        let mut given_up = self.0.clone();
+        if given_up.wait_for(|given_up| *given_up).await.is_err() {
+            // The sender went without giving up: the answer was delivered.
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// A container its back end has made: waiting for Start.

@@ -61,6 +61,7 @@ pub async fn create(request: CreateRequest<'_>, module: WasmModule) -> Result<Cr
         engine_config,
         driver,
         exits,
+        given_up,
     } = request;
     if terminal || spec.terminal {
         return Err(Error::TerminalUnsupported);
@@ -137,7 +138,13 @@ pub async fn create(request: CreateRequest<'_>, module: WasmModule) -> Result<Cr
         apparmor_profile: security.apparmor_profile,
     };
     let memory_limit = run_spec.memory_limit;
-    match runner.prepare(run_spec).await {
+    // A compile can outlast the request (a large module under a tight CPU quota); once
+    // nobody waits, the runner is ended and the error path below cleans up.
+    let prepared = tokio::select! {
+        prepared = runner.prepare(run_spec) => prepared,
+        () = given_up.wait() => Err(Error::GivenUp(id.to_string())),
+    };
+    match prepared {
         Ok(program) => info!(origin = program.label(), detail = ?program, "module ready"),
         Err(err) => {
             abandon(runner, exited).await;

@@ -127,7 +127,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
-        let pid = self.tasks.create(&req).await.inspect_err(|err| {
+        let pid = self.tasks.create(req.clone()).await.inspect_err(|err| {
             warn!(error = %err, "create failed");
         })?;
         info!(pid, "container created");

@@ -5,11 +5,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use containerd_shim::api;
+use tokio::sync::{oneshot, watch};
+use tracing::{warn, Instrument};
 
 use super::container::Placement;
 use super::tasks::Tasks;
 use crate::backend::plan::{plan, Plan};
-use crate::backend::{native, wasm, CreateRequest, Created};
+use crate::backend::{native, wasm, CreateRequest, Created, GivenUp};
 use crate::error::{Error, Result};
 use crate::image::{inspect_entrypoint, Entrypoint};
 use crate::sandbox::Driver;
@@ -19,11 +21,56 @@ use crate::{options, rootfs};
 
 impl Tasks {
     /// Makes the container of `req`; its pid. On error nothing is left behind.
-    pub async fn create(self: &Arc<Self>, req: &api::CreateTaskRequest) -> Result<i32> {
-        let _in_flight = self.begin_create();
-        if self.containers().contains_key(&req.id) {
-            return Err(Error::ContainerExists(req.id.clone()));
+    ///
+    /// The work runs on a task of its own, to its end: ttrpc drops a request's future when
+    /// its deadline passes (kubelet's runtime-request-timeout against a slow compile), and a
+    /// Create dropped halfway would leave a mount, a cgroup or a runc container that nobody
+    /// owns. When nobody is left to hear the answer, the container is deleted again.
+    pub async fn create(self: &Arc<Self>, req: api::CreateTaskRequest) -> Result<i32> {
+        let in_flight = self.begin_create(&req.id)?;
+        let (mut answer, answered) = oneshot::channel();
+        let tasks = Arc::clone(self);
+        tokio::spawn(
+            async move {
+                let (give_up, given_up) = watch::channel(false);
+                let mut create = std::pin::pin!(tasks.create_to_the_end(&req, given_up));
+                let created = tokio::select! {
+                    created = &mut create => created,
+                    () = answer.closed() => {
+                        let _ = give_up.send(true);
+                        create.await
+                    }
+                };
+                if answer.send(created).is_err() {
+                    tasks.undo_unanswered_create(&req.id).await;
+                }
+                drop(in_flight);
+            }
+            .in_current_span(),
+        );
+        answered
+            .await
+            .unwrap_or_else(|_| Err(Error::Internal("Create ended without an answer".into())))
+    }
+
+    /// Deletes a container whose Create nobody waits for any more (a container containerd
+    /// does not know it has).
+    async fn undo_unanswered_create(self: &Arc<Self>, id: &str) {
+        if !self.containers().contains_key(id) {
+            return;
         }
+        warn!("containerd gave up waiting for Create: deleting the container again");
+        // Still created: Delete ends its process first.
+        if let Err(err) = self.delete_to_the_end(id).await {
+            warn!(error = %err, "cannot delete the unanswered container");
+        }
+    }
+
+    async fn create_to_the_end(
+        self: &Arc<Self>,
+        req: &api::CreateTaskRequest,
+        given_up: watch::Receiver<bool>,
+    ) -> Result<i32> {
         // Overlaps the slow first step of the runner's cgroup migration with the rest of
         // Create (a native container's runc migrates its init too).
         crate::sandbox::cgroup::warm_up_migration();
@@ -36,7 +83,7 @@ impl Tasks {
         };
         let rootfs = spec.rootfs.clone();
         let mounted = rootfs::mount(&req.rootfs, &rootfs).await?;
-        let created = match self.make(req, &bundle, spec, &stdio).await {
+        let created = match self.make(req, &bundle, spec, &stdio, given_up).await {
             Ok(created) => created,
             Err(err) => {
                 if mounted {
@@ -65,6 +112,7 @@ impl Tasks {
         bundle: &Path,
         spec: ContainerSpec,
         stdio: &StdioPaths,
+        given_up: watch::Receiver<bool>,
     ) -> Result<Created> {
         let engine_config = options::engine_config(req.options.as_ref())?;
         crate::logging::apply_configured_level(engine_config.log_level);
@@ -82,6 +130,7 @@ impl Tasks {
             engine_config: &engine_config,
             driver,
             exits: &self.exits,
+            given_up: GivenUp::new(given_up),
         };
         match planned {
             Plan::Wasm(module) => wasm::create(request, module).await,

@@ -2,7 +2,7 @@
 //! the container's lifecycle whether it is legal, lets the back end act, records the new
 //! state and publishes what containerd must hear.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use containerd_shim::asynchronous::ExitSignal;
@@ -32,19 +32,23 @@ pub struct Tasks {
     pub(super) events: Arc<dyn EventSink>,
     pub(super) exits: Arc<ExitRouter>,
     containers: Mutex<HashMap<String, Container>>,
-    /// How many Creates are between their first step and their registration (or failure).
-    creating: watch::Sender<usize>,
+    /// The ids whose Create is between its first step and its registration (or its undoing).
+    creating: watch::Sender<BTreeSet<String>>,
     pub(super) shutdown: Arc<ExitSignal>,
 }
 
-/// Counts one Create as in flight until dropped, also when containerd gives up on the
-/// request and its future is dropped halfway.
-pub struct CreateInFlight<'a>(&'a watch::Sender<usize>);
+/// Marks the Create of one id as in flight until dropped. It travels with the Create's own
+/// task, which runs to its end even when containerd gives up on the request.
+pub struct CreateInFlight {
+    tasks: Arc<Tasks>,
+    id: String,
+}
 
-impl Drop for CreateInFlight<'_> {
+impl Drop for CreateInFlight {
     fn drop(&mut self) {
-        self.0
-            .send_modify(|creating| *creating = creating.saturating_sub(1));
+        self.tasks.creating.send_modify(|creating| {
+            creating.remove(&self.id);
+        });
     }
 }
 
@@ -62,7 +66,7 @@ impl Tasks {
             events,
             exits,
             containers: Mutex::new(HashMap::new()),
-            creating: watch::channel(0).0,
+            creating: watch::channel(BTreeSet::new()).0,
             shutdown,
         }
     }
@@ -195,7 +199,18 @@ impl Tasks {
 
     /// Delete of a created or stopped container: the back end ends a container that never
     /// started, the exit is awaited, then everything the container held is given back.
-    pub async fn delete(&self, id: &str) -> Result<(i32, ExitStatus)> {
+    ///
+    /// Runs on a task of its own: a request containerd gives up on (its deadline passed)
+    /// would otherwise be dropped between removing the container and unmounting its root.
+    pub async fn delete(self: &Arc<Self>, id: &str) -> Result<(i32, ExitStatus)> {
+        let tasks = Arc::clone(self);
+        let id = id.to_string();
+        tokio::spawn(async move { tasks.delete_to_the_end(&id).await }.in_current_span())
+            .await
+            .map_err(|err| Error::Internal(format!("Delete ended abnormally: {err}")))?
+    }
+
+    pub(super) async fn delete_to_the_end(&self, id: &str) -> Result<(i32, ExitStatus)> {
         let (backend, never_started, exit) = self.with_container(id, |container| {
             container.check(Operation::Delete)?;
             Ok((
@@ -254,10 +269,22 @@ impl Tasks {
             .ok_or_else(|| Error::ContainerNotFound(id.to_string()))
     }
 
-    /// Marks a Create as in flight until the returned guard is dropped.
-    pub fn begin_create(&self) -> CreateInFlight<'_> {
-        self.creating.send_modify(|creating| *creating += 1);
-        CreateInFlight(&self.creating)
+    /// Marks the Create of `id` as in flight until the returned guard is dropped; refused
+    /// while `id` exists or is being created (containerd retrying a Create it gave up on).
+    pub fn begin_create(self: &Arc<Self>, id: &str) -> Result<CreateInFlight> {
+        let registered = self.containers().contains_key(id);
+        let mut began = false;
+        self.creating.send_if_modified(|creating| {
+            began = !registered && creating.insert(id.to_string());
+            began
+        });
+        if !began {
+            return Err(Error::ContainerExists(id.to_string()));
+        }
+        Ok(CreateInFlight {
+            tasks: Arc::clone(self),
+            id: id.to_string(),
+        })
     }
 
     /// Waits until no Create is in flight, then tells whether the shim serves no container
@@ -265,7 +292,7 @@ impl Tasks {
     /// the last one is deleted; like runc's shim, Shutdown lets it finish and then decides.
     pub async fn idle_once_creates_end(&self) -> bool {
         let mut creating = self.creating.subscribe();
-        let _ = creating.wait_for(|creating| *creating == 0).await;
+        let _ = creating.wait_for(BTreeSet::is_empty).await;
         self.containers().is_empty()
     }
 

@@ -447,7 +447,7 @@ async fn shutdown_lets_a_create_in_flight_finish_first() {
     } = with_created_container().await;
     service.delete(&ctx(), delete("c1")).await.unwrap();
     let service = Arc::new(service);
-    let in_flight = service.tasks().begin_create();
+    let in_flight = service.tasks().begin_create("c2").unwrap();
     let asked = tokio::spawn({
         let service = Arc::clone(&service);
         async move {
@@ -468,4 +468,22 @@ async fn shutdown_lets_a_create_in_flight_finish_first() {
     tokio::time::timeout(Duration::from_secs(1), shutdown.wait())
         .await
         .expect("idle now: the shim exits");
+}
+
+#[tokio::test]
+async fn a_create_of_an_id_that_exists_or_is_being_created_is_refused() {
+    let Harness { service, .. } = with_created_container().await;
+    let tasks = service.tasks();
+    let first = tasks.begin_create("c2").unwrap();
+    // containerd retrying a Create it gave up on, while the first still runs.
+    assert!(matches!(
+        tasks.begin_create("c2"),
+        Err(Error::ContainerExists(id)) if id == "c2"
+    ));
+    assert!(matches!(
+        tasks.begin_create("c1"),
+        Err(Error::ContainerExists(id)) if id == "c1"
+    ));
+    drop(first);
+    drop(tasks.begin_create("c2").unwrap());
 }
