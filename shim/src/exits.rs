@@ -8,7 +8,7 @@
 //!
 //! Because the reaper waits for *every* child, the shim's helper commands (runc) cannot use
 //! `std::process::Child::wait`; [`ExitRouter::run`] gets their status from here instead. The
-//! signals the shim sends to processes it watches go through [`signal_process`].
+//! signals the shim sends to processes it watches go through a [`ProcessHandle`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -88,8 +88,9 @@ impl ExitRouter {
     }
 
     /// The exit of a process that some other program started for the shim (and that the
-    /// shim, as subreaper, will reap): delivered even if it already happened.
-    pub fn watch(&self, pid: i32) -> oneshot::Receiver<ExitStatus> {
+    /// shim, as subreaper, will reap): delivered even if it already happened. The handle
+    /// signals it only while it lives.
+    pub fn watch(&self, pid: i32) -> (oneshot::Receiver<ExitStatus>, ProcessHandle) {
         let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
         let (sender, receiver) = oneshot::channel();
         match routes
@@ -101,12 +102,13 @@ impl ExitRouter {
                 if let Some((_, status)) = routes.unclaimed.remove(index) {
                     let _ = sender.send(status);
                 }
+                (receiver, ProcessHandle::finished(pid))
             }
             None => {
                 routes.waiting.insert(pid, sender);
+                (receiver, ProcessHandle::open(pid))
             }
         }
-        receiver
     }
 
     /// Runs a helper command to completion: its stdout and stderr captured, its exit status
@@ -204,8 +206,74 @@ fn drain_both(
     (out, err)
 }
 
-/// Sends `signal` to process `pid`. A process already gone is [`Error::ProcessFinished`],
-/// which containerd takes as "not found".
+/// A process the shim signals, held by a pidfd opened while the pid still named it (before
+/// the shim reaped it). A pid is only a number: once its process is reaped, the kernel may
+/// hand it to a new process, and a Kill or Delete arriving late (an exit is known to the
+/// shim only after it is reaped) must not reach that one.
+#[derive(Debug)]
+pub struct ProcessHandle {
+    pid: i32,
+    pidfd: Option<std::os::fd::OwnedFd>,
+    finished: bool,
+}
+
+impl ProcessHandle {
+    /// The handle of a live child (or a process the shim will reap). Kernels before 5.3
+    /// have no pidfd: the handle then signals by pid.
+    pub fn open(pid: i32) -> Self {
+        let pidfd = rustix::process::Pid::from_raw(pid).and_then(|raw| {
+            rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())
+                .inspect_err(
+                    |err| tracing::debug!(pid, error = %err, "no pidfd: signals go by pid"),
+                )
+                .ok()
+        });
+        ProcessHandle {
+            pid,
+            pidfd,
+            finished: false,
+        }
+    }
+
+    /// The handle of a process known to have exited: every signal is refused.
+    pub fn finished(pid: i32) -> Self {
+        ProcessHandle {
+            pid,
+            pidfd: None,
+            finished: true,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Sends `signal`. A process already gone is [`Error::ProcessFinished`], which
+    /// containerd takes as "not found".
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        if self.finished {
+            return Err(Error::ProcessFinished);
+        }
+        let Some(pidfd) = &self.pidfd else {
+            return signal_process(self.pid, signal);
+        };
+        let signal = rustix::process::Signal::from_named_raw(signal as i32).ok_or(Error::Sys {
+            context: "cannot signal the process",
+            source: nix::Error::EINVAL,
+        })?;
+        match rustix::process::pidfd_send_signal(pidfd, signal) {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::SRCH) => Err(Error::ProcessFinished),
+            Err(errno) => Err(Error::Sys {
+                context: "cannot signal the process",
+                source: nix::Error::from_raw(errno.raw_os_error()),
+            }),
+        }
+    }
+}
+
+/// Sends `signal` to process `pid`: only for a pid the shim has no handle of (one read back
+/// from a bundle after a crash). A process already gone is [`Error::ProcessFinished`].
 pub fn signal_process(pid: i32, signal: Signal) -> Result<()> {
     match kill(Pid::from_raw(pid), signal) {
         Ok(()) => Ok(()),
@@ -280,8 +348,13 @@ mod tests {
     async fn an_exit_before_the_watch_is_kept_for_it() {
         let router = ExitRouter::default();
         router.deliver(200, 7);
-        assert_eq!(router.watch(200).await.unwrap().code, 7);
-        let later = router.watch(201);
+        let (exited, handle) = router.watch(200);
+        assert_eq!(exited.await.unwrap().code, 7);
+        assert!(matches!(
+            handle.signal(Signal::SIGKILL),
+            Err(Error::ProcessFinished)
+        ));
+        let (later, _) = router.watch(201);
         router.deliver(201, 9);
         assert_eq!(later.await.unwrap().code, 9);
         for pid in 0..(UNCLAIMED_LIMIT as i32 + 10) {
@@ -289,5 +362,42 @@ mod tests {
         }
         let routes = router.routes.lock().unwrap();
         assert_eq!(routes.unclaimed.len(), UNCLAIMED_LIMIT);
+    }
+
+    /// A pid the kernel hands out again after its process was reaped: the old handle
+    /// must refuse, not signal the newcomer. `ns_last_pid` (root, initial pid namespace)
+    /// steers the next pid; other processes may take it first, so this tries a few times.
+    #[test]
+    fn a_handle_never_signals_a_process_that_reuses_its_pid() {
+        use std::process::Command;
+        const NS_LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: steering pids needs root");
+            return;
+        }
+        let mut first = Command::new("true").spawn().unwrap();
+        let pid = first.id() as i32;
+        let handle = ProcessHandle::open(pid);
+        first.wait().unwrap();
+        for _ in 0..50 {
+            std::fs::write(NS_LAST_PID, (pid - 1).to_string()).unwrap();
+            let mut newcomer = Command::new("sleep").arg("30").spawn().unwrap();
+            if newcomer.id() as i32 != pid {
+                newcomer.kill().unwrap();
+                newcomer.wait().unwrap();
+                continue;
+            }
+            let signalled = handle.signal(Signal::SIGKILL);
+            let still_running = newcomer.try_wait().unwrap().is_none();
+            newcomer.kill().unwrap();
+            newcomer.wait().unwrap();
+            assert!(
+                matches!(signalled, Err(Error::ProcessFinished)),
+                "{signalled:?}"
+            );
+            assert!(still_running, "the newcomer with the reused pid was killed");
+            return;
+        }
+        panic!("pid {pid} was never handed out again");
     }
 }

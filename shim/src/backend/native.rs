@@ -51,7 +51,9 @@ pub async fn create(request: CreateRequest<'_>) -> Result<Created> {
     let terminal = terminal || spec.terminal;
     let (pid, console) =
         start_with_stdio(stdio, terminal, |stdio, socket| runc.create(stdio, socket)).await?;
-    let exited = exits.watch(pid);
+    // runc signals its own container (`runc kill` checks the process is still the one it
+    // started): the handle is not needed.
+    let (exited, _) = exits.watch(pid);
     info!(pid, "native container created by runc");
     let own_pid_namespace = spec
         .namespaces

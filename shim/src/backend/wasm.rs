@@ -17,7 +17,7 @@ use super::{
     off_the_event_loop, remove_cgroup, sandbox_error, Backend, CreateRequest, Created, ExecRequest,
 };
 use crate::error::{Error, Result};
-use crate::exits::{signal_process, ExitStatus};
+use crate::exits::{signal_process, ExitStatus, ProcessHandle};
 use crate::image::Entrypoint;
 use crate::runc::Console;
 use crate::runner::launch::{spawn_runner, Runner};
@@ -41,7 +41,7 @@ pub const CGROUP_FILE: &str = "wedge-cgroup";
 pub struct WasmContainer {
     id: String,
     bundle: PathBuf,
-    pid: i32,
+    process: ProcessHandle,
     cgroup: Cgroup,
     /// The control channel, until Start hands the module its go.
     runner: Mutex<Option<Runner>>,
@@ -81,9 +81,10 @@ pub async fn create(request: CreateRequest<'_>, module: WasmModule) -> Result<Cr
     let spawned = exits.spawn_watched(|| {
         let runner = spawn_runner(id, bundle, io.runner, module.fd, before_exec)?;
         let pid = runner.pid;
-        Ok((runner, pid))
+        // Opened at once: the runner is the shim's child and not yet reaped.
+        Ok(((runner, ProcessHandle::open(pid)), pid))
     });
-    let (mut runner, exited) = match spawned {
+    let ((mut runner, process), exited) = match spawned {
         Ok(spawned) => spawned,
         Err(err) => {
             remove_cgroup(cgroup).await;
@@ -96,7 +97,7 @@ pub async fn create(request: CreateRequest<'_>, module: WasmModule) -> Result<Cr
     if let Err(err) =
         off_the_event_loop(cgroup.clone(), move |cgroup| cgroup.add_process(pid)).await
     {
-        abandon(runner, exited).await;
+        abandon(runner, &process, exited).await;
         remove_cgroup(cgroup).await;
         return Err(sandbox_error(id, err));
     }
@@ -147,7 +148,7 @@ pub async fn create(request: CreateRequest<'_>, module: WasmModule) -> Result<Cr
     match prepared {
         Ok(program) => info!(origin = program.label(), detail = ?program, "module ready"),
         Err(err) => {
-            abandon(runner, exited).await;
+            abandon(runner, &process, exited).await;
             // The runner (or its compiler) killed for lack of memory says little itself:
             // the cgroup's OOM counter tells what happened.
             let err = if cgroup.oom_kills().unwrap_or(0) > 0 {
@@ -174,7 +175,7 @@ pub async fn create(request: CreateRequest<'_>, module: WasmModule) -> Result<Cr
     let container = WasmContainer {
         id: id.to_string(),
         bundle: bundle.to_path_buf(),
-        pid,
+        process,
         cgroup,
         runner: Mutex::new(Some(runner)),
     };
@@ -187,8 +188,8 @@ pub async fn create(request: CreateRequest<'_>, module: WasmModule) -> Result<Cr
 }
 
 /// Ends a runner that will not become a container and waits until it is reaped.
-async fn abandon(runner: Runner, exited: oneshot::Receiver<ExitStatus>) {
-    let _ = signal_process(runner.pid, Signal::SIGKILL);
+async fn abandon(runner: Runner, process: &ProcessHandle, exited: oneshot::Receiver<ExitStatus>) {
+    let _ = process.signal(Signal::SIGKILL);
     drop(runner);
     let _ = exited.await;
 }
@@ -211,7 +212,7 @@ impl Backend for WasmContainer {
 
     /// A wasm container is one process: `all` changes nothing.
     async fn kill(&self, signal: Signal, _all: bool) -> Result<()> {
-        signal_process(self.pid, signal)
+        self.process.signal(signal)
     }
 
     async fn freeze(&self, frozen: bool) -> Result<()> {
@@ -228,7 +229,7 @@ impl Backend for WasmContainer {
     }
 
     fn pids(&self) -> Vec<i32> {
-        vec![self.pid]
+        vec![self.process.pid()]
     }
 
     async fn exec(&self, _request: ExecRequest<'_>) -> Result<(i32, Option<Console>)> {
@@ -244,7 +245,7 @@ impl Backend for WasmContainer {
     async fn delete(&self, never_started: bool) -> Result<()> {
         // The runner of a container never started still waits for its go: end it.
         if never_started {
-            match signal_process(self.pid, Signal::SIGKILL) {
+            match self.process.signal(Signal::SIGKILL) {
                 Ok(()) | Err(Error::ProcessFinished) => {}
                 Err(err) => return Err(err),
             }

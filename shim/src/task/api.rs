@@ -72,7 +72,7 @@ impl TaskService {
             let exec = container.exec(exec_id)?;
             Ok(ProcessView {
                 id: exec_id,
-                pid: exec.pid.unwrap_or_default(),
+                pid: exec.pid(),
                 status: exec.lifecycle.status(),
                 stdio: &exec.stdio,
                 exit: exec.exit_status(),

@@ -16,7 +16,7 @@ use super::lifecycle::{Lifecycle, Operation};
 use super::tasks::Tasks;
 use crate::backend::ExecRequest;
 use crate::error::{Error, Result};
-use crate::exits::{now, signal_process, ExitStatus};
+use crate::exits::{now, ExitStatus, ProcessHandle};
 use crate::runc::Console;
 use crate::stdio::StdioPaths;
 
@@ -28,7 +28,8 @@ pub struct ExecProcess {
     pub spec: PathBuf,
     pub pid_file: PathBuf,
     pub stdio: StdioPaths,
-    pub pid: Option<i32>,
+    /// The running process, once Start has run it.
+    pub process: Option<Arc<ProcessHandle>>,
     /// Whether the process spec asks for a terminal, and the terminal once it runs.
     pub terminal: bool,
     pub console: Option<Console>,
@@ -56,13 +57,18 @@ impl ExecProcess {
             spec: spec_path,
             pid_file: bundle.join(format!("exec-{exec_id}.pid")),
             stdio,
-            pid: None,
+            process: None,
             terminal,
             console: None,
             lifecycle: Lifecycle::exec(),
             exit,
             exit_sender: Some(exit_sender),
         })
+    }
+
+    /// The process's pid; 0 before Start.
+    pub fn pid(&self) -> i32 {
+        self.process.as_ref().map_or(0, |process| process.pid())
     }
 
     pub fn exit_status(&self) -> Option<ExitStatus> {
@@ -178,10 +184,10 @@ impl Tasks {
                 return Err(err);
             }
         };
-        let exited = self.exits.watch(pid);
+        let (exited, process) = self.exits.watch(pid);
         self.with_container(id, |container| {
             let exec = container.exec_mut(exec_id)?;
-            exec.pid = Some(pid);
+            exec.process = Some(Arc::new(process));
             exec.console = console;
             Ok(())
         })?;
@@ -207,14 +213,14 @@ impl Tasks {
 
     /// Signals a running exec process; one that has not started or has ended is gone.
     pub fn kill_exec(&self, id: &str, exec_id: &str, signal: Signal) -> Result<()> {
-        let pid = self.with_container(id, |container| {
+        let process = self.with_container(id, |container| {
             let exec = container.exec(exec_id)?;
-            match (exec.lifecycle.check(Operation::Kill), exec.pid) {
-                (Ok(()), Some(pid)) => Ok(pid),
+            match (exec.lifecycle.check(Operation::Kill), &exec.process) {
+                (Ok(()), Some(process)) => Ok(Arc::clone(process)),
                 _ => Err(Error::ProcessFinished),
             }
         })?;
-        signal_process(pid, signal)
+        process.signal(signal)
     }
 
     pub async fn wait_exec(&self, id: &str, exec_id: &str) -> Result<ExitStatus> {
@@ -235,7 +241,7 @@ impl Tasks {
             let exit = exec
                 .exit_status()
                 .unwrap_or(ExitStatus { code: 0, at: now() });
-            let pid = exec.pid.unwrap_or_default();
+            let pid = exec.pid();
             if let Some(exec) = container.execs.remove(exec_id) {
                 exec.remove_files();
             }

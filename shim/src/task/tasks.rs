@@ -120,8 +120,8 @@ impl Tasks {
         tokio::spawn(Arc::clone(self).on_exit(id.clone(), id, pid, exited, exit_sender));
     }
 
-    /// Publishes TaskExit when a process (a runner, a runc init, an exec) ends, records the
-    /// exit, then releases Wait and Delete. `process_id` is the container id for the
+    /// Records the exit when a process (a runner, a runc init, an exec) ends, publishes
+    /// TaskExit, then releases Wait and Delete. `process_id` is the container id for the
     /// container's own process, the exec id for an exec.
     pub(super) async fn on_exit(
         self: Arc<Self>,
@@ -136,6 +136,17 @@ impl Tasks {
         };
         info!(id = %id, process = %process_id, pid, code = status.code, "process exited");
         let is_init = process_id == id;
+        // Stopped at once, before TaskExit (whose publishing can take seconds): a Kill from
+        // now on is answered "process finished" instead of signalling the pid. Wait and
+        // Delete are released only after TaskExit, the order containerd relies on.
+        let _ = self.with_container(&id, |container| {
+            if is_init {
+                container.lifecycle.exited();
+            } else {
+                container.exec_mut(&process_id)?.lifecycle.exited();
+            }
+            Ok(())
+        });
         if is_init {
             if let Ok(backend) = self.backend(&id) {
                 backend.init_exited().await;
@@ -153,14 +164,6 @@ impl Tasks {
             },
         )
         .await;
-        let _ = self.with_container(&id, |container| {
-            if is_init {
-                container.lifecycle.exited();
-            } else {
-                container.exec_mut(&process_id)?.lifecycle.exited();
-            }
-            Ok(())
-        });
         let _ = exit_sender.send(Some(status));
     }
 
