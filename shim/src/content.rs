@@ -5,6 +5,7 @@
 //! image the container was made from, walks that image's index and manifest, and reads the
 //! wasm layer, checking its digest.
 
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
 use containerd_client::services::v1::containers_client::ContainersClient;
@@ -14,11 +15,13 @@ use containerd_client::services::v1::{GetContainerRequest, GetImageRequest, Read
 use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::Request;
 use oci_spec::image::{Arch, Descriptor, ImageIndex, ImageManifest, MediaType, Os};
+use sha2::{Digest, Sha256};
 use tracing::debug;
 
 use wedge_runtime_config::wasm_image::{self, WASM_LAYER_MEDIA_TYPES};
 
 use crate::error::{Error, Result};
+use crate::runner::launch::module_fd::ModuleMemfd;
 
 /// Manifests and indexes are small; anything bigger is not one.
 const MAX_MANIFEST_BYTES: u64 = 4 << 20;
@@ -31,7 +34,9 @@ const MAX_INDEX_DEPTH: usize = 2;
 pub struct WasmLayer {
     pub digest: String,
     pub media_type: String,
-    pub bytes: Vec<u8>,
+    pub size: u64,
+    /// The verified bytes, sealed.
+    pub module: OwnedFd,
 }
 
 /// containerd's API as the shim sees it: the daemon's socket and the namespace of its tasks.
@@ -94,12 +99,13 @@ impl ContentStore {
                 reason: format!("its wasm layer is {} bytes, over the limit", layer.size()),
             });
         }
-        let bytes = session.read_verified(&image, layer).await?;
-        debug!(%image, digest = %layer.digest(), size = bytes.len(), "read wasm layer");
+        let module = session.read_into_memfd(&image, layer).await?;
+        debug!(%image, digest = %layer.digest(), size = layer.size(), "read wasm layer");
         Ok(Some(WasmLayer {
             digest: layer.digest().to_string(),
             media_type: layer.media_type().to_string(),
-            bytes,
+            size: layer.size(),
+            module,
         }))
     }
 }
@@ -211,6 +217,42 @@ impl Session<'_> {
     }
 
     /// Reads a blob and checks that it is what its descriptor says.
+    /// A layer streamed into a sealed memfd and checked on the way: the shim holds one
+    /// chunk at a time, never the module (up to [`MAX_LAYER_BYTES`]).
+    async fn read_into_memfd(&self, image: &str, descriptor: &Descriptor) -> Result<OwnedFd> {
+        let digest = descriptor.digest().to_string();
+        let request = self.request(ReadContentRequest {
+            digest: digest.clone(),
+            offset: 0,
+            size: 0,
+        })?;
+        let mut stream = ContentClient::new(self.channel.clone())
+            .read(request)
+            .await
+            .map_err(|status| api_error("read blob", &digest, status))?
+            .into_inner();
+        let mut memfd = ModuleMemfd::new()?;
+        let mut check = StreamingCheck::new();
+        while let Some(chunk) = stream
+            .message()
+            .await
+            .map_err(|status| api_error("read blob", &digest, status))?
+        {
+            check.update(&chunk.data);
+            if check.length > descriptor.size() {
+                break;
+            }
+            memfd.append(&chunk.data)?;
+        }
+        check
+            .verify(&digest, descriptor.size())
+            .map_err(|reason| Error::ImageLayout {
+                image: image.to_string(),
+                reason,
+            })?;
+        memfd.seal()
+    }
+
     async fn read_verified(&self, image: &str, descriptor: &Descriptor) -> Result<Vec<u8>> {
         let digest = descriptor.digest().to_string();
         let request = self.request(ReadContentRequest {
@@ -252,24 +294,51 @@ fn is_manifest(media_type: &MediaType) -> bool {
         || media_type.to_string() == "application/vnd.docker.distribution.manifest.v2+json"
 }
 
+/// A blob's length and sha256 taken as it streams by.
+struct StreamingCheck {
+    hasher: Sha256,
+    length: u64,
+}
+
+impl StreamingCheck {
+    fn new() -> Self {
+        StreamingCheck {
+            hasher: Sha256::new(),
+            length: 0,
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+        self.length += bytes.len() as u64;
+    }
+
+    /// Compares what went by with the descriptor.
+    fn verify(self, digest: &str, size: u64) -> std::result::Result<(), String> {
+        let Some(expected) = digest.strip_prefix("sha256:") else {
+            return Err(format!("unsupported digest algorithm in {digest}"));
+        };
+        if self.length != size {
+            return Err(format!(
+                "blob {digest} is {} bytes, its descriptor says {size}",
+                self.length
+            ));
+        }
+        let actual = wasm_image::hex(&self.hasher.finalize());
+        if actual != expected {
+            return Err(format!(
+                "blob {digest} does not match its digest (content hashes to sha256:{actual})"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Checks length and sha256 of a blob against its descriptor.
 pub fn verify_blob(bytes: &[u8], digest: &str, size: u64) -> std::result::Result<(), String> {
-    let Some(expected) = digest.strip_prefix("sha256:") else {
-        return Err(format!("unsupported digest algorithm in {digest}"));
-    };
-    if bytes.len() as u64 != size {
-        return Err(format!(
-            "blob {digest} is {} bytes, its descriptor says {size}",
-            bytes.len()
-        ));
-    }
-    let actual = wasm_image::sha256_hex(bytes);
-    if actual != expected {
-        return Err(format!(
-            "blob {digest} does not match its digest (content hashes to sha256:{actual})"
-        ));
-    }
-    Ok(())
+    let mut check = StreamingCheck::new();
+    check.update(bytes);
+    check.verify(digest, size)
 }
 
 fn choose_manifest(manifests: &[Descriptor]) -> Option<&Descriptor> {

@@ -2,6 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
 use tracing_subscriber::EnvFilter;
@@ -20,7 +21,9 @@ pub fn init(serving: bool, debug: bool, shim_id: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)
-        .with_target(false);
+        .with_target(false)
+        // A line dropped on a full log fifo is not worth a complaint on stderr.
+        .log_internal_errors(false);
     let installed = match serving.then(open_log_fifo).flatten() {
         Some(fifo) => install(builder.with_writer(Mutex::new(fifo)), configurable),
         None => install(builder.with_writer(std::io::stderr), configurable),
@@ -61,14 +64,52 @@ pub fn apply_configured_level(level: Option<LogLevel>) {
 
 /// containerd opens the read side before it starts the shim; without a reader (a shim run
 /// by hand) the open fails at once instead of blocking, and logs go to stderr.
+///
+/// The fifo stays non-blocking: a reader that stops reading (containerd stuck, or killed
+/// with the fifo still open) fills the pipe, and a blocking write would then stop whichever
+/// shim thread logs next. A line that does not fit is dropped instead; lines shorter than
+/// PIPE_BUF are written whole or not at all.
 fn open_log_fifo() -> Option<File> {
-    let fifo = OpenOptions::new()
+    open_log_fifo_at(Path::new("log"))
+}
+
+fn open_log_fifo_at(path: &Path) -> Option<File> {
+    OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NONBLOCK)
-        .open("log")
-        .ok()?;
-    let flags = nix::fcntl::fcntl(&fifo, nix::fcntl::FcntlArg::F_GETFL).ok()?;
-    let blocking = nix::fcntl::OFlag::from_bits_truncate(flags) & !nix::fcntl::OFlag::O_NONBLOCK;
-    nix::fcntl::fcntl(&fifo, nix::fcntl::FcntlArg::F_SETFL(blocking)).ok()?;
-    Some(fifo)
+        .open(path)
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn a_log_reader_that_never_reads_does_not_stop_the_shim() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("log");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(open_log_fifo_at(&fifo).is_none(), "no reader: no fifo");
+        let _reader = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        let mut log = open_log_fifo_at(&fifo).unwrap();
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let line = [b'x'; 200];
+            // Far more than a pipe holds (64 KiB by default).
+            for _ in 0..10_000 {
+                let _ = log.write(&line);
+            }
+            let _ = done.send(());
+        });
+        finished
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("logging blocked on a full fifo");
+    }
 }

@@ -11,7 +11,6 @@ use tracing::info;
 use crate::content::WasmLayer;
 use crate::error::Result;
 use crate::image::EntrypointFile;
-use crate::runner::launch::module_fd::sealed_memfd;
 use crate::runner::protocol::ModuleSource;
 
 /// What Create makes.
@@ -56,13 +55,12 @@ where
     match image_layer.await? {
         Some(layer) => {
             info!(digest = %layer.digest, media_type = %layer.media_type,
-                  size = layer.bytes.len(), "module from image layer");
-            let fd = sealed_memfd(&layer.bytes)?;
+                  size = layer.size, "module from image layer");
             Ok(Plan::Wasm(WasmModule {
                 source: ModuleSource::Layer {
                     digest: layer.digest,
                 },
-                fd: Some(fd),
+                fd: Some(layer.module),
             }))
         }
         None => Ok(Plan::Native),
@@ -87,7 +85,8 @@ mod tests {
         WasmLayer {
             digest: "sha256:00".into(),
             media_type: "application/wasm".into(),
-            bytes: b"\0asm\x01\0\0\0".to_vec(),
+            size: 8,
+            module: crate::runner::launch::module_fd::sealed_memfd(b"\0asm\x01\0\0\0").unwrap(),
         }
     }
 

@@ -72,11 +72,18 @@ pub async fn create(request: CreateRequest<'_>, module: WasmModule) -> Result<Cr
         .map_err(Error::Annotation)?;
     let security = SecurityPlan::for_container(&spec).map_err(|err| sandbox_error(id, err))?;
     let io = stdio::open(&paths.stdin, &paths.stdout, &paths.stderr)?;
+    // Namespaces opened, cgroup made and written: file system work that can stall (memory
+    // reclaim, a busy cgroupfs), so not on the event loop.
+    let sandbox = {
+        let (spec, namespace, id) = (spec.clone(), namespace.to_string(), id.to_string());
+        tokio::task::spawn_blocking(move || RunnerSandbox::create(&spec, &namespace, &id, driver))
+            .await
+            .map_err(|err| Error::Internal(format!("making the sandbox failed: {err}")))?
+    };
     let RunnerSandbox {
         cgroup,
         before_exec,
-    } = RunnerSandbox::create(&spec, namespace, id, driver)
-        .map_err(|err| sandbox_error(id, err))?;
+    } = sandbox.map_err(|err| sandbox_error(id, err))?;
     let enter_pod_pid_namespace = before_exec.joins_pod_pids();
     let spawned = exits.spawn_watched(|| {
         let runner = spawn_runner(id, bundle, io.runner, module.fd, before_exec)?;
