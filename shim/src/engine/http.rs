@@ -32,6 +32,7 @@ use wedge_runtime_config::{HttpOptions, NetworkConfig};
 
 use super::context::{store_limits, without_filesystem, CommandContext};
 use super::deadline::{arm, EpochTicker};
+use super::outgoing::OutgoingPolicy;
 use super::{Outcome, Rejected};
 
 const INCOMING_HANDLER: &str = "wasi:http/incoming-handler@";
@@ -70,66 +71,6 @@ struct RequestState {
     table: ResourceTable,
     limits: StoreLimits,
     outgoing: OutgoingPolicy,
-}
-
-/// `wasi:http/outgoing-handler` under the same `[network]` policy as `wasi:sockets`: the
-/// destination's addresses are resolved and checked before the request is sent.
-struct OutgoingPolicy {
-    network: Arc<NetworkConfig>,
-}
-
-type OutgoingResponse = Result<
-    (
-        http::Response<wasmtime_wasi_http::WasiBody>,
-        Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-    ),
-    wasmtime_wasi_http::Error,
->;
-
-impl wasmtime_wasi_http::WasiHttpHooks for OutgoingPolicy {
-    fn send_request(
-        &mut self,
-        request: http::Request<wasmtime_wasi_http::WasiBody>,
-        options: Option<wasmtime_wasi_http::RequestOptions>,
-        _response_errors: Box<
-            dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send,
-        >,
-    ) -> Box<dyn std::future::Future<Output = OutgoingResponse> + Send> {
-        let network = self.network.clone();
-        Box::new(async move {
-            let (host, port) = destination(request.uri())
-                .ok_or(wasmtime_wasi_http::Error::HttpRequestUriInvalid)?;
-            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-                .await
-                .map_err(|_| wasmtime_wasi_http::Error::DestinationNotFound)?
-                .collect();
-            if addresses
-                .iter()
-                .any(|address| !network.permits(address.ip()))
-            {
-                return Err(wasmtime_wasi_http::Error::DestinationIpProhibited);
-            }
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>,
-            ))
-        })
-    }
-}
-
-/// The host (an IPv6 literal without its brackets, so that it is not looked up as a name)
-/// and port an outgoing request goes to.
-fn destination(uri: &http::Uri) -> Option<(&str, u16)> {
-    let authority = uri.authority()?;
-    let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
-    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let host = authority.host();
-    let host = host
-        .strip_prefix('[')
-        .and_then(|literal| literal.strip_suffix(']'))
-        .unwrap_or(host);
-    Some((host, port))
 }
 
 impl WasiView for RequestState {
@@ -533,24 +474,6 @@ fn log_line(line: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn ipv6_literal_destinations_resolve_to_themselves() {
-        let uri: http::Uri = "http://[::1]:8080/x".parse().unwrap();
-        let (host, port) = destination(&uri).unwrap();
-        assert_eq!((host, port), ("::1", 8080));
-        let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-            .await
-            .unwrap()
-            .collect();
-        assert_eq!(resolved, vec!["[::1]:8080".parse::<SocketAddr>().unwrap()]);
-        let https: http::Uri = "https://example.com/".parse().unwrap();
-        assert_eq!(destination(&https), Some(("example.com", 443)));
-        let plain: http::Uri = "http://10.0.0.1/".parse().unwrap();
-        assert_eq!(destination(&plain), Some(("10.0.0.1", 80)));
-        let relative: http::Uri = "/only/a/path".parse().unwrap();
-        assert_eq!(destination(&relative), None);
-    }
 
     #[test]
     fn finds_the_handler_export_at_the_top_level_only() {

@@ -7,6 +7,7 @@ mod context;
 mod deadline;
 pub mod http;
 pub mod memory_bound;
+mod outgoing;
 pub mod program;
 
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Trap};
