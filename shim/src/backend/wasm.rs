@@ -25,7 +25,7 @@ use crate::runner::protocol::{CacheSettings, RunSpec, RUNNER_ARG0};
 use crate::sandbox::cgroup::Resources;
 use crate::sandbox::security::SecurityPlan;
 use crate::sandbox::{Cgroup, Driver, RunnerSandbox};
-use crate::spec::{ContainerSpec, MountSpec};
+use crate::spec::{ContainerSpec, InvalidSpec, WasmMount};
 use crate::stdio;
 use wedge_runtime_config::{ConfigSource, EngineConfig};
 
@@ -71,6 +71,20 @@ pub async fn create(request: CreateRequest<'_>, module: WasmModule) -> Result<Cr
         .wasm_options(&spec.annotations, spec.port_variable())
         .map_err(Error::Annotation)?;
     let security = SecurityPlan::for_container(&spec).map_err(|err| sandbox_error(id, err))?;
+    let (mut preopens, mut file_binds) = (Vec::new(), Vec::new());
+    for mount in &spec.mounts {
+        match mount.for_wasm() {
+            Ok(WasmMount::Preopen(preopen)) => preopens.push(preopen),
+            Ok(WasmMount::File(file)) => file_binds.push(file),
+            Ok(WasmMount::Unused) => {}
+            Err(reason) => {
+                return Err(Error::InvalidSpec(InvalidSpec {
+                    path: bundle.join("config.json"),
+                    reason,
+                }))
+            }
+        }
+    }
     let io = stdio::open(&paths.stdin, &paths.stdout, &paths.stderr)?;
     // Namespaces opened, cgroup made and written: file system work that can stall (memory
     // reclaim, a busy cgroupfs), so not on the event loop.
@@ -130,16 +144,8 @@ pub async fn create(request: CreateRequest<'_>, module: WasmModule) -> Result<Cr
         identity: spec.identity.clone(),
         memory_limit: spec.resources.memory_bytes(),
         memory_usage_file: cgroup.memory_usage_file(),
-        mounts: spec
-            .mounts
-            .iter()
-            .filter_map(MountSpec::as_preopen)
-            .collect(),
-        file_binds: spec
-            .mounts
-            .iter()
-            .filter_map(MountSpec::as_file_bind)
-            .collect(),
+        mounts: preopens,
+        file_binds,
         enter_pod_pid_namespace,
         options,
         seccomp: security.filters,

@@ -8,7 +8,7 @@
 //! default) is not made: the runner would need that extra process too, and a wasm module has
 //! no process API to notice the difference.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
 use nix::sched::{setns, unshare, CloneFlags};
@@ -67,12 +67,19 @@ impl Namespaces {
             }
             match path {
                 Some(path) => {
-                    let file =
-                        std::fs::File::open(path).map_err(|source| SandboxError::Namespace {
-                            kind: name,
-                            path: path.clone(),
-                            source,
-                        })?;
+                    let namespace_error = |source| SandboxError::Namespace {
+                        kind: name,
+                        path: path.clone(),
+                        source,
+                    };
+                    let file = std::fs::File::open(path).map_err(namespace_error)?;
+                    // Checked here, by name, rather than as an EINVAL from setns in the
+                    // runner's pre-exec: a regular file, or another kind of namespace.
+                    if !is_namespace_of_kind(&file, flag) {
+                        return Err(namespace_error(std::io::Error::other(format!(
+                            "it is not a {name} namespace"
+                        ))));
+                    }
                     joins.push((OwnedFd::from(file), flag));
                 }
                 None => unshare |= flag,
@@ -92,6 +99,20 @@ impl Namespaces {
         }
         Ok(())
     }
+}
+
+/// True when `file` is a namespace of the kind `flag` names: the kernel shows an open
+/// namespace as `net:[4026531840]` (its kind, then its inode) under /proc/self/fd.
+fn is_namespace_of_kind(file: &std::fs::File, flag: CloneFlags) -> bool {
+    let kind = match flag {
+        CloneFlags::CLONE_NEWNET => "net",
+        CloneFlags::CLONE_NEWIPC => "ipc",
+        CloneFlags::CLONE_NEWUTS => "uts",
+        CloneFlags::CLONE_NEWPID => "pid",
+        _ => return false,
+    };
+    std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .is_ok_and(|target| target.to_string_lossy().starts_with(&format!("{kind}:[")))
 }
 
 #[cfg(test)]
@@ -145,5 +166,22 @@ mod tests {
         // No mount namespace in the spec: the runner gets one all the same.
         let unasked = Namespaces::open(&[]).unwrap();
         assert_eq!(unasked.unshare, CloneFlags::CLONE_NEWNS);
+    }
+
+    #[test]
+    fn a_path_that_is_not_a_namespace_of_its_kind_is_refused_by_name() {
+        for (kind, path) in [
+            (LinuxNamespaceType::Network, "/etc/hostname"),
+            (LinuxNamespaceType::Network, "/proc/self/ns/ipc"),
+        ] {
+            let Err(err) = Namespaces::open(&[(kind, Some(path.into()))]) else {
+                panic!("{path} was taken for a network namespace");
+            };
+            let message = err.to_string();
+            assert!(
+                message.contains(path) && message.contains("not a network namespace"),
+                "{message}"
+            );
+        }
     }
 }

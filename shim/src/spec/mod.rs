@@ -88,17 +88,64 @@ impl MountSpec {
         self.options.iter().any(|opt| opt == "ro" || opt == "rro")
     }
 
-    /// The directory a wasm module sees at this mount's destination. WASI reaches files
-    /// only through directories, so file binds (`/etc/hosts`, `/dev/termination-log`) and
-    /// filesystem instances (proc, sysfs, tmpfs…) have no preopen.
-    pub fn as_preopen(&self) -> Option<Preopen> {
-        let source = self.source.as_ref()?;
-        (self.is_bind() && source.is_dir()).then(|| Preopen {
-            host: source.clone(),
-            guest: self.destination.clone(),
-            readonly: self.is_readonly(),
-        })
+    /// What a wasm container makes of this mount. WASI reaches files only through
+    /// directories: a bound directory becomes a preopen, a bound file (`/etc/hosts`,
+    /// `/dev/termination-log`) is bound into the runner's root, and a filesystem instance
+    /// (proc, sysfs, tmpfs…) has no use. What runc would refuse is refused here too.
+    pub fn for_wasm(&self) -> Result<WasmMount, String> {
+        let destination = &self.destination;
+        if !destination.starts_with('/') {
+            return Err(format!(
+                "mount destination {destination:?} is not an absolute path"
+            ));
+        }
+        if destination.split('/').any(|part| part == "..") {
+            return Err(format!(
+                "mount destination {destination:?} climbs out of the container's root"
+            ));
+        }
+        if !self.is_bind() {
+            return Ok(WasmMount::Unused);
+        }
+        let Some(source) = &self.source else {
+            return Err(format!("bind mount {destination:?} has no source"));
+        };
+        let metadata = std::fs::metadata(source).map_err(|err| {
+            format!(
+                "mount source {} (for {destination}) cannot be used: {err}",
+                source.display()
+            )
+        })?;
+        let readonly = self.is_readonly();
+        if metadata.is_dir() {
+            Ok(WasmMount::Preopen(Preopen {
+                host: source.clone(),
+                guest: destination.clone(),
+                readonly,
+            }))
+        } else if metadata.is_file() {
+            Ok(WasmMount::File(FileBind {
+                host: source.clone(),
+                guest: destination.clone(),
+                readonly,
+            }))
+        } else {
+            Err(format!(
+                "mount source {} (for {destination}) is neither a directory nor a regular \
+                 file; a wasm container can use only those",
+                source.display()
+            ))
+        }
     }
+}
+
+/// A mount as a wasm container uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WasmMount {
+    Preopen(Preopen),
+    File(FileBind),
+    /// A filesystem instance (proc, sysfs, tmpfs, devpts…): WASI has no use for it.
+    Unused,
 }
 
 /// A file the container's spec binds into it (kubelet's `/etc/hosts`, `/etc/resolv.conf`,
@@ -109,17 +156,6 @@ pub struct FileBind {
     pub host: PathBuf,
     pub guest: String,
     pub readonly: bool,
-}
-
-impl MountSpec {
-    pub fn as_file_bind(&self) -> Option<FileBind> {
-        let source = self.source.as_ref()?;
-        (self.is_bind() && source.is_file()).then(|| FileBind {
-            host: source.clone(),
-            guest: self.destination.clone(),
-            readonly: self.is_readonly(),
-        })
-    }
 }
 
 impl ContainerSpec {
@@ -133,11 +169,66 @@ impl ContainerSpec {
 
     pub fn load(bundle: &Path) -> Result<Self, InvalidSpec> {
         let path = bundle.join("config.json");
-        let spec = Spec::load(&path).map_err(|err| InvalidSpec {
+        let invalid = |reason: String| InvalidSpec {
             path: path.clone(),
-            reason: err.to_string(),
-        })?;
-        Self::from_spec(bundle, &spec).map_err(|reason| InvalidSpec { path, reason })
+            reason,
+        };
+        let bytes = std::fs::read(&path).map_err(|err| invalid(err.to_string()))?;
+        // serde_json's own error names the field and value at fault ("unknown variant
+        // `RLIMIT_BOGUS`… at line 1 column 212"); oci-spec's load says only "serde failed".
+        let spec: Spec = serde_json::from_slice(&bytes).map_err(|err| invalid(err.to_string()))?;
+        let container = Self::from_spec(bundle, &spec).map_err(invalid)?;
+        container.check(&spec).map_err(invalid)?;
+        Ok(container)
+    }
+
+    /// What no runtime can run, refused by name as runc refuses it.
+    fn check(&self, spec: &Spec) -> std::result::Result<(), String> {
+        if !self.cwd.starts_with('/') {
+            return Err(format!(
+                "process.cwd {:?} is not an absolute path",
+                self.cwd
+            ));
+        }
+        if let Some(adj) = self
+            .oom_score_adj
+            .filter(|adj| !(-1000..=1000).contains(adj))
+        {
+            return Err(format!("process.oomScoreAdj {adj} is outside -1000..1000"));
+        }
+        if let Some((name, soft, hard)) = self.rlimits.iter().find(|(_, soft, hard)| soft > hard) {
+            return Err(format!(
+                "process.rlimits {name}: soft limit {soft} is above hard limit {hard}"
+            ));
+        }
+        if let Some(limit) = self.resources.memory_limit.filter(|limit| *limit < -1) {
+            return Err(format!(
+                "linux.resources.memory.limit {limit} is negative (-1 means no limit)"
+            ));
+        }
+        let linux = spec.linux().as_ref();
+        let maps_ids = linux.is_some_and(|linux| {
+            linux
+                .uid_mappings()
+                .as_ref()
+                .is_some_and(|maps| !maps.is_empty())
+                || linux
+                    .gid_mappings()
+                    .as_ref()
+                    .is_some_and(|maps| !maps.is_empty())
+        });
+        let user_namespace = self
+            .namespaces
+            .iter()
+            .any(|(kind, _)| *kind == LinuxNamespaceType::User);
+        if maps_ids && !user_namespace {
+            return Err(
+                "linux.uidMappings/gidMappings are given but the spec asks for no user \
+                 namespace"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     fn from_spec(bundle: &Path, spec: &Spec) -> std::result::Result<Self, String> {
@@ -340,5 +431,95 @@ mod tests {
         );
         assert_eq!(grouping_id(dir.path(), "c1"), "pod1");
         assert_eq!(grouping_id(Path::new("/nonexistent"), "c1"), "c1");
+    }
+
+    fn bind(source: &Path, destination: &str) -> MountSpec {
+        MountSpec {
+            destination: destination.into(),
+            source: Some(source.to_path_buf()),
+            kind: Some("bind".into()),
+            options: vec!["rbind".into(), "ro".into()],
+        }
+    }
+
+    #[test]
+    fn a_wasm_container_uses_directories_and_files_and_refuses_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hosts");
+        std::fs::write(&file, "").unwrap();
+        assert!(matches!(
+            bind(dir.path(), "/data").for_wasm(),
+            Ok(WasmMount::Preopen(Preopen { readonly: true, .. }))
+        ));
+        assert!(matches!(
+            bind(&file, "/etc/hosts").for_wasm(),
+            Ok(WasmMount::File(_))
+        ));
+        let proc_mount = MountSpec {
+            destination: "/proc".into(),
+            source: Some("proc".into()),
+            kind: Some("proc".into()),
+            options: vec![],
+        };
+        assert_eq!(proc_mount.for_wasm(), Ok(WasmMount::Unused));
+        let refused = [
+            (bind(&dir.path().join("absent"), "/data"), "absent"),
+            (bind(Path::new("/dev/null"), "/null"), "neither a directory"),
+            (bind(dir.path(), "data"), "not an absolute path"),
+            (bind(dir.path(), "/../../escape"), "climbs out"),
+        ];
+        for (mount, needle) in refused {
+            let reason = mount.for_wasm().unwrap_err();
+            assert!(reason.contains(needle), "{reason}");
+        }
+    }
+
+    #[test]
+    fn specs_no_runtime_can_run_are_refused_by_name() {
+        // A spec with `process_extra` inside `process` and `top_extra` at the top level.
+        let spec = |cwd: &str, process_extra: &str, top_extra: &str| {
+            format!(
+                r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}}{top_extra},
+                   "process":{{"args":["/a.wasm"],"cwd":"{cwd}","user":{{"uid":0,"gid":0}}{process_extra}}}}}"#
+            )
+        };
+        let cases = [
+            (spec("work", "", ""), "\"work\" is not an absolute"),
+            (spec("/", r#","oomScoreAdj":5000"#, ""), "oomScoreAdj 5000"),
+            (
+                spec(
+                    "/",
+                    r#","rlimits":[{"type":"RLIMIT_NOFILE","soft":100,"hard":10}]"#,
+                    "",
+                ),
+                "RLIMIT_NOFILE: soft limit 100 is above hard limit 10",
+            ),
+            (
+                spec(
+                    "/",
+                    r#","rlimits":[{"type":"RLIMIT_BOGUS","soft":1,"hard":1}]"#,
+                    "",
+                ),
+                "RLIMIT_BOGUS",
+            ),
+            (
+                spec("/", "", r#","linux":{"resources":{"memory":{"limit":-5}}}"#),
+                "memory.limit -5",
+            ),
+            (
+                spec(
+                    "/",
+                    "",
+                    r#","linux":{"uidMappings":[{"containerID":0,"hostID":1000,"size":1}]}"#,
+                ),
+                "no user namespace",
+            ),
+        ];
+        for (json, needle) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            write_spec(dir.path(), &json);
+            let err = ContainerSpec::load(dir.path()).unwrap_err().to_string();
+            assert!(err.contains(needle), "{json}\n{err}");
+        }
     }
 }
