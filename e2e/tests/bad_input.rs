@@ -530,7 +530,6 @@ fn bad_images_are_refused_by_name() -> Result<()> {
         corpus.containerd.import(&archive)?;
         Ok(reference)
     };
-    let hello = programs::wat(programs::HELLO_WAT)?;
     let text_entrypoint = import(images::image_with_special_files(
         work,
         "text-entrypoint",
