@@ -4,7 +4,7 @@
 //! exchange mirrors `runc create` / `runc start`: the runner prepares everything at Create and
 //! reports, then waits for the word to start the module.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -109,6 +109,9 @@ pub enum ProtocolError {
     Malformed(#[from] serde_json::Error),
 }
 
+/// The longest control message either side reads; a run spec is a few KiB.
+pub const MAX_MESSAGE_BYTES: u64 = 1 << 20;
+
 pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, ProtocolError> {
     let mut line = serde_json::to_vec(message)?;
     line.push(b'\n');
@@ -131,7 +134,11 @@ pub fn receive<T: for<'de> Deserialize<'de>>(
     reader: &mut impl BufRead,
 ) -> Result<T, ProtocolError> {
     let mut line = Vec::new();
-    if reader.read_until(b'\n', &mut line)? == 0 {
+    if reader
+        .take(MAX_MESSAGE_BYTES)
+        .read_until(b'\n', &mut line)?
+        == 0
+    {
         return Err(ProtocolError::Closed);
     }
     decode(&line)
@@ -199,5 +206,51 @@ mod tests {
             receive::<ShimMessage>(&mut reader),
             Err(ProtocolError::Closed)
         ));
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Whatever the other side sends, reading answers a message or an error.
+            #[test]
+            fn any_bytes_get_an_answer(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+                let _ = decode::<RunnerMessage>(&bytes);
+                let _ = decode::<ShimMessage>(&bytes);
+                let _ = receive::<RunnerMessage>(&mut bytes.as_slice());
+            }
+
+            /// Any text (newlines, quotes, any unicode) travels as exactly one line and
+            /// arrives unchanged.
+            #[test]
+            fn any_reason_travels_as_one_line(reason in any::<String>(), rejected in any::<bool>()) {
+                let message = if rejected {
+                    RunnerMessage::Rejected { reason }
+                } else {
+                    RunnerMessage::Failed { reason }
+                };
+                let line = encode(&message).unwrap();
+                prop_assert_eq!(line.iter().filter(|byte| **byte == b'\n').count(), 1);
+                prop_assert_eq!(line.last(), Some(&b'\n'));
+                let mut reader = line.as_slice();
+                prop_assert_eq!(receive::<RunnerMessage>(&mut reader).unwrap(), message);
+            }
+        }
+
+        #[test]
+        fn a_message_past_the_bound_is_refused_not_buffered() {
+            let endless = vec![b'x'; MAX_MESSAGE_BYTES as usize + 10];
+            let mut reader = endless.as_slice();
+            assert!(matches!(
+                receive::<RunnerMessage>(&mut reader),
+                Err(ProtocolError::Malformed(_))
+            ));
+            // Only the bound was consumed.
+            assert_eq!(reader.len(), 10);
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 
@@ -129,8 +129,9 @@ impl Runner {
     pub async fn prepare(&mut self, spec: RunSpec) -> Result<ProgramOrigin> {
         self.send(&ShimMessage::Prepare(Box::new(spec))).await?;
         let mut line = Vec::new();
-        let read = self
-            .reader
+        // Bounded: whatever the runner says, the shim holds at most one message's worth.
+        let read = (&mut self.reader)
+            .take(protocol::MAX_MESSAGE_BYTES)
             .read_until(b'\n', &mut line)
             .await
             .map_err(|err| self.failure(format!("control channel: {err}")))?;

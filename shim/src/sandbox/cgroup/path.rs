@@ -249,4 +249,42 @@ mod tests {
             assert!(resolve(bad, "default", "c1").is_err(), "{bad}");
         }
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// cgroupfs paths, systemd triples and hostile spellings of both.
+        fn cgroups_path() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<String>(),
+                "(/?[a-z.]{0,6}){0,4}(/\\.\\.){0,2}(/[a-z]{0,4}){0,2}",
+                "[a-z-]{0,10}\\.slice:[a-z-]{0,8}:[a-z0-9.-]{0,12}",
+                "[a-z./:-]{0,30}",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1024))]
+
+            /// Whatever the spec says, the cgroup resolves below the hierarchy's root (or the
+            /// shim's own cgroup) or is refused: never the root itself, never above it.
+            #[test]
+            fn a_cgroup_path_never_leaves_its_hierarchy(
+                path in cgroups_path(),
+                id in "[a-z0-9]{1,12}",
+                systemd in any::<bool>(),
+            ) {
+                let driver = if systemd { Driver::Systemd } else { Driver::Cgroupfs };
+                if let Ok(resolved) = resolve(&path, "k8s.io", &id, driver) {
+                    prop_assert!(!resolved.path.as_os_str().is_empty());
+                    prop_assert!(
+                        resolved.path.components().all(|part| matches!(part, Component::Normal(_))),
+                        "{:?} resolved to {:?}", path, resolved.path
+                    );
+                }
+            }
+        }
+    }
 }
