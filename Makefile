@@ -9,7 +9,7 @@ BIN_DIR    := target/release
 E2E_THREADS ?= 2
 # The suites that run again on each other containerd release (the first run is on 1.6).
 E2E_RELEASES ?= 1.7 2.1
-E2E_RELEASE_SUITES := ctr_run wasm_images cri_pods cri_confinement cri_engine cri_network
+E2E_RELEASE_SUITES := ctr_run wasm_images cri_pods cri_confinement cri_engine cri_network bad_input faults
 # The CRI conformance kit (critest, crictl, offline images and registry) and the containerd
 # releases `make conformance` runs it on; `make test` runs it on CI_CONFORMANCE_CONTAINERD.
 CRI_CONFORMANCE ?= ../shared/cri-conformance
@@ -19,7 +19,7 @@ WASMTIME_VERSION := 48.0.8
 WASMTIME_CLI := target/wasmtime-cli/bin/wasmtime
 
 .PHONY: all deps build demo test fmt-check lint unit e2e e2e-releases e2e-guest manifests conformance \
-	conformance-if-kit bench install uninstall clean
+	conformance-if-kit bench soak soak-short install uninstall clean
 
 all: build
 
@@ -34,7 +34,7 @@ demo: build
 	$(BIN_DIR)/wedge-demo
 
 ## test: formatting, lints, unit tests, end-to-end tests against a real containerd.
-test: deps fmt-check lint build unit e2e e2e-releases manifests conformance-if-kit
+test: deps fmt-check lint build unit e2e e2e-releases soak-short manifests conformance-if-kit
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -57,6 +57,17 @@ e2e-releases: build
 		WEDGE_E2E_CONTAINERD=$$release $(CARGO) test $(PROFILE) -p wedge-e2e \
 			$(addprefix --test ,$(E2E_RELEASE_SUITES)) -- --test-threads=$(E2E_THREADS) || exit 1; \
 	done
+
+## soak: 1,000 pods (a wasm container and a native sidecar each) created, started, stopped
+## and removed through CRI, 8 at a time; reports leaks, memory and p50/p99 per CRI call.
+## Not part of `make test`, which runs soak-short (100 pods).
+SOAK_CYCLES ?= 1000
+SOAK_PARALLEL ?= 8
+soak: build
+	$(BIN_DIR)/wedge-soak --cycles $(SOAK_CYCLES) --parallel $(SOAK_PARALLEL)
+
+soak-short: build
+	$(BIN_DIR)/wedge-soak --cycles 100 --parallel $(SOAK_PARALLEL)
 
 ## conformance: critest on handler wedge and on runc (the reference) against a private
 ## containerd of each release; fails when Wedge passes fewer specs or fails one runc passes.

@@ -295,9 +295,9 @@ impl Containerd {
         Ok(containerd)
     }
 
-    /// Starts the daemon on the config in the temp dir and waits until it answers; its log
-    /// goes on in `containerd.log`.
-    fn start_daemon(&mut self) -> Result<()> {
+    /// Starts the daemon on the config in the temp dir (at first, or again after
+    /// [`Self::stop_daemon`]) and waits until it answers; its log goes on in `containerd.log`.
+    pub fn start_daemon(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -323,6 +323,11 @@ impl Containerd {
     pub fn restart_daemon(&mut self) -> Result<()> {
         self.stop_daemon();
         self.start_daemon()
+    }
+
+    /// The containerd daemon's pid, while it runs.
+    pub fn daemon_pid(&self) -> Option<i32> {
+        self.daemon.as_ref().map(|daemon| daemon.id() as i32)
     }
 
     /// The CRI plugin's network and cgroup setup, when started with [`Self::start_cri`].

@@ -108,7 +108,10 @@ impl CriNode {
         )?;
         anyhow::ensure!(reference == PAUSE_IMAGE, "pause image is {reference}");
         containerd.import_for_cri(&archive)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        // Several threads may drive calls at once (the soak): each call runs on its
+        // caller's thread, the connection's I/O on the runtime's own workers.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
             .enable_all()
             .build()?;
         let socket = containerd.socket();

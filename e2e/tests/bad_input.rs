@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use wedge_e2e::images::{self, SpecialFile};
-use wedge_e2e::{programs, Containerd};
+use wedge_e2e::{programs, Containerd, Release};
 
 /// The runtime flag in the one-token form, so the harness adds no engine config of its own.
 const RUNTIME: &str = "--runtime=io.containerd.wedge.v1";
@@ -214,7 +214,7 @@ fn bad_oci_specs_are_refused_by_name() -> Result<()> {
     let corpus = Corpus::new()?;
     let hello = corpus.hello()?;
     let spec = |change: fn(&mut Value)| corpus.spec(change);
-    let cases =
+    let mut cases =
         vec![
         BadInput::new(
             "spec: no process args",
@@ -339,20 +339,26 @@ fn bad_oci_specs_are_refused_by_name() -> Result<()> {
         )
         .spec(spec(|s| s["process"]["terminal"] = json!(true))?),
         BadInput::new(
-            "spec: uid map without a user namespace",
-            &hello,
-            Expect::Refused(&["uidMappings", "no user namespace"]),
-        )
-        .spec(spec(|s| {
-            s["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 1}])
-        })?),
-        BadInput::new(
             "spec: entrypoint outside the root",
             &hello,
             Expect::Refused(&["../../../usr/bin/true", "no such file"]),
         )
         .spec(spec(|s| s["process"]["args"] = json!(["../../../usr/bin/true"]))?),
     ];
+    // ctr 2.x reads id mappings itself (and fails on a runtime that is not runc's) before
+    // the shim sees the spec.
+    if Release::under_test() < Release::V2_1 {
+        cases.push(
+            BadInput::new(
+                "spec: uid map without a user namespace",
+                &hello,
+                Expect::Refused(&["uidMappings", "no user namespace"]),
+            )
+            .spec(spec(|s| {
+                s["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 1}])
+            })?),
+        );
+    }
     report(corpus.run(cases)?)?;
     corpus.containerd.assert_clean()
 }

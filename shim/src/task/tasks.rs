@@ -243,12 +243,15 @@ impl Tasks {
         Ok((container.pid, exit_status))
     }
 
-    /// Every process of the container; none once it has stopped.
+    /// Every process of the container; of a stopped one, the process it was. containerd
+    /// 1.7 and later, loading its shims after a restart, take a shim whose task lists no
+    /// pid (or whose Pids fails) for one that never got its task, and delete the task: a
+    /// container that ended while containerd was down would lose its exit status.
     pub fn pids(&self, id: &str) -> Result<Vec<i32>> {
-        let (status, backend) =
-            self.with_container(id, |c| Ok((c.status(), Arc::clone(&c.backend))))?;
+        let (status, pid, backend) =
+            self.with_container(id, |c| Ok((c.status(), c.pid, Arc::clone(&c.backend))))?;
         if status == Status::Stopped {
-            return Ok(Vec::new());
+            return Ok(vec![pid]);
         }
         Ok(backend.pids())
     }

@@ -274,6 +274,19 @@ async fn a_container_walks_its_lifecycle_and_containerd_hears_each_step() {
         .unwrap();
     assert_eq!(wait_for_exit(&service).await.exit_status, 143);
     assert_eq!(status_of(&service, "c1").await, api::Status::STOPPED);
+    // Not an empty list: containerd 1.7+ would take the shim for a leaked one.
+    let stopped_pids = service
+        .pids(
+            &ctx(),
+            api::PidsRequest {
+                id: "c1".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(stopped_pids.processes.len(), 1);
+    assert_eq!(stopped_pids.processes[0].pid, PID as u32);
     let exit: TaskExit = events.last("/tasks/exit").unwrap();
     assert_eq!((exit.id.as_str(), exit.exit_status), ("c1", 143));
 
