@@ -245,3 +245,135 @@ fn a_full_cache_disk_slows_starts_but_breaks_nothing() -> Result<()> {
     let _ = std::process::Command::new("umount").arg(&cache).status();
     result
 }
+
+/// A wasm HTTP server out of file descriptors (RLIMIT_NOFILE reached by held connections)
+/// backs off instead of spinning on a failing accept, says so once, and serves again once
+/// connections close.
+#[test]
+fn an_http_server_out_of_fds_backs_off_and_recovers() -> Result<()> {
+    use std::io::Write as _;
+
+    let case = Case::new()?;
+    let rootfs = case.work.path().join("rootfs");
+    std::fs::create_dir_all(&rootfs)?;
+    std::fs::write(
+        rootfs.join("server.wasm"),
+        wedge_e2e::components::http_hello_component()?,
+    )?;
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+        probe.local_addr()?.port()
+    };
+    let out = case.containerd.ctr_ok(&["oci", "spec"])?;
+    let mut spec: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    spec["root"] = serde_json::json!({"path": rootfs, "readonly": true});
+    spec["process"]["args"] = serde_json::json!(["/server.wasm"]);
+    spec["process"]["rlimits"] =
+        serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 48, "hard": 48}]);
+    spec["annotations"] = serde_json::json!({"wedge.dev/http-port": port.to_string()});
+    // The host's network namespace: the test reaches the server on 127.0.0.1.
+    if let Some(namespaces) = spec["linux"]["namespaces"].as_array_mut() {
+        namespaces.retain(|namespace| namespace["type"] != "network");
+    }
+    spec["linux"]["cgroupsPath"] =
+        serde_json::json!(format!("/{}/fd-starved", case.containerd.namespace()));
+    let spec_path = case.work.path().join("fd-starved.json");
+    std::fs::write(&spec_path, serde_json::to_vec(&spec)?)?;
+    // No connection cap to hit first; idle connections held long enough.
+    let config = case.work.path().join("fd-starved.toml");
+    std::fs::write(
+        &config,
+        "allowed_annotations = [\"http-port\"]\n[http]\nmax_connections = 1000\nheader_timeout = \"60s\"\n",
+    )?;
+    let log = case.work.path().join("server.log");
+    case.containerd.ctr_ok(&[
+        "run",
+        "--detach",
+        "--runtime=io.containerd.wedge.v1",
+        "--runtime-config-path",
+        config.to_str().context("config path")?,
+        "--config",
+        spec_path.to_str().context("spec path")?,
+        "--log-uri",
+        &format!("file://{}", log.display()),
+        "fd-starved",
+    ])?;
+    case.wait_for_status("fd-starved", "RUNNING")?;
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(address).is_err() {
+        ensure!(Instant::now() < deadline, "the server never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let runner = case
+        .containerd
+        .ctr_ok(&["tasks", "ls"])
+        .map(|out| stdout(&out))?
+        .lines()
+        .find(|line| line.starts_with("fd-starved"))
+        .and_then(|line| line.split_whitespace().nth(1)?.parse::<i32>().ok())
+        .context("the runner's pid")?;
+
+    // More idle connections than the runner has fds left.
+    let mut held = Vec::new();
+    for _ in 0..80 {
+        let mut stream = std::net::TcpStream::connect(address)?;
+        stream.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")?;
+        held.push(stream);
+    }
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log_text().contains("accept failed") {
+        ensure!(
+            Instant::now() < deadline,
+            "the server never ran out of fds; its log:\n{}",
+            log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Out of fds, the runner waits rather than spins.
+    let cpu_before = cpu_ticks(runner)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let busy = cpu_ticks(runner)? - cpu_before;
+    ensure!(
+        busy < 40,
+        "the runner used {busy} clock ticks of CPU in 2 s while out of fds (a hot accept loop)"
+    );
+    ensure!(
+        log_text().matches("accept failed").count() == 1,
+        "each failed accept was logged:\n{}",
+        log_text()
+    );
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(answer) = wedge_e2e::http_load::get(address, "/after") {
+            ensure!(answer.status == 200, "after the fds came back: {answer:?}");
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "never served again; log:\n{}",
+            log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    case.containerd
+        .ctr_ok(&["tasks", "kill", "--signal", "SIGKILL", "fd-starved"])?;
+    case.wait_for_status("fd-starved", "STOPPED")?;
+    let _ = case.delete_task("fd-starved")?;
+    case.containerd
+        .ctr_ok(&["containers", "rm", "fd-starved"])?;
+    case.containerd.assert_clean()
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: i32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_name = stat.rsplit_once(')').context("stat format")?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5), counted after the name (field 2) and state (field 3).
+    let utime: u64 = fields.get(11).context("utime")?.parse()?;
+    let stime: u64 = fields.get(12).context("stime")?.parse()?;
+    Ok(utime + stime)
+}

@@ -26,6 +26,9 @@ use crate::error::{Error, Result};
 use crate::exits::{ExitRouter, ExitStatus};
 use crate::stdio::StdioPaths;
 
+/// How long an exiting shim waits for requests still being served.
+const REQUESTS_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct TaskService {
     tasks: Arc<Tasks>,
 }
@@ -127,6 +130,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
+        let _busy = self.tasks.busy();
         let pid = self.tasks.create(req.clone()).await.inspect_err(|err| {
             warn!(error = %err, "create failed");
         })?;
@@ -159,6 +163,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
+        let _busy = self.tasks.busy();
         if !req.exec_id.is_empty() {
             let pid = self.tasks.start_exec(&req.id, &req.exec_id).await?;
             info!(pid, exec_id = %req.exec_id, "exec process started");
@@ -187,6 +192,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
+        let _busy = self.tasks.busy();
         if !req.exec_id.is_empty() {
             return Ok(self.exec_state(&req.id, &req.exec_id)?);
         }
@@ -205,6 +211,7 @@ impl Task for TaskService {
 
     #[instrument(skip_all, fields(id = %req.id, signal = req.signal))]
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        let _busy = self.tasks.busy();
         let signal = Signal::try_from(req.signal as i32)
             .map_err(|_| Error::InvalidRequest(format!("invalid signal {}", req.signal)))?;
         if req.exec_id.is_empty() {
@@ -223,6 +230,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
+        let _busy = self.tasks.busy();
         if !req.exec_id.is_empty() {
             let (pid, exit) = self.tasks.delete_exec(&req.id, &req.exec_id)?;
             return Ok(api::DeleteResponse {
@@ -275,6 +283,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::PidsRequest,
     ) -> TtrpcResult<api::PidsResponse> {
+        let _busy = self.tasks.busy();
         let processes = self
             .tasks
             .pids(&req.id)?
@@ -296,6 +305,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::CloseIORequest,
     ) -> TtrpcResult<api::Empty> {
+        let _busy = self.tasks.busy();
         // Whoever relays a stdin fifo (the runner, or the shim's relay thread for runc
         // processes) sees EOF when the client closes its end; nothing is held open here.
         self.tasks.with_container(&req.id, |container| {
@@ -313,6 +323,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ConnectRequest,
     ) -> TtrpcResult<api::ConnectResponse> {
+        let _busy = self.tasks.busy();
         let task_pid = self
             .tasks
             .with_container(&req.id, |container| Ok(container.pid))
@@ -334,7 +345,14 @@ impl Task for TaskService {
         // One shim may serve a whole pod: it stays while any container remains.
         if self.tasks.idle_once_creates_end().await {
             info!(requested_by = %req.id, "no containers left; shim exits");
-            self.tasks.shutdown.signal();
+            let tasks = Arc::clone(&self.tasks);
+            tokio::spawn(async move {
+                // A request still being served gets its answer first: containerd's exit
+                // handling can delete the last container while a StopPodSandbox's Kill is
+                // running, and ttrpc's shutdown does not wait for answers in flight.
+                let _ = tokio::time::timeout(REQUESTS_DRAIN, tasks.requests_done()).await;
+                tasks.shutdown.signal();
+            });
         }
         Ok(api::Empty::new())
     }
@@ -345,6 +363,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ExecProcessRequest,
     ) -> TtrpcResult<api::Empty> {
+        let _busy = self.tasks.busy();
         self.tasks.add_exec(&req).await?;
         info!(exec_id = %req.exec_id, "exec process added");
         Ok(api::Empty::new())
@@ -356,6 +375,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ResizePtyRequest,
     ) -> TtrpcResult<api::Empty> {
+        let _busy = self.tasks.busy();
         let console = self.tasks.with_container(&req.id, |container| {
             let console = if req.exec_id.is_empty() {
                 container.console.clone()
@@ -372,6 +392,7 @@ impl Task for TaskService {
 
     #[instrument(skip_all, fields(id = %req.id))]
     async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        let _busy = self.tasks.busy();
         self.tasks.freeze(&req.id, true).await?;
         info!("container paused");
         self.publish(TaskPaused {
@@ -388,6 +409,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ResumeRequest,
     ) -> TtrpcResult<api::Empty> {
+        let _busy = self.tasks.busy();
         self.tasks.freeze(&req.id, false).await?;
         info!("container resumed");
         self.publish(TaskResumed {
@@ -404,6 +426,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::CheckpointTaskRequest,
     ) -> TtrpcResult<api::Empty> {
+        let _busy = self.tasks.busy();
         let _ = req;
         Err(Error::Unsupported {
             operation: "checkpoint",
@@ -417,6 +440,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::UpdateTaskRequest,
     ) -> TtrpcResult<api::Empty> {
+        let _busy = self.tasks.busy();
         let json = req
             .resources
             .as_ref()
@@ -433,6 +457,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
+        let _busy = self.tasks.busy();
         let stats = self.tasks.stats(&req.id)?;
         Ok(api::StatsResponse {
             stats: MessageField::some(stats),

@@ -35,6 +35,19 @@ pub struct Tasks {
     /// The ids whose Create is between its first step and its registration (or its undoing).
     creating: watch::Sender<BTreeSet<String>>,
     pub(super) shutdown: Arc<ExitSignal>,
+    /// Task API requests being served (all but Wait and Shutdown).
+    requests: watch::Sender<usize>,
+}
+
+/// Counts one Task API request as being served until dropped.
+pub struct Busy(Arc<Tasks>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0
+            .requests
+            .send_modify(|requests| *requests = requests.saturating_sub(1));
+    }
 }
 
 /// Marks the Create of one id as in flight until dropped. It travels with the Create's own
@@ -68,6 +81,7 @@ impl Tasks {
             containers: Mutex::new(HashMap::new()),
             creating: watch::channel(BTreeSet::new()).0,
             shutdown,
+            requests: watch::channel(0).0,
         }
     }
 
@@ -273,6 +287,18 @@ impl Tasks {
         wait_for_exit(exit)
             .await
             .ok_or_else(|| Error::ContainerNotFound(id.to_string()))
+    }
+
+    /// Counts a request as being served until the guard is dropped.
+    pub fn busy(self: &Arc<Self>) -> Busy {
+        self.requests.send_modify(|requests| *requests += 1);
+        Busy(Arc::clone(self))
+    }
+
+    /// Waits until no request is being served.
+    pub async fn requests_done(&self) {
+        let mut requests = self.requests.subscribe();
+        let _ = requests.wait_for(|requests| *requests == 0).await;
     }
 
     /// Marks the Create of `id` as in flight until the returned guard is dropped; refused

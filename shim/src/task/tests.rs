@@ -500,3 +500,29 @@ async fn a_create_of_an_id_that_exists_or_is_being_created_is_refused() {
     drop(first);
     drop(tasks.begin_create("c2").unwrap());
 }
+
+/// containerd's exit handling can delete the last container (and ask the shim to shut
+/// down) while another request, a StopPodSandbox's Kill, is still being served: the shim
+/// answers it before it exits, or containerd hears "ttrpc: closed".
+#[tokio::test]
+async fn shutdown_waits_for_requests_being_served() {
+    let Harness {
+        service, shutdown, ..
+    } = with_created_container().await;
+    service.delete(&ctx(), delete("c1")).await.unwrap();
+    let kill_being_served = service.tasks().busy();
+    service
+        .shutdown(&ctx(), api::ShutdownRequest::default())
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), shutdown.wait())
+            .await
+            .is_err(),
+        "the shim must not exit under a request being served"
+    );
+    drop(kill_being_served);
+    tokio::time::timeout(Duration::from_secs(1), shutdown.wait())
+        .await
+        .expect("nothing in flight: the shim exits");
+}
