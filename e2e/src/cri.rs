@@ -15,11 +15,11 @@ use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStats, ContainerStatsRequest,
     ContainerStatus, ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest,
     ExecSyncResponse, ImageSpec, Int64Value, KeyValue, LinuxContainerResources,
-    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount,
-    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, SecurityProfile,
-    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
-    UpdateContainerResourcesRequest,
+    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
+    ListPodSandboxRequest, Mount, NamespaceMode, NamespaceOption, PodSandboxConfig,
+    PodSandboxMetadata, PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, SecurityProfile, StartContainerRequest, StopContainerRequest,
+    StopPodSandboxRequest, UpdateContainerResourcesRequest,
 };
 
 use crate::containerd::{Containerd, Release, PAUSE_IMAGE};
@@ -579,6 +579,36 @@ impl CriNode {
                 pod_sandbox_id: pod.id.clone(),
             }),
         )?;
+        Ok(())
+    }
+
+    /// Stops and removes every pod named `name` (its containers with it), as kubelet does
+    /// with a pod whose teardown failed halfway.
+    pub fn remove_pod_named(&self, name: &str) -> Result<()> {
+        let mut client = self.client.clone();
+        let pods = self.call(
+            "ListPodSandbox",
+            client.list_pod_sandbox(ListPodSandboxRequest::default()),
+        )?;
+        for pod in pods.items {
+            if pod
+                .metadata
+                .as_ref()
+                .is_some_and(|metadata| metadata.name == name)
+            {
+                let id = pod.id;
+                self.call(
+                    "StopPodSandbox",
+                    client.stop_pod_sandbox(StopPodSandboxRequest {
+                        pod_sandbox_id: id.clone(),
+                    }),
+                )?;
+                self.call(
+                    "RemovePodSandbox",
+                    client.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id }),
+                )?;
+            }
+        }
         Ok(())
     }
 

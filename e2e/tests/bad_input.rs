@@ -655,9 +655,9 @@ fn bad_mounts_and_engine_configs_are_refused_by_name() -> Result<()> {
         BadInput::new(
             "engine config: cache size that is not a size",
             &hello,
-            Expect::Refused(&["max_size"]),
+            Expect::Refused(&["max_size_mb", "invalid type"]),
         )
-        .engine_config("[cache]\nmax_size = \"huge\"\n"),
+        .engine_config("[cache]\nmax_size_mb = \"huge\"\n"),
         BadInput::new(
             "engine config: network rule that is not a CIDR",
             &hello,

@@ -210,6 +210,9 @@ fn main() -> Result<()> {
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .push(format!("{name}: {err:#}"));
+                        // As kubelet would: the pod goes anyway (its containers with it),
+                        // so that what stays behind is a leak, not an abandoned pod.
+                        let _ = node.remove_pod_named(&name);
                     }
                 })
             })

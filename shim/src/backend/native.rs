@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use super::{Backend, CreateRequest, Created, ExecRequest};
 use crate::error::{Error, Result};
-use crate::exits::has_exited;
+use crate::exits::{has_exited, ProcessHandle};
 use crate::runc::console::start_with_stdio;
 use crate::runc::{Console, Runc};
 use crate::runc::{ExecFiles, RuncContainer};
@@ -18,6 +18,8 @@ use crate::sandbox::{Cgroup, Driver};
 pub struct NativeContainer {
     runc: RuncContainer,
     pid: i32,
+    /// The init process, held since `runc create` named it (the shim reaps it).
+    init: ProcessHandle,
     /// runc's cgroup of the container, found by the same path rules.
     cgroup: Option<Cgroup>,
     /// The container has no pid namespace of its own (it shares the pod's or the host's):
@@ -51,9 +53,7 @@ pub async fn create(request: CreateRequest<'_>) -> Result<Created> {
     let terminal = terminal || spec.terminal;
     let (pid, console) =
         start_with_stdio(stdio, terminal, |stdio, socket| runc.create(stdio, socket)).await?;
-    // runc signals its own container (`runc kill` checks the process is still the one it
-    // started): the handle is not needed.
-    let (exited, _) = exits.watch(pid);
+    let (exited, init) = exits.watch(pid);
     info!(pid, "native container created by runc");
     let own_pid_namespace = spec
         .namespaces
@@ -66,6 +66,7 @@ pub async fn create(request: CreateRequest<'_>) -> Result<Created> {
     let container = NativeContainer {
         runc,
         pid,
+        init,
         cgroup,
         kill_all_on_exit: !own_pid_namespace,
     };
@@ -87,8 +88,16 @@ impl Backend for NativeContainer {
         self.runc.start().await
     }
 
-    /// Through runc, which knows the container's processes (`all`) and its pid namespace.
+    /// To the init directly where that reaches everything asked for; through runc, which
+    /// knows the container's processes, for `all` in a shared pid namespace.
     async fn kill(&self, signal: Signal, all: bool) -> Result<()> {
+        // The init alone, or SIGKILL to an init whose pid namespace dies with it: signalled
+        // at once. Through `runc kill` (a process spawned per call) the answer came late
+        // enough that containerd 1.6, handling the exit meanwhile, closed the connection
+        // the Kill was on ("ttrpc: closed" in StopContainer and StopPodSandbox).
+        if !all || (signal == Signal::SIGKILL && !self.kill_all_on_exit) {
+            return self.init.signal(signal);
+        }
         self.runc.kill(signal, all).await.map_err(|err| {
             // A stop racing the container's own exit: runc finds nothing to signal before
             // the shim has reaped it. containerd expects "not found" then, as runc's own
