@@ -33,7 +33,8 @@ impl Tasks {
         tokio::spawn(
             async move {
                 let (give_up, given_up) = watch::channel(false);
-                let mut create = std::pin::pin!(tasks.create_to_the_end(&req, given_up));
+                let mut create =
+                    std::pin::pin!(tasks.create_to_the_end(&req, GivenUp::new(given_up)));
                 let created = tokio::select! {
                     created = &mut create => created,
                     () = answer.closed() => {
@@ -69,7 +70,7 @@ impl Tasks {
     async fn create_to_the_end(
         self: &Arc<Self>,
         req: &api::CreateTaskRequest,
-        given_up: watch::Receiver<bool>,
+        given_up: GivenUp,
     ) -> Result<i32> {
         // Overlaps the slow first step of the runner's cgroup migration with the rest of
         // Create (a native container's runc migrates its init too).
@@ -112,7 +113,7 @@ impl Tasks {
         bundle: &Path,
         spec: ContainerSpec,
         stdio: &StdioPaths,
-        given_up: watch::Receiver<bool>,
+        given_up: GivenUp,
     ) -> Result<Created> {
         let engine_config = options::engine_config(req.options.as_ref())?;
         crate::logging::apply_configured_level(engine_config.log_level);
@@ -130,7 +131,7 @@ impl Tasks {
             engine_config: &engine_config,
             driver,
             exits: &self.exits,
-            given_up: GivenUp::new(given_up),
+            given_up,
         };
         match planned {
             Plan::Wasm(module) => wasm::create(request, module).await,
