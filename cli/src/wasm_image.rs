@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::image::{self, BuiltImage, ImageContent, ImageError, ImageSpec, LayerFile, Platform};
 use crate::module_image::{module_image, ModuleForm, ModuleImageSpec};
+use wedge_runtime_config::wasm_image::WASM_LAYER_MEDIA_TYPES;
 
 /// Which form of image to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,8 +39,53 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    #[error("invalid --env {0:?}: expected KEY=VALUE")]
+    InvalidEnv(String),
+    #[error(
+        "unknown --layer-media-type {given:?}: nodes read a wasm layer of one of {known}",
+        known = WASM_LAYER_MEDIA_TYPES.join(", ")
+    )]
+    UnknownLayerMediaType { given: String },
+    #[error(
+        "--platform {0} is not one a node pulls: containerd on a Kubernetes node matches \
+         linux/ARCH ({arches})",
+        arches = NODE_ARCHITECTURES.join(", ")
+    )]
+    UnpulledPlatform(String),
     #[error(transparent)]
     Image(#[from] ImageError),
+}
+
+/// The architectures of Linux nodes containerd runs on, as OCI platforms spell them.
+const NODE_ARCHITECTURES: [&str; 8] = [
+    "amd64", "arm64", "arm", "386", "ppc64le", "s390x", "riscv64", "loong64",
+];
+
+/// Refuses flags that would build an image no node runs as asked.
+fn check_flags(request: &WasmImageRequest) -> Result<(), BuildError> {
+    if let Some(entry) = request.env.iter().find(|entry| {
+        !entry
+            .split_once('=')
+            .is_some_and(|(key, _)| !key.is_empty())
+    }) {
+        return Err(BuildError::InvalidEnv(entry.clone()));
+    }
+    if let ImageFormat::Module(ModuleForm::Layer(Some(media_type))) = &request.format {
+        if !WASM_LAYER_MEDIA_TYPES.contains(&media_type.as_str()) {
+            return Err(BuildError::UnknownLayerMediaType {
+                given: media_type.clone(),
+            });
+        }
+    }
+    if let Some(platform) = request.platforms.iter().find(|platform| {
+        platform.os != "linux" || !NODE_ARCHITECTURES.contains(&platform.architecture.as_str())
+    }) {
+        return Err(BuildError::UnpulledPlatform(format!(
+            "{}/{}",
+            platform.os, platform.architecture
+        )));
+    }
+    Ok(())
 }
 
 /// Inputs of `wedge image build`.
@@ -77,6 +123,7 @@ pub fn build(request: &WasmImageRequest, output: &Path) -> Result<BuiltImage, Bu
 }
 
 fn image_content(request: &WasmImageRequest) -> Result<ImageContent, BuildError> {
+    check_flags(request)?;
     let form = match &request.format {
         ImageFormat::Rootfs => return Ok(image::rootfs_image(&image_spec(request)?)?),
         ImageFormat::Module(form) => form.clone(),
@@ -219,5 +266,33 @@ mod tests {
             image_spec(&req),
             Err(BuildError::InvalidFileMapping(_))
         ));
+    }
+
+    /// Flags that would build an image no node runs, or runs differently than asked, are
+    /// refused by name before anything is written.
+    #[test]
+    fn flags_no_node_can_honour_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let module = dir.path().join("hello.wasm");
+        std::fs::write(&module, wat::parse_str("(module)").unwrap()).unwrap();
+        let out = dir.path().join("refused.tar");
+        let mut no_equals = request(module.clone());
+        no_equals.env = vec!["GOOD=1".into(), "NOEQUALS".into()];
+        let mut junk_media_type = request(module.clone());
+        junk_media_type.format = ImageFormat::Module(ModuleForm::Layer(Some("junk".into())));
+        let mut wasi_platform = request(module.clone());
+        wasi_platform.platforms = vec!["wasi/wasm".parse().unwrap()];
+        let mut unknown_arch = request(module);
+        unknown_arch.platforms = vec!["linux/amd46".parse().unwrap()];
+        for (request, needle) in [
+            (no_equals, "--env \"NOEQUALS\""),
+            (junk_media_type, "\"junk\""),
+            (wasi_platform, "wasi/wasm"),
+            (unknown_arch, "linux/amd46"),
+        ] {
+            let err = build(&request, &out).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+            assert!(!out.exists(), "an archive was written for: {err}");
+        }
     }
 }
