@@ -63,11 +63,11 @@ const NODE_ARCHITECTURES: [&str; 8] = [
 
 /// Refuses flags that would build an image no node runs as asked.
 fn check_flags(request: &WasmImageRequest) -> Result<(), BuildError> {
-    if let Some(entry) = request.env.iter().find(|entry| {
-        !entry
-            .split_once('=')
-            .is_some_and(|(key, _)| !key.is_empty())
-    }) {
+    if let Some(entry) = request
+        .env
+        .iter()
+        .find(|entry| entry.split_once('=').is_none_or(|(key, _)| key.is_empty()))
+    {
         return Err(BuildError::InvalidEnv(entry.clone()));
     }
     if let ImageFormat::Module(ModuleForm::Layer(Some(media_type))) = &request.format {
