@@ -96,22 +96,20 @@ pub struct BuiltImage {
     pub layer_digest: String,
 }
 
-/// `NAME[:TAG]` with the tag made explicit.
+/// `NAME[:TAG]` as container tools resolve it, with registry and tag made explicit:
+/// `hello:v1` is `docker.io/library/hello:v1`, the name kubelet and containerd look the image
+/// up by. A digest is refused: a build names what it makes by tag.
 pub fn normalize_reference(reference: &str) -> Result<(String, String), ImageError> {
     let invalid = || ImageError::InvalidReference(reference.to_string());
-    if reference.is_empty() || reference.contains(char::is_whitespace) || reference.contains('@') {
+    let parsed: oci_client::Reference = reference.parse().map_err(|_| invalid())?;
+    if parsed.digest().is_some() {
         return Err(invalid());
     }
-    let last_segment = reference.rsplit('/').next().unwrap_or(reference);
-    let (full, tag) = match last_segment.rsplit_once(':') {
-        Some((_, tag)) if !tag.is_empty() => (reference.to_string(), tag.to_string()),
-        Some(_) => return Err(invalid()),
-        None => (format!("{reference}:latest"), "latest".to_string()),
-    };
-    if full.starts_with(['/', ':']) {
-        return Err(invalid());
-    }
-    Ok((full, tag))
+    let tag = parsed.tag().unwrap_or("latest").to_string();
+    Ok((
+        format!("{}/{}:{tag}", parsed.registry(), parsed.repository()),
+        tag,
+    ))
 }
 
 /// An image as a set of blobs and the descriptor of its top (an index or a manifest), ready
@@ -463,11 +461,26 @@ mod tests {
     fn bad_inputs_are_refused() {
         assert!(normalize_reference("has space").is_err());
         assert!(normalize_reference("name:").is_err());
+        assert!(normalize_reference("Upper/Case:v1").is_err());
+        assert!(normalize_reference(&format!("x@sha256:{}", "0".repeat(64))).is_err());
         assert_eq!(
             normalize_reference("localhost:5000/x").unwrap().0,
             "localhost:5000/x:latest"
         );
         assert_eq!(normalize_reference("x:v1").unwrap().1, "v1");
+        // As kubelet and containerd name images.
+        assert_eq!(
+            normalize_reference("hello:v1").unwrap().0,
+            "docker.io/library/hello:v1"
+        );
+        assert_eq!(
+            normalize_reference("demo/hello").unwrap().0,
+            "docker.io/demo/hello:latest"
+        );
+        assert_eq!(
+            normalize_reference("wedge.test/x:latest").unwrap().0,
+            "wedge.test/x:latest"
+        );
         assert!("linux".parse::<Platform>().is_err());
         let mut escaping = spec();
         escaping.files[0].path = "/../etc/passwd".into();

@@ -233,7 +233,7 @@ mod tests {
         std::fs::write(&module, wat::parse_str("(module)").unwrap()).unwrap();
         let out = dir.path().join("hello.tar");
         let built = build(&request(module), &out).unwrap();
-        assert_eq!(built.reference, "demo/hello:v1");
+        assert_eq!(built.reference, "docker.io/demo/hello:v1");
         assert!(std::fs::metadata(&out).unwrap().len() > 0);
 
         let native = dir.path().join("sh");
