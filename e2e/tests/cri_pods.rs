@@ -807,13 +807,13 @@ fn a_start_whose_deadline_passes_mid_compile_leaves_nothing() -> Result<()> {
             "the compile beat the 2 s deadline in {:?}: use a larger module",
             started.elapsed()
         ),
-        Err(err) => {
-            let message = format!("{err:#}");
-            ensure!(
-                message.contains("deadline") || message.contains("Timeout expired"),
-                "{message}"
-            );
-        }
+        // The client's own words for its deadline vary ("Timeout expired", "deadline
+        // exceeded", an HTTP/2 reset when the stream is cancelled); that it waited out the
+        // deadline is what tells the deadline from another failure.
+        Err(err) => ensure!(
+            started.elapsed() >= Duration::from_millis(1900),
+            "StartContainer failed before its deadline: {err:#}"
+        ),
     }
     // Only the pod's own cgroup and the pause container stay; the container's cgroup (and
     // so its runner, which lives in it) and its root filesystem mount go once the abandoned
