@@ -566,17 +566,22 @@ impl CriNode {
 
     /// StopPodSandbox then RemovePodSandbox, as kubelet does when a pod is deleted.
     pub fn remove_pod(&self, pod: &Pod) -> Result<()> {
+        self.stop_and_remove_pod(&pod.id)
+    }
+
+    /// StopPodSandbox, then RemovePodSandbox, as kubelet ends a pod.
+    fn stop_and_remove_pod(&self, id: &str) -> Result<()> {
         let mut client = self.client.clone();
         self.call(
             "StopPodSandbox",
             client.stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: pod.id.clone(),
+                pod_sandbox_id: id.to_string(),
             }),
         )?;
         self.call(
             "RemovePodSandbox",
             client.remove_pod_sandbox(RemovePodSandboxRequest {
-                pod_sandbox_id: pod.id.clone(),
+                pod_sandbox_id: id.to_string(),
             }),
         )?;
         Ok(())
@@ -596,17 +601,7 @@ impl CriNode {
                 .as_ref()
                 .is_some_and(|metadata| metadata.name == name)
             {
-                let id = pod.id;
-                self.call(
-                    "StopPodSandbox",
-                    client.stop_pod_sandbox(StopPodSandboxRequest {
-                        pod_sandbox_id: id.clone(),
-                    }),
-                )?;
-                self.call(
-                    "RemovePodSandbox",
-                    client.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id }),
-                )?;
+                self.stop_and_remove_pod(&pod.id)?;
             }
         }
         Ok(())

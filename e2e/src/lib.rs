@@ -7,6 +7,7 @@ pub mod components;
 pub mod containerd;
 pub mod cri;
 pub mod critest;
+pub mod ctr_case;
 pub mod guest;
 pub mod http_load;
 pub mod images;
@@ -15,4 +16,5 @@ pub mod registry;
 
 pub use containerd::{Containerd, Release, WEDGE_RUNTIME};
 pub use cri::{ContainerSpec, CriNode, Pod};
+pub use ctr_case::CtrCase;
 pub use registry::Registry;

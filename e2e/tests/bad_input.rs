@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use wedge_e2e::images::{self, SpecialFile};
-use wedge_e2e::{programs, Containerd, Release};
+use wedge_e2e::{programs, CtrCase, Release};
 
 /// The runtime flag in the one-token form, so the harness adds no engine config of its own.
 const RUNTIME: &str = "--runtime=io.containerd.wedge.v1";
@@ -66,22 +66,21 @@ impl BadInput {
 }
 
 struct Corpus {
-    containerd: Containerd,
-    work: tempfile::TempDir,
+    case: CtrCase,
+    /// ctr's default OCI spec, read once.
+    default_spec: std::cell::OnceCell<Value>,
 }
 
 impl Corpus {
     fn new() -> Result<Self> {
         Ok(Corpus {
-            containerd: Containerd::start()?,
-            work: tempfile::tempdir()?,
+            case: CtrCase::new()?,
+            default_spec: std::cell::OnceCell::new(),
         })
     }
 
     fn image(&self, name: &str, module: &[u8]) -> Result<String> {
-        let (archive, reference) = images::wasm_image(self.work.path(), name, module)?;
-        self.containerd.import(&archive)?;
-        Ok(reference)
+        self.case.image(name, module)
     }
 
     fn hello(&self) -> Result<String> {
@@ -99,17 +98,24 @@ impl Corpus {
                 programs::wat(programs::HELLO_WAT)?,
             )?;
         }
-        let out = self.containerd.ctr_ok(&["oci", "spec"])?;
-        let mut spec: Value = serde_json::from_slice(&out.stdout).context("ctr oci spec")?;
+        let mut spec = match self.default_spec.get() {
+            Some(spec) => spec.clone(),
+            None => {
+                let out = self.case.containerd.ctr_ok(&["oci", "spec"])?;
+                let spec: Value = serde_json::from_slice(&out.stdout).context("ctr oci spec")?;
+                self.default_spec.get_or_init(|| spec).clone()
+            }
+        };
         spec["root"] = json!({"path": rootfs, "readonly": true});
         spec["process"]["args"] = json!(["/hello.wasm"]);
-        spec["linux"]["cgroupsPath"] = json!(format!("/{}/corpus", self.containerd.namespace()));
+        spec["linux"]["cgroupsPath"] =
+            json!(format!("/{}/corpus", self.case.containerd.namespace()));
         change(&mut spec);
         Ok(spec)
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.work.path().join(name)
+        self.case.work.path().join(name)
     }
 
     /// Runs every case; returns the failures, one line each.
@@ -125,7 +131,7 @@ impl Corpus {
                     std::fs::write(&path, toml)?;
                     path
                 }
-                None => self.containerd.engine_config(),
+                None => self.case.containerd.engine_config(),
             };
             command.push("--runtime-config-path".into());
             command.push(config.display().to_string());
@@ -143,7 +149,7 @@ impl Corpus {
             command.push(id.clone());
             command.extend(case.args.iter().cloned());
             let args: Vec<&str> = command.iter().map(String::as_str).collect();
-            let out = self.containerd.ctr(&args)?;
+            let out = self.case.containerd.ctr(&args)?;
             let text = format!(
                 "{}{}",
                 String::from_utf8_lossy(&out.stdout),
@@ -184,12 +190,12 @@ impl Corpus {
                     text.trim()
                 ));
             }
-            let _ = self.containerd.ctr(&["containers", "rm", &id]);
-            if let Err(err) = self.containerd.assert_clean() {
+            let _ = self.case.containerd.ctr(&["containers", "rm", &id]);
+            if let Err(err) = self.case.containerd.assert_clean() {
                 failures.push(format!("{}: {err:#}", case.name));
             }
         }
-        let log = self.containerd.log();
+        let log = self.case.containerd.log();
         if log.contains("panicked") {
             failures.push(format!("a shim panicked:\n{log}"));
         }
@@ -360,7 +366,7 @@ fn bad_oci_specs_are_refused_by_name() -> Result<()> {
         );
     }
     report(corpus.run(cases)?)?;
-    corpus.containerd.assert_clean()
+    corpus.case.containerd.assert_clean()
 }
 
 /// `wedge.dev/*` annotations, as a pod's author writes them.
@@ -424,7 +430,7 @@ fn bad_annotations_are_refused_by_name() -> Result<()> {
         ),
     ];
     report(corpus.run(cases)?)?;
-    corpus.containerd.assert_clean()
+    corpus.case.containerd.assert_clean()
 }
 
 /// Modules and components: truncated, empty, wrong world, missing imports, traps.
@@ -504,13 +510,13 @@ fn bad_modules_are_refused_by_name() -> Result<()> {
     let in_rootfs = |name, file: &'static [u8], expect| -> Result<BadInput> {
         images.set(images.get() + 1);
         let (archive, reference) = images::image_with_special_files(
-            corpus.work.path(),
+            corpus.case.work.path(),
             &format!("module-{}", images.get()),
             &[("/app.wasm", file)],
             &[],
             &["/app.wasm"],
         )?;
-        corpus.containerd.import(&archive)?;
+        corpus.case.containerd.import(&archive)?;
         Ok(BadInput::new(name, &reference, expect))
     };
     cases.push(in_rootfs(
@@ -524,16 +530,16 @@ fn bad_modules_are_refused_by_name() -> Result<()> {
         Expect::Refused(&["exec /app.wasm: exec format error"]),
     )?);
     report(corpus.run(cases)?)?;
-    corpus.containerd.assert_clean()
+    corpus.case.containerd.assert_clean()
 }
 
 /// Images: layer layouts, media types, entrypoints that are not programs.
 #[test]
 fn bad_images_are_refused_by_name() -> Result<()> {
     let corpus = Corpus::new()?;
-    let work = corpus.work.path();
+    let work = corpus.case.work.path();
     let import = |(archive, reference): (PathBuf, String)| -> Result<String> {
-        corpus.containerd.import(&archive)?;
+        corpus.case.containerd.import(&archive)?;
         Ok(reference)
     };
     let text_entrypoint = import(images::image_with_special_files(
@@ -587,7 +593,7 @@ fn bad_images_are_refused_by_name() -> Result<()> {
         ),
     ];
     report(corpus.run(cases)?)?;
-    corpus.containerd.assert_clean()
+    corpus.case.containerd.assert_clean()
 }
 
 /// Mounts a wasm container would get as preopens, and the engine config.
@@ -678,5 +684,5 @@ fn bad_mounts_and_engine_configs_are_refused_by_name() -> Result<()> {
         .engine_config("log_level = \"chatty\"\n"),
     ];
     report(corpus.run(cases)?)?;
-    corpus.containerd.assert_clean()
+    corpus.case.containerd.assert_clean()
 }

@@ -5,36 +5,13 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use wedge_e2e::{images, programs, Containerd, Release, WEDGE_RUNTIME};
+use wedge_e2e::{ctr_case, images, programs, Containerd, CtrCase, Release, WEDGE_RUNTIME};
 
-struct Case {
-    containerd: Containerd,
-    work: tempfile::TempDir,
-}
+type Case = CtrCase;
 
-impl Case {
-    fn new() -> Result<Self> {
-        Ok(Case {
-            containerd: Containerd::start()?,
-            work: tempfile::tempdir()?,
-        })
-    }
-
-    /// Builds and imports an image of `module`; returns its reference.
-    fn image(&self, name: &str, module: &[u8]) -> Result<String> {
-        let (archive, reference) = images::wasm_image(self.work.path(), name, module)?;
-        self.containerd.import(&archive)?;
-        Ok(reference)
-    }
-
-    fn echo_image(&self) -> Result<String> {
-        let module = programs::compile_c(programs::ECHO_C, self.work.path(), "echo")?;
-        self.image("echo", &module)
-    }
-
-    fn finish(self) -> Result<()> {
-        self.containerd.assert_clean()
-    }
+fn echo_image(case: &Case) -> Result<String> {
+    let module = programs::compile_c(programs::ECHO_C, case.work.path(), "echo")?;
+    case.image("echo", &module)
 }
 
 fn stdout(out: &Output) -> String {
@@ -46,18 +23,7 @@ fn stderr(out: &Output) -> String {
 }
 
 fn wait_until_running(containerd: &Containerd, id: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        let tasks = stdout(&containerd.ctr_ok(&["tasks", "ls"])?);
-        if tasks
-            .lines()
-            .any(|line| line.starts_with(id) && line.contains("RUNNING"))
-        {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    bail!("task {id} never ran; containerd log:\n{}", containerd.log())
+    ctr_case::wait_for_status(containerd, id, "RUNNING")
 }
 
 #[test]
@@ -95,7 +61,7 @@ fn an_image_from_another_tool_runs_with_its_entrypoint_found_in_path() -> Result
 #[test]
 fn args_env_and_stderr_reach_the_c_program() -> Result<()> {
     let case = Case::new()?;
-    let image = case.echo_image()?;
+    let image = echo_image(&case)?;
     let out = case.containerd.ctr(&[
         "run",
         "--rm",
@@ -130,7 +96,7 @@ fn args_env_and_stderr_reach_the_c_program() -> Result<()> {
 #[test]
 fn stdin_reaches_the_module_until_the_client_closes_it() -> Result<()> {
     let case = Case::new()?;
-    let image = case.echo_image()?;
+    let image = echo_image(&case)?;
     let mut child = case
         .containerd
         .ctr_command(&["run", "--rm", "--runtime", WEDGE_RUNTIME, &image, "stdin"])
@@ -156,7 +122,7 @@ fn stdin_reaches_the_module_until_the_client_closes_it() -> Result<()> {
 #[test]
 fn read_only_root_refuses_writes() -> Result<()> {
     let case = Case::new()?;
-    let image = case.echo_image()?;
+    let image = echo_image(&case)?;
     let out = case
         .containerd
         .run_wasm(&image, "writable", &["/echo.wasm", "write"])?;

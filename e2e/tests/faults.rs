@@ -8,68 +8,28 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use wedge_e2e::{images, programs, Containerd, WEDGE_RUNTIME};
+use wedge_e2e::{programs, CtrCase, WEDGE_RUNTIME};
 
 const ENDS_AFTER_2S_C: &str = "#include <unistd.h>\nint main(void) { sleep(2); return 3; }\n";
 
-struct Case {
-    containerd: Containerd,
-    work: tempfile::TempDir,
+type Case = CtrCase;
+
+fn run_detached(case: &Case, image: &str, id: &str) -> Result<()> {
+    case.containerd
+        .ctr_ok(&["run", "--detach", "--runtime", WEDGE_RUNTIME, image, id])?;
+    Ok(())
 }
 
-impl Case {
-    fn new() -> Result<Self> {
-        Ok(Case {
-            containerd: Containerd::start()?,
-            work: tempfile::tempdir()?,
-        })
-    }
-
-    fn image(&self, name: &str, module: &[u8]) -> Result<String> {
-        let (archive, reference) = images::wasm_image(self.work.path(), name, module)?;
-        self.containerd.import(&archive)?;
-        Ok(reference)
-    }
-
-    fn run_detached(&self, image: &str, id: &str) -> Result<()> {
-        self.containerd
-            .ctr_ok(&["run", "--detach", "--runtime", WEDGE_RUNTIME, image, id])?;
-        Ok(())
-    }
-
-    /// The task's status as `ctr tasks ls` shows it (RUNNING, STOPPED…), once it is `want`.
-    fn wait_for_status(&self, id: &str, want: &str) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let tasks = stdout(&self.containerd.ctr_ok(&["tasks", "ls"])?);
-            let status = tasks
-                .lines()
-                .find(|line| line.starts_with(id))
-                .and_then(|line| line.split_whitespace().nth(2))
-                .map(str::to_string);
-            if status.as_deref() == Some(want) {
-                return Ok(());
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "{id} is {status:?}, not {want}; tasks:\n{tasks}\nlog:\n{}",
-                self.containerd.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Deletes a stopped task; what `ctr tasks delete` said of it (it names a non-zero exit
-    /// code in a warning).
-    fn delete_task(&self, id: &str) -> Result<String> {
-        let out = self.containerd.ctr(&["tasks", "delete", id])?;
-        Ok(format!(
-            "exit {:?}: {}{}",
-            out.status.code(),
-            stdout(&out),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
+/// Deletes a stopped task; what `ctr tasks delete` said of it (it names a non-zero exit
+/// code in a warning).
+fn delete_task(case: &Case, id: &str) -> Result<String> {
+    let out = case.containerd.ctr(&["tasks", "delete", id])?;
+    Ok(format!(
+        "exit {:?}: {}{}",
+        out.status.code(),
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    ))
 }
 
 fn stdout(out: &Output) -> String {
@@ -87,15 +47,15 @@ fn containers_outlive_a_containerd_restart_and_exits_meanwhile_are_kept() -> Res
         "short",
         &programs::compile_c(ENDS_AFTER_2S_C, case.work.path(), "short")?,
     )?;
-    case.run_detached(&spin, "survivor")?;
-    case.run_detached(&short, "ends-while-down")?;
+    run_detached(&case, &spin, "survivor")?;
+    run_detached(&case, &short, "ends-while-down")?;
     case.wait_for_status("survivor", "RUNNING")?;
     case.containerd.stop_daemon();
     std::thread::sleep(Duration::from_secs(3));
     case.containerd.start_daemon()?;
     case.wait_for_status("survivor", "RUNNING")?;
     case.wait_for_status("ends-while-down", "STOPPED")?;
-    let deleted = case.delete_task("ends-while-down")?;
+    let deleted = delete_task(&case, "ends-while-down")?;
     ensure!(
         deleted.contains("non-zero exit code 3"),
         "the exit code of the container that ended while containerd was down: {deleted}"
@@ -103,7 +63,7 @@ fn containers_outlive_a_containerd_restart_and_exits_meanwhile_are_kept() -> Res
     case.containerd
         .ctr_ok(&["tasks", "kill", "--signal", "SIGTERM", "survivor"])?;
     case.wait_for_status("survivor", "STOPPED")?;
-    let deleted = case.delete_task("survivor")?;
+    let deleted = delete_task(&case, "survivor")?;
     ensure!(
         deleted.contains("non-zero exit code 143"),
         "SIGTERM exit: {deleted}"
@@ -119,7 +79,7 @@ fn containers_outlive_a_containerd_restart_and_exits_meanwhile_are_kept() -> Res
 fn a_terminated_shim_leaves_no_container_behind() -> Result<()> {
     let case = Case::new()?;
     let spin = case.image("spin", &programs::wat(programs::LOOP_WAT)?)?;
-    case.run_detached(&spin, "orphan")?;
+    run_detached(&case, &spin, "orphan")?;
     case.wait_for_status("orphan", "RUNNING")?;
     for (pid, cmdline) in case.containerd.container_processes() {
         if cmdline.contains("containerd-shim-wedge-v1") {
@@ -361,7 +321,7 @@ fn an_http_server_out_of_fds_backs_off_and_recovers() -> Result<()> {
     case.containerd
         .ctr_ok(&["tasks", "kill", "--signal", "SIGKILL", "fd-starved"])?;
     case.wait_for_status("fd-starved", "STOPPED")?;
-    let _ = case.delete_task("fd-starved")?;
+    let _ = delete_task(&case, "fd-starved")?;
     case.containerd
         .ctr_ok(&["containers", "rm", "fd-starved"])?;
     case.containerd.assert_clean()

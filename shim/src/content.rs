@@ -216,10 +216,34 @@ impl Session<'_> {
         Ok(Some(manifest))
     }
 
-    /// Reads a blob and checks that it is what its descriptor says.
     /// A layer streamed into a sealed memfd and checked on the way: the shim holds one
     /// chunk at a time, never the module (up to [`MAX_LAYER_BYTES`]).
     async fn read_into_memfd(&self, image: &str, descriptor: &Descriptor) -> Result<OwnedFd> {
+        let mut memfd = ModuleMemfd::new()?;
+        self.read_checked(image, descriptor, |chunk| memfd.append(chunk))
+            .await?;
+        memfd.seal()
+    }
+
+    /// Reads a blob and checks that it is what its descriptor says.
+    async fn read_verified(&self, image: &str, descriptor: &Descriptor) -> Result<Vec<u8>> {
+        let mut bytes = Vec::with_capacity(descriptor.size() as usize);
+        self.read_checked(image, descriptor, |chunk| {
+            bytes.extend_from_slice(chunk);
+            Ok(())
+        })
+        .await?;
+        Ok(bytes)
+    }
+
+    /// Streams a blob from containerd into `take`, chunk by chunk, checking its length and
+    /// digest against `descriptor` on the way.
+    async fn read_checked(
+        &self,
+        image: &str,
+        descriptor: &Descriptor,
+        mut take: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
         let digest = descriptor.digest().to_string();
         let request = self.request(ReadContentRequest {
             digest: digest.clone(),
@@ -231,7 +255,6 @@ impl Session<'_> {
             .await
             .map_err(|status| api_error("read blob", &digest, status))?
             .into_inner();
-        let mut memfd = ModuleMemfd::new()?;
         let mut check = StreamingCheck::new();
         while let Some(chunk) = stream
             .message()
@@ -242,45 +265,14 @@ impl Session<'_> {
             if check.length > descriptor.size() {
                 break;
             }
-            memfd.append(&chunk.data)?;
+            take(&chunk.data)?;
         }
         check
             .verify(&digest, descriptor.size())
             .map_err(|reason| Error::ImageLayout {
                 image: image.to_string(),
                 reason,
-            })?;
-        memfd.seal()
-    }
-
-    async fn read_verified(&self, image: &str, descriptor: &Descriptor) -> Result<Vec<u8>> {
-        let digest = descriptor.digest().to_string();
-        let request = self.request(ReadContentRequest {
-            digest: digest.clone(),
-            offset: 0,
-            size: 0,
-        })?;
-        let mut stream = ContentClient::new(self.channel.clone())
-            .read(request)
-            .await
-            .map_err(|status| api_error("read blob", &digest, status))?
-            .into_inner();
-        let mut bytes = Vec::with_capacity(descriptor.size() as usize);
-        while let Some(chunk) = stream
-            .message()
-            .await
-            .map_err(|status| api_error("read blob", &digest, status))?
-        {
-            bytes.extend_from_slice(&chunk.data);
-            if bytes.len() as u64 > descriptor.size() {
-                break;
-            }
-        }
-        verify_blob(&bytes, &digest, descriptor.size()).map_err(|reason| Error::ImageLayout {
-            image: image.to_string(),
-            reason,
-        })?;
-        Ok(bytes)
+            })
     }
 }
 
@@ -334,13 +326,6 @@ impl StreamingCheck {
     }
 }
 
-/// Checks length and sha256 of a blob against its descriptor.
-pub fn verify_blob(bytes: &[u8], digest: &str, size: u64) -> std::result::Result<(), String> {
-    let mut check = StreamingCheck::new();
-    check.update(bytes);
-    check.verify(digest, size)
-}
-
 fn choose_manifest(manifests: &[Descriptor]) -> Option<&Descriptor> {
     let arch = |d: &Descriptor| d.platform().as_ref().map(|p| p.architecture().clone());
     let os = |d: &Descriptor| d.platform().as_ref().map(|p| p.os().clone());
@@ -372,6 +357,13 @@ fn api_error(what: &'static str, subject: &str, status: containerd_client::tonic
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Checks length and sha256 of a blob against its descriptor.
+    fn verify_blob(bytes: &[u8], digest: &str, size: u64) -> std::result::Result<(), String> {
+        let mut check = StreamingCheck::new();
+        check.update(bytes);
+        check.verify(digest, size)
+    }
     use oci_spec::image::{DescriptorBuilder, PlatformBuilder};
 
     fn descriptor(arch: Arch, os: Os) -> Descriptor {

@@ -194,6 +194,13 @@ fn start(id: &str) -> api::StartRequest {
     }
 }
 
+fn pids_of(id: &str) -> api::PidsRequest {
+    api::PidsRequest {
+        id: id.into(),
+        ..Default::default()
+    }
+}
+
 fn delete(id: &str) -> api::DeleteRequest {
     api::DeleteRequest {
         id: id.into(),
@@ -256,16 +263,7 @@ async fn a_container_walks_its_lifecycle_and_containerd_hears_each_step() {
         ..Default::default()
     };
     service.update(&ctx(), update).await.unwrap();
-    let pids = service
-        .pids(
-            &ctx(),
-            api::PidsRequest {
-                id: "c1".into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let pids = service.pids(&ctx(), pids_of("c1")).await.unwrap();
     assert_eq!(pids.processes.len(), 1);
 
     service
@@ -275,16 +273,7 @@ async fn a_container_walks_its_lifecycle_and_containerd_hears_each_step() {
     assert_eq!(wait_for_exit(&service).await.exit_status, 143);
     assert_eq!(status_of(&service, "c1").await, api::Status::STOPPED);
     // Not an empty list: containerd 1.7+ would take the shim for a leaked one.
-    let stopped_pids = service
-        .pids(
-            &ctx(),
-            api::PidsRequest {
-                id: "c1".into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let stopped_pids = service.pids(&ctx(), pids_of("c1")).await.unwrap();
     assert_eq!(stopped_pids.processes.len(), 1);
     assert_eq!(stopped_pids.processes[0].pid, PID as u32);
     let exit: TaskExit = events.last("/tasks/exit").unwrap();
