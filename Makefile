@@ -19,7 +19,7 @@ WASMTIME_VERSION := 48.0.8
 WASMTIME_CLI := target/wasmtime-cli/bin/wasmtime
 
 .PHONY: all deps build demo test fmt-check lint unit e2e e2e-releases e2e-guest manifests conformance \
-	conformance-if-kit bench soak soak-short install uninstall clean
+	conformance-if-kit bench soak soak-short installer-image install uninstall clean
 
 all: build
 
@@ -101,6 +101,13 @@ bench: build $(WASMTIME_CLI)
 $(WASMTIME_CLI):
 	$(CARGO) install --locked wasmtime-cli --version $(WASMTIME_VERSION) \
 		--root target/wasmtime-cli --target-dir target/wasmtime-cli-build
+
+## installer-image: the node installer image (wedge + the shim, and the loader and libraries
+## they link), an OCI archive for `ctr images import` or `wedge image push`; no Docker.
+INSTALLER_IMAGE ?= example.com/wedge/node-installer:0.1.0
+INSTALLER_ARCHIVE ?= target/wedge-node-installer.tar
+installer-image: build
+	$(BIN_DIR)/wedge-installer-image --bin-dir $(BIN_DIR) --tag $(INSTALLER_IMAGE) --output $(INSTALLER_ARCHIVE)
 
 ## install: the shim and the CLI into $(PREFIX)/bin, where containerd finds the shim.
 install: build

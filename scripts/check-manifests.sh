@@ -4,8 +4,8 @@
 #   values and each charts/wedge/ci/*-values.yaml;
 # - validates every object against the schemas of several Kubernetes versions, strictly
 #   (kubernetes-validate: unknown fields and unknown kinds fail);
-# - checks what the schemas cannot: RBAC limited to get/patch on nodes, the RuntimeClass, the
-#   installer's privileges, probe and flags, the overlays' node selection, and that the
+# - checks what the schemas cannot: RBAC limited to get/patch on nodes (and patch on their
+#   status), the RuntimeClass, the installer's privileges, probe and flags, the overlays' node selection, and that the
 #   chart's defaults render the same installer as deploy/;
 # - checks values.yaml against values.schema.json (every key commented, schema and values in
 #   step) and that bad values (flavour: docker, ...) are refused.
@@ -240,8 +240,11 @@ def check_installer(docs, mode, labels=True, runtime_class=("wedge", "wedge")):
     if labels:
         need(len(roles) == 1, "one ClusterRole")
         need(roles[0]["rules"] == [{"apiGroups": [""], "resources": ["nodes"],
-                                    "verbs": ["get", "patch"]}],
-             f"ClusterRole rules must be get/patch on nodes only: {roles[0]['rules']}")
+                                    "verbs": ["get", "patch"]},
+                                   {"apiGroups": [""], "resources": ["nodes/status"],
+                                    "verbs": ["patch"]}],
+             f"ClusterRole rules must be get/patch on nodes and patch on nodes/status only: "
+             f"{roles[0]['rules']}")
         binding = one(docs, "ClusterRoleBinding")
         need(binding["roleRef"]["name"] == roles[0]["metadata"]["name"], "binding -> role")
         need(binding["subjects"] == [{"kind": "ServiceAccount", "namespace": ns,

@@ -9,7 +9,7 @@
 set -euo pipefail
 
 packages=(containerd runc clang lld wasi-libc libclang-rt-14-dev-wasm32 busybox-static
-  protobuf-compiler docker-registry containernetworking-plugins iptables)
+  protobuf-compiler docker-registry containernetworking-plugins iptables openssl python3 binutils)
 containerd17_version="1.7.24~ds1-6+deb13u1"
 containerd17_dir=/opt/wedge-test/containerd-1.7
 # sid moves on: this version if the mirror still has it, else sid's current containerd.

@@ -2,6 +2,7 @@
 //! later.
 
 pub mod image;
+pub mod installer_image;
 pub mod module_image;
 pub mod node;
 pub mod push;

@@ -115,9 +115,20 @@ impl Release {
 /// `config.toml` and the test's temp dir.
 type Prepare<'a> = Box<dyn FnOnce(&Path, &Path) -> Result<()> + 'a>;
 
+/// Who runs the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Supervisor {
+    /// The harness, as its child.
+    Harness,
+    /// An init script under a stand-in init ([`crate::stand_in_init`]); the harness's child
+    /// is the namespace's `unshare`.
+    StandInInit,
+}
+
 pub struct Containerd {
     dir: tempfile::TempDir,
     daemon: Option<Child>,
+    supervisor: Supervisor,
     release: Release,
     cri: Option<CriSetup>,
     /// The `PATH` containerd runs with: where it finds the shims.
@@ -200,19 +211,24 @@ impl Containerd {
 
     /// Starts the given containerd release and waits until it answers.
     pub fn start_release(release: Release) -> Result<Self> {
-        Self::launch(release, None, None)
+        Self::launch(release, None, None, Supervisor::Harness)
     }
 
     /// Starts containerd with its CRI plugin on: runtime handler `wedge` (this shim) and
     /// `runc` (the reference), a sandbox image to be imported by the caller, CNI from
     /// Debian's plugins, netns mounts and runc state under the temp dir.
     pub fn start_cri(release: Release) -> Result<Self> {
-        Self::launch(release, Some(CriOptions::default()), None)
+        Self::launch(
+            release,
+            Some(CriOptions::default()),
+            None,
+            Supervisor::Harness,
+        )
     }
 
     /// [`Self::start_cri`] with the sandbox image and registry of `options`.
     pub fn start_cri_options(release: Release, options: CriOptions) -> Result<Self> {
-        Self::launch(release, Some(options), None)
+        Self::launch(release, Some(options), None, Supervisor::Harness)
     }
 
     /// [`Self::start_cri`] with `prepare` run after containerd's config and the engine
@@ -228,13 +244,40 @@ impl Containerd {
             release,
             Some(CriOptions::default()),
             Some(Box::new(prepare)),
+            Supervisor::Harness,
         )
+    }
+
+    /// [`Self::start_cri_with`], with containerd a service of a stand-in init in a PID and
+    /// mount namespace of its own, started and restarted through `/etc/init.d/containerd`
+    /// there (see [`crate::stand_in_init`]): a node whose containerd the installer must
+    /// restart without systemd.
+    pub fn start_cri_under_stand_in_init(
+        release: Release,
+        prepare: impl FnOnce(&Path, &Path) -> Result<()>,
+    ) -> Result<Self> {
+        Self::launch(
+            release,
+            Some(CriOptions::default()),
+            Some(Box::new(prepare)),
+            Supervisor::StandInInit,
+        )
+    }
+
+    /// The stand-in init's PID 1, as the machine sees it (see
+    /// [`Self::start_cri_under_stand_in_init`]).
+    pub fn stand_in_pid1(&self) -> Result<i32> {
+        match (&self.daemon, self.supervisor) {
+            (Some(unshare), Supervisor::StandInInit) => crate::stand_in_init::pid1(unshare),
+            _ => bail!("this containerd runs without a stand-in init"),
+        }
     }
 
     fn launch(
         release: Release,
         cri: Option<CriOptions>,
         prepare: Option<Prepare<'_>>,
+        supervisor: Supervisor,
     ) -> Result<Self> {
         ensure!(
             nix::unistd::geteuid().is_root(),
@@ -287,6 +330,7 @@ impl Containerd {
         let mut containerd = Containerd {
             dir,
             daemon: None,
+            supervisor,
             release,
             cri,
             search_path: path,
@@ -298,6 +342,17 @@ impl Containerd {
     /// Starts the daemon on the config in the temp dir (at first, or again after
     /// [`Self::stop_daemon`]) and waits until it answers; its log goes on in `containerd.log`.
     pub fn start_daemon(&mut self) -> Result<()> {
+        if self.supervisor == Supervisor::StandInInit {
+            let unshare = crate::stand_in_init::start(
+                self.dir.path(),
+                &self.release.containerd(),
+                &self.dir.path().join("config.toml"),
+                &self.search_path,
+                &self.dir.path().join("containerd.log"),
+            )?;
+            self.daemon = Some(unshare);
+            return self.wait_ready(Duration::from_secs(20));
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -97,8 +97,9 @@ impl CriNode {
         Self::attach(Containerd::start_cri_with(release, prepare)?)
     }
 
-    /// Imports the pause image into a started containerd and connects to its CRI plugin.
-    fn attach(containerd: Containerd) -> Result<Self> {
+    /// Imports the pause image into a started containerd (one started with its CRI plugin)
+    /// and connects to its CRI plugin.
+    pub fn attach(containerd: Containerd) -> Result<Self> {
         let (archive, reference) = images::native_image(
             containerd.dir(),
             "pause",

@@ -13,6 +13,8 @@ pub mod http_load;
 pub mod images;
 pub mod programs;
 pub mod registry;
+pub mod stand_in_api;
+pub mod stand_in_init;
 
 pub use containerd::{Containerd, Release, WEDGE_RUNTIME};
 pub use cri::{ContainerSpec, CriNode, Pod};

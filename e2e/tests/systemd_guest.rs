@@ -1,5 +1,5 @@
 //! On a real systemd + cgroup v2 node (a qemu guest, see `wedge_e2e::guest`): Wedge
-//! installed by `wedge node install`, then, with runc's systemd driver and again with
+//! installed by `wedge node install`, which restarts containerd through systemd itself, then, with runc's systemd driver and again with
 //! cgroupfs, a CRI pod with pause + busybox sidecar + wasm container: placement and limits
 //! in the unified hierarchy, stats, pause/resume, update, OOM, and nothing left after the
 //! pod. Minutes under software emulation, so outside `make test`: `make e2e-guest`.
@@ -14,9 +14,10 @@ use wedge_e2e::guest::{self, Guest};
 use wedge_e2e::{binaries, images, programs};
 
 /// The checks `guest/run.sh` makes for each driver; every one must report ok.
-const CHECKS: [&str; 27] = [
+const CHECKS: [&str; 28] = [
     "install",
     "engine-config-driver",
+    "restarted-by-installer",
     "containerd-up",
     "reference-runp",
     "runp",

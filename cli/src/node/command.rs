@@ -74,6 +74,10 @@ pub struct TargetArgs {
     /// Host directory for containerd-shim-wedge-v1.
     #[arg(long, value_name = "DIR", default_value = "/usr/local/bin")]
     pub shim_dest: PathBuf,
+    /// Host path of the engine config the runtime entry points the shim at (where
+    /// --engine-config is copied to).
+    #[arg(long, value_name = "PATH", default_value = wedge_runtime_config::engine::DEFAULT_CONFIG_PATH)]
+    pub engine_config_path: PathBuf,
 }
 
 impl TargetArgs {
@@ -84,6 +88,7 @@ impl TargetArgs {
             containerd_config: self.containerd_config.clone(),
             runtime_name: self.runtime_class.clone(),
             shim_dest: self.shim_dest.clone(),
+            engine_config: self.engine_config_path.clone(),
         }
     }
 }
@@ -114,7 +119,7 @@ pub struct ChangeArgs {
     /// The shim to install (default: containerd-shim-wedge-v1 beside this wedge binary).
     #[arg(long, value_name = "PATH")]
     pub shim_source: Option<PathBuf>,
-    /// Engine config copied to /etc/wedge/config.toml on the host when none is there
+    /// Engine config copied to --engine-config-path on the host when none is there
     /// (uninstall: removed when it still holds exactly this file).
     #[arg(long, value_name = "FILE")]
     pub engine_config: Option<PathBuf>,

@@ -27,16 +27,29 @@ pub enum NodeError {
     EngineConfigInvalid { path: PathBuf, message: String },
 
     #[error(
-        "cannot restart containerd: the host's PID 1 is {pid1:?}, not systemd; restart it \
-         yourself and run with --restart never (in a pod, hostPID: true is needed to see the \
-         host's PID 1)"
+        "cannot restart containerd: the host's PID 1 is {pid1:?} and none of systemd, OpenRC \
+         or /etc/init.d was found on the host (in a pod, hostPID: true is needed to see the \
+         host's PID 1); restart containerd yourself, or install with --restart never"
     )]
-    NoSystemd { pid1: String },
+    NoServiceManager { pid1: String },
 
     #[error(
-        "none of the systemd units {units:?} is active on the host; restart containerd yourself"
+        "cannot restart containerd: none of {services:?} is running under the host's \
+         {manager}; restart containerd yourself, or install with --restart never"
     )]
-    NoActiveUnit { units: Vec<String> },
+    NoRunningService {
+        manager: &'static str,
+        services: Vec<String>,
+    },
+
+    #[error(
+        "cannot open the host's namespace {path}: {source} (the installer needs hostPID: true \
+         and privileged to restart containerd)"
+    )]
+    HostNamespace {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     #[error("`{command}` failed ({status}): {stderr}")]
     CommandFailed {

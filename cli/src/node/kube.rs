@@ -1,5 +1,6 @@
-//! The node label that tells the scheduler Wedge is ready here, set and removed through the
-//! in-cluster API with the pod's service account. reqwest with rustls is already in the tree
+//! The node label that tells the scheduler Wedge is ready here, and the node condition that
+//! tells an operator why it is not, set and removed through the in-cluster API with the
+//! pod's service account. reqwest with rustls is already in the tree
 //! (oci-client uses it), so no Kubernetes client crate is pulled in for one PATCH.
 
 use std::path::Path;
@@ -7,6 +8,19 @@ use std::path::Path;
 use super::error::{NodeError, Result};
 
 pub const READY_LABEL: &str = "wedge.dev/ready";
+
+/// The node condition the installer keeps: `True` once containerd runs the runtime, `False`
+/// with the reason when the install could not finish (containerd not restarted).
+pub const CONDITION_TYPE: &str = "WedgeRuntimeReady";
+
+/// What the installer reports in its node condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeCondition {
+    pub ready: bool,
+    /// CamelCase, as Kubernetes reasons are.
+    pub reason: &'static str,
+    pub message: String,
+}
 
 const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
@@ -65,11 +79,29 @@ impl NodeLabeler {
     /// Sets the ready label (`Some("true")`) or removes it (`None`), by JSON merge patch.
     pub async fn set_ready(&self, value: Option<&str>) -> Result<()> {
         let patch = serde_json::json!({ "metadata": { "labels": { READY_LABEL: value } } });
+        self.patch(&self.url, "application/merge-patch+json", patch)
+            .await
+    }
+
+    /// Sets the installer's node condition (`Some`) or removes it (`None`). A strategic
+    /// merge patch of the status subresource merges conditions by type, so the kubelet's
+    /// own conditions are left alone.
+    pub async fn set_condition(&self, condition: Option<&RuntimeCondition>) -> Result<()> {
+        let patch = condition_patch(condition, &chrono::Utc::now());
+        self.patch(
+            &format!("{}/status", self.url),
+            "application/strategic-merge-patch+json",
+            patch,
+        )
+        .await
+    }
+
+    async fn patch(&self, url: &str, content_type: &str, patch: serde_json::Value) -> Result<()> {
         let response = self
             .client
-            .patch(&self.url)
+            .patch(url)
             .bearer_auth(&self.token)
-            .header("Content-Type", "application/merge-patch+json")
+            .header("Content-Type", content_type)
             .header("Accept", "application/json")
             .body(patch.to_string())
             .send()
@@ -79,11 +111,66 @@ impl NodeLabeler {
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
             return Err(NodeError::Kube(format!(
-                "PATCH node {}: {status}: {}",
-                self.node,
+                "PATCH {url}: {status}: {}",
                 body.chars().take(500).collect::<String>()
             )));
         }
         Ok(())
+    }
+}
+
+fn condition_patch(
+    condition: Option<&RuntimeCondition>,
+    now: &chrono::DateTime<chrono::Utc>,
+) -> serde_json::Value {
+    let entry = match condition {
+        Some(condition) => {
+            let now = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            serde_json::json!({
+                "type": CONDITION_TYPE,
+                "status": if condition.ready { "True" } else { "False" },
+                "reason": condition.reason,
+                "message": condition.message,
+                "lastHeartbeatTime": now,
+                "lastTransitionTime": now,
+            })
+        }
+        None => serde_json::json!({ "type": CONDITION_TYPE, "$patch": "delete" }),
+    };
+    serde_json::json!({ "status": { "conditions": [entry] } })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_condition_is_merged_by_type_and_removed_by_type() {
+        let now = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let set = condition_patch(
+            Some(&RuntimeCondition {
+                ready: false,
+                reason: "ContainerdNotRestarted",
+                message: "restart containerd".into(),
+            }),
+            &now,
+        );
+        assert_eq!(
+            set,
+            serde_json::json!({ "status": { "conditions": [{
+                "type": "WedgeRuntimeReady",
+                "status": "False",
+                "reason": "ContainerdNotRestarted",
+                "message": "restart containerd",
+                "lastHeartbeatTime": "2027-01-15T08:00:00Z",
+                "lastTransitionTime": "2027-01-15T08:00:00Z",
+            }] } })
+        );
+        assert_eq!(
+            condition_patch(None, &now),
+            serde_json::json!({ "status": { "conditions": [
+                { "type": "WedgeRuntimeReady", "$patch": "delete" }
+            ] } })
+        );
     }
 }

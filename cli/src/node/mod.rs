@@ -8,6 +8,7 @@ pub mod command;
 pub mod containerd_api;
 pub mod error;
 pub mod files;
+pub mod host_process;
 pub mod kube;
 pub mod report;
 pub mod restart;

@@ -460,6 +460,7 @@ mod tests {
             containerd_config: Some(CONFIG.into()),
             runtime_name: "wedge".into(),
             shim_dest: "/usr/local/bin".into(),
+            engine_config: wedge_runtime_config::engine::DEFAULT_CONFIG_PATH.into(),
         }
     }
 

@@ -12,9 +12,11 @@ use wedge_runtime_config::containerd::{
 };
 
 use super::containerd_api;
+use super::error::NodeError;
 use super::error::Result;
 use super::files::{self, Copied, ExistingEngineConfig};
-use super::kube::{NodeLabeler, READY_LABEL};
+use super::host_process::HostPid1;
+use super::kube::{NodeLabeler, RuntimeCondition, CONDITION_TYPE, READY_LABEL};
 use super::restart;
 use super::target::NodeTarget;
 
@@ -23,8 +25,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestartPolicy {
-    /// Restart containerd through the host's systemd when its config changed (or it does
-    /// not list the runtime yet).
+    /// Restart containerd through the host's service manager when its config changed (or
+    /// it does not list the runtime yet).
     Auto,
     /// Never: tests, and operators who restart containerd themselves.
     Never,
@@ -135,23 +137,68 @@ pub async fn install(
         }
     }
     let changed = report_outcome(out, plan.apply()?);
+    let labeler = match options.label_node {
+        true => Some(NodeLabeler::from_env()?),
+        false => None,
+    };
     if options.restart == RestartPolicy::Auto {
-        restart_and_wait(out, target, &location, changed, Some(&spec.name)).await?;
+        let restarted = restart_and_wait(out, target, &location, changed, Some(&spec.name)).await;
+        if let (Err(err), Some(labeler)) = (&restarted, &labeler) {
+            // The node keeps no label, and says why on its own object, where an operator
+            // looking at `kubectl describe node` finds it.
+            let condition = RuntimeCondition {
+                ready: false,
+                reason: not_ready_reason(err),
+                message: err.to_string(),
+            };
+            match labeler.set_condition(Some(&condition)).await {
+                Ok(()) => say(
+                    out,
+                    format!(
+                        "set node condition {CONDITION_TYPE}=False ({})",
+                        condition.reason
+                    ),
+                ),
+                Err(report_err) => say(out, format!("could not report on the node: {report_err}")),
+            }
+        }
+        restarted?;
     } else if changed {
         say(
             out,
             "containerd was not restarted (--restart never): it reads the change at its next start",
         );
     }
-    if options.label_node {
-        let labeler = NodeLabeler::from_env()?;
+    if let Some(labeler) = labeler {
         labeler.set_ready(Some("true")).await?;
+        labeler
+            .set_condition(Some(&RuntimeCondition {
+                ready: true,
+                reason: "RuntimeInstalled",
+                message: format!("containerd lists runtime {:?}", spec.name),
+            }))
+            .await?;
         say(
             out,
-            format!("labelled node {} {READY_LABEL}=true", labeler.node()),
+            format!(
+                "labelled node {} {READY_LABEL}=true, condition {CONDITION_TYPE}=True",
+                labeler.node()
+            ),
         );
     }
     Ok(())
+}
+
+/// The reason of the node condition when an install stops at the restart.
+fn not_ready_reason(err: &NodeError) -> &'static str {
+    match err {
+        NodeError::NoServiceManager { .. }
+        | NodeError::NoRunningService { .. }
+        | NodeError::HostNamespace { .. }
+        | NodeError::CommandFailed { .. } => "ContainerdNotRestarted",
+        NodeError::RuntimeNotRegistered { .. } => "RuntimeNotRegistered",
+        _ => "ContainerdNotReady",
+    }
 }
 
 pub async fn uninstall(
@@ -175,9 +222,13 @@ pub async fn uninstall(
     if options.label_node {
         let labeler = NodeLabeler::from_env()?;
         labeler.set_ready(None).await?;
+        labeler.set_condition(None).await?;
         say(
             out,
-            format!("removed {READY_LABEL} from node {}", labeler.node()),
+            format!(
+                "removed {READY_LABEL} and condition {CONDITION_TYPE} from node {}",
+                labeler.node()
+            ),
         );
     }
     let changed = report_outcome(out, plan.apply()?);
@@ -243,8 +294,14 @@ async fn restart_and_wait(
             }
         }
     }
-    let unit = restart::restart(location.flavour)?;
-    say(out, format!("restarted {unit}"));
+    let restarted = restart::restart(&HostPid1::default(), location.flavour)?;
+    say(
+        out,
+        format!(
+            "restarted {} through the host's {}",
+            restarted.service, restarted.manager
+        ),
+    );
     let version = containerd_api::wait_ready(&socket, runtime, READY_TIMEOUT).await?;
     match runtime {
         Some(name) => say(out, format!("containerd {version} lists runtime {name:?}")),
@@ -277,7 +334,7 @@ fn describe_follow_up(
         say(
             out,
             format!(
-                "would restart {} if its config changes",
+                "would restart {} through the host's service manager if its config changes",
                 location.flavour.services().join(" or ")
             ),
         );

@@ -1,7 +1,7 @@
 //! Which node, containerd and runtime a command is about, from the flags every `wedge node`
 //! command shares.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use wedge_runtime_config::containerd::{Flavour, HostRoot, Location, RuntimeSpec};
 
@@ -21,12 +21,15 @@ pub struct NodeTarget {
     pub runtime_name: String,
     /// Host directory the shim goes into.
     pub shim_dest: PathBuf,
+    /// Host path of the engine config the runtime entry points the shim at.
+    pub engine_config: PathBuf,
 }
 
 impl NodeTarget {
     pub fn spec(&self) -> RuntimeSpec {
         RuntimeSpec {
             name: self.runtime_name.clone(),
+            engine_config_path: self.engine_config.display().to_string(),
             ..RuntimeSpec::default()
         }
     }
@@ -46,7 +49,6 @@ impl NodeTarget {
 
     /// The engine config the runtime entry points the shim at, as seen from here.
     pub fn engine_config_path(&self) -> PathBuf {
-        self.root
-            .resolve(Path::new(&self.spec().engine_config_path))
+        self.root.resolve(&self.engine_config)
     }
 }
