@@ -381,3 +381,86 @@ fn installed_runtime_runs_a_cri_pod_and_uninstall_restores_the_config() -> Resul
     );
     node.containerd.assert_clean()
 }
+
+/// The node flags of a shim installed where containerd's PATH does not reach: the real
+/// host root, the harness's config, the shim in a directory of its own.
+fn off_path_flags(dir: &Path) -> Vec<String> {
+    vec![
+        "--host-root=/".into(),
+        format!("--containerd-config={}", dir.join("config.toml").display()),
+        format!("--shim-dest={}", dir.join("off-path").display()),
+        format!("--engine-config-path={}", dir.join(ENGINE_CONFIG).display()),
+    ]
+}
+
+/// Installs the shim off containerd's PATH and asks the readiness probe's question
+/// (`wedge node status --expect installed`); returns the node, the report and whether the
+/// probe passed.
+fn install_off_path(release: Release) -> Result<(CriNode, String, bool)> {
+    require_root()?;
+    let node = CriNode::start_with(release, |_config, dir| {
+        let mut args = vec!["node".to_string(), "install".into()];
+        args.extend(off_path_flags(dir));
+        args.extend(["--restart".into(), "never".into()]);
+        wedge(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+        Ok(())
+    })?;
+    let mut args = vec!["node".to_string(), "status".into()];
+    args.extend(off_path_flags(node.containerd.dir()));
+    args.push("--expect=installed".into());
+    let out = Command::new(binaries::path(binaries::CLI)?)
+        .args(&args)
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((node, text, out.status.success()))
+}
+
+#[test]
+fn containerd_1_6_cannot_find_a_shim_off_its_path_and_the_readiness_probe_fails() -> Result<()> {
+    let (node, text, ready) = install_off_path(Release::V1_6)?;
+    ensure!(!ready, "the probe passed:\n{text}");
+    ensure!(
+        text.contains("ignores runtime_path")
+            && text.contains(&node.containerd.dir().join("off-path").display().to_string()),
+        "the report does not say why:\n{text}"
+    );
+    Ok(())
+}
+
+#[test]
+fn containerd_1_7_starts_the_shim_at_its_runtime_path() -> Result<()> {
+    let (node, text, ready) = install_off_path(Release::V1_7)?;
+    ensure!(ready, "the probe failed:\n{text}");
+    ensure!(text.contains("(runtime_path)"), "{text}");
+    let installed = node.containerd.dir().join("off-path").join(binaries::SHIM);
+    let hello = node.wasm_image("hello", &programs::wat(programs::HELLO_WAT)?)?;
+    let pod = node.run_pod("off-path", WEDGE_HANDLER)?;
+    let id = node.run_container(
+        &pod,
+        &ContainerSpec {
+            name: "hello".into(),
+            image: hello,
+            ..Default::default()
+        },
+    )?;
+    let status = node.wait_exited(&id, Duration::from_secs(30))?;
+    ensure!(status.exit_code == 0, "exit {}", status.exit_code);
+    let shims: Vec<PathBuf> = node
+        .containerd
+        .container_processes()
+        .into_iter()
+        .filter_map(|(pid, _)| std::fs::read_link(format!("/proc/{pid}/exe")).ok())
+        .filter(|exe| exe.file_name().is_some_and(|name| name == binaries::SHIM))
+        .collect();
+    ensure!(
+        !shims.is_empty() && shims.iter().all(|exe| *exe == installed),
+        "shim processes run {shims:?}, not {}",
+        installed.display()
+    );
+    node.remove_pod(&pod)?;
+    node.containerd.assert_clean()
+}

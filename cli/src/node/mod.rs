@@ -12,6 +12,7 @@ pub mod host_process;
 pub mod kube;
 pub mod report;
 pub mod restart;
+pub mod shim_lookup;
 pub mod steps;
 pub mod target;
 pub mod wait;

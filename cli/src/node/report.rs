@@ -11,6 +11,7 @@ use wedge_runtime_config::{cgroup_driver, EngineConfig};
 use super::cgroup::{self, CgroupVersion};
 use super::containerd_api;
 use super::files;
+use super::shim_lookup;
 use super::target::NodeTarget;
 
 /// Where runc is looked for on the host (containerd's own PATH on common distributions).
@@ -318,11 +319,79 @@ async fn containerd_state(
                 None => "unknown (CRI did not answer Status)",
             };
             report.fact("runtime in CRI", registered);
+            shim_resolution(report, target, location, &info.version);
         }
         Err(err) => report.problem(
             err.to_string(),
             "check that containerd runs and that the socket path is right",
         ),
+    }
+}
+
+/// Whether the containerd that answered starts the installed shim: through the entry's
+/// `runtime_path` (1.7 and later), or by looking the name up on its PATH (1.6).
+fn shim_resolution(
+    report: &mut NodeReport,
+    target: &NodeTarget,
+    location: &Location,
+    version: &str,
+) {
+    let installed = target.shim_path();
+    let shown = target.root.host_view(&installed).display().to_string();
+    if shim_lookup::honours_runtime_path(version) == Some(true) {
+        report.fact("shim containerd starts", format!("{shown} (runtime_path)"));
+        return;
+    }
+    let process = [
+        location.root.host_view(&location.config),
+        location.config.clone(),
+    ]
+    .iter()
+    .find_map(|config| shim_lookup::find_containerd(Path::new("/proc"), config));
+    let (search_path, source) = match process.as_ref().and_then(|found| found.path.clone()) {
+        Some(path) => (path, "its environment"),
+        None => (
+            shim_lookup::SERVICE_PATH.to_string(),
+            "assumed, systemd's default: its environment could not be read",
+        ),
+    };
+    let executable = process.and_then(|found| found.executable);
+    let found = shim_lookup::looked_up(&search_path, executable.as_deref(), |path| {
+        is_executable(&target.root.resolve(path))
+    });
+    let ignores = format!("containerd {version} ignores runtime_path and looks the shim up on its PATH ({source}: {search_path})");
+    let fix = "install with --shim-dest set to a directory on containerd's PATH (such as \
+               /usr/local/bin), or upgrade containerd to 1.7 or later, which starts runtime_path";
+    match found {
+        Some(path) if target.root.resolve(&path) == installed => {
+            report.fact(
+                "shim containerd starts",
+                format!("{shown} (found on its PATH)"),
+            );
+        }
+        Some(path) => {
+            report.fact(
+                "shim containerd starts",
+                format!("{} (not the installed one)", path.display()),
+            );
+            report.problem(
+                format!(
+                    "{ignores}, where it finds {} before the installed {shown}",
+                    path.display()
+                ),
+                fix,
+            );
+        }
+        None => {
+            report.fact("shim containerd starts", "none: containerd cannot find it");
+            report.problem(
+                format!(
+                    "{ignores}, where there is no {}; the installed {shown} is not on it",
+                    super::SHIM_NAME
+                ),
+                fix,
+            );
+        }
     }
 }
 

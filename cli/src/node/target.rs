@@ -30,6 +30,7 @@ impl NodeTarget {
         RuntimeSpec {
             name: self.runtime_name.clone(),
             engine_config_path: self.engine_config.display().to_string(),
+            runtime_path: Some(self.root.host_view(self.shim_path()).display().to_string()),
             ..RuntimeSpec::default()
         }
     }

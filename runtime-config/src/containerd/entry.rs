@@ -16,6 +16,9 @@ pub struct RuntimeSpec {
     pub name: String,
     /// containerd's runtime type, which names the shim binary.
     pub runtime_type: String,
+    /// Host path of the shim, as `runtime_path`: containerd 1.7 and later start this file
+    /// rather than search their PATH for the name the runtime type gives (1.6 ignores it).
+    pub runtime_path: Option<String>,
     /// Host path of the engine config, passed to the shim as the `ConfigPath` option.
     pub engine_config_path: String,
     /// Annotation globs passed through to the shim, for pods and containers alike.
@@ -27,6 +30,7 @@ impl Default for RuntimeSpec {
         RuntimeSpec {
             name: "wedge".into(),
             runtime_type: "io.containerd.wedge.v1".into(),
+            runtime_path: None,
             engine_config_path: crate::engine::DEFAULT_CONFIG_PATH.into(),
             annotations: vec!["wedge.dev/*".into()],
         }
@@ -125,6 +129,9 @@ pub fn build(spec: &RuntimeSpec, systemd_cgroup: Option<bool>, layout: &Layout) 
     };
     let mut entry = Table::new();
     entry.insert("runtime_type", toml_edit::value(&spec.runtime_type));
+    if let Some(path) = &spec.runtime_path {
+        entry.insert("runtime_path", toml_edit::value(path));
+    }
     entry.insert("pod_annotations", annotations());
     entry.insert("container_annotations", annotations());
     indent_keys(&mut entry, &layout.table_keys);
