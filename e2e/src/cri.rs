@@ -181,6 +181,42 @@ impl CriNode {
     }
 
     /// `module` as a wasm image in `k8s.io`.
+    /// A pod on `handler` whose one wasm container prints the hello greeting and exits 0;
+    /// fails unless it did. The pod is left for the caller to inspect and remove.
+    pub fn run_hello_pod(&self, pod_name: &str, handler: &str) -> Result<Pod> {
+        let hello = self.wasm_image("hello", &crate::programs::wat(crate::programs::HELLO_WAT)?)?;
+        let pod = self.run_pod(pod_name, handler)?;
+        let id = self.run_container(
+            &pod,
+            &ContainerSpec {
+                name: "hello".into(),
+                image: hello,
+                ..Default::default()
+            },
+        )?;
+        let status = self.wait_exited(&id, Duration::from_secs(30))?;
+        anyhow::ensure!(status.exit_code == 0, "hello exited {}", status.exit_code);
+        let lines = self.stdout_lines(&pod, "hello")?;
+        anyhow::ensure!(
+            lines.iter().any(|line| line == "hello from wasm"),
+            "hello's stdout: {lines:?}"
+        );
+        Ok(pod)
+    }
+
+    /// The executables of this containerd's running shims of the Wedge runtime.
+    pub fn wedge_shim_executables(&self) -> Vec<std::path::PathBuf> {
+        self.containerd
+            .container_processes()
+            .into_iter()
+            .filter_map(|(pid, _)| std::fs::read_link(format!("/proc/{pid}/exe")).ok())
+            .filter(|exe| {
+                exe.file_name()
+                    .is_some_and(|name| name == crate::binaries::SHIM)
+            })
+            .collect()
+    }
+
     pub fn wasm_image(&self, name: &str, module: &[u8]) -> Result<String> {
         let (archive, reference) = images::wasm_image(self.containerd.dir(), name, module)?;
         self.import(&archive, &reference)?;

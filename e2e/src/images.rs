@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
-use wedge_cli::image::{write_oci_archive, ImageSpec, LayerFile, Platform};
+use wedge_cli::image::{write_oci_archive, ImageSpec, LayerFile};
+use wedge_cli::installer_image::host_platform;
 
 use crate::binaries;
 
@@ -152,18 +153,6 @@ pub fn native_image(
     };
     write_oci_archive(&spec, std::fs::File::create(&archive)?)?;
     Ok((archive, reference))
-}
-
-fn host_platform() -> Platform {
-    let architecture = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
-    Platform {
-        os: "linux".into(),
-        architecture: architecture.into(),
-    }
 }
 
 /// An image in `docker save` form, written here without the project's image builder: a

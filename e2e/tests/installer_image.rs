@@ -9,13 +9,12 @@
 
 use std::path::Path;
 use std::process::Output;
-use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use wedge_e2e::containerd::{ENGINE_CONFIG, PREPARED_BIN};
 use wedge_e2e::cri::WEDGE_HANDLER;
 use wedge_e2e::stand_in_api::{self, StandInApi};
-use wedge_e2e::{binaries, programs, stand_in_init, ContainerSpec, Containerd, CriNode, Release};
+use wedge_e2e::{binaries, stand_in_init, Containerd, CriNode, Release};
 
 const INSTALLER_REFERENCE: &str = "wedge.test/node-installer:e2e";
 const NODE_NAME: &str = "edge-node-1";
@@ -188,24 +187,7 @@ fn the_installer_image_restarts_a_containerd_without_systemd_and_reports_on_the_
         installed_shim.display()
     );
     let node = CriNode::attach(node)?;
-    let hello = node.wasm_image("hello", &programs::wat(programs::HELLO_WAT)?)?;
-    let pod = node.run_pod("after-install", WEDGE_HANDLER)?;
-    let id = node.run_container(
-        &pod,
-        &ContainerSpec {
-            name: "hello".into(),
-            image: hello,
-            ..Default::default()
-        },
-    )?;
-    let status = node.wait_exited(&id, Duration::from_secs(30))?;
-    ensure!(status.exit_code == 0, "exit {}", status.exit_code);
-    ensure!(
-        node.stdout_lines(&pod, "hello")?
-            .iter()
-            .any(|line| line == "hello from wasm"),
-        "no greeting"
-    );
+    let pod = node.run_hello_pod("after-install", WEDGE_HANDLER)?;
     node.remove_pod(&pod)?;
     ensure!(
         Path::new(&installed_shim).is_file(),

@@ -6,13 +6,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use wedge_e2e::binaries;
 use wedge_e2e::containerd::{ENGINE_CONFIG, PREPARED_BIN};
 use wedge_e2e::cri::WEDGE_HANDLER;
-use wedge_e2e::{programs, ContainerSpec, Containerd, CriNode, Release};
+use wedge_e2e::{Containerd, CriNode, Release};
 
 const CONFIG: &str = "etc/containerd/config.toml";
 const SHIM_DEST: &str = "usr/local/bin";
@@ -334,31 +333,9 @@ fn installed_runtime_runs_a_cri_pod_and_uninstall_restores_the_config() -> Resul
         "the shim beside wedge was installed"
     );
 
-    let hello = node.wasm_image("hello", &programs::wat(programs::HELLO_WAT)?)?;
-    let pod = node.run_pod("installed", WEDGE_HANDLER)?;
-    let id = node.run_container(
-        &pod,
-        &ContainerSpec {
-            name: "hello".into(),
-            image: hello,
-            ..Default::default()
-        },
-    )?;
-    let status = node.wait_exited(&id, Duration::from_secs(30))?;
-    ensure!(status.exit_code == 0, "exit {}", status.exit_code);
-    let lines = node.stdout_lines(&pod, "hello")?;
-    ensure!(
-        lines.iter().any(|line| line == "hello from wasm"),
-        "stdout: {lines:?}"
-    );
+    let pod = node.run_hello_pod("installed", WEDGE_HANDLER)?;
     // The pod's shim (alive until the pod goes) runs from where the installer put it.
-    let shims: Vec<PathBuf> = node
-        .containerd
-        .container_processes()
-        .into_iter()
-        .filter_map(|(pid, _)| std::fs::read_link(format!("/proc/{pid}/exe")).ok())
-        .filter(|exe| exe.file_name().is_some_and(|name| name == binaries::SHIM))
-        .collect();
+    let shims = node.wedge_shim_executables();
     ensure!(
         !shims.is_empty() && shims.iter().all(|exe| *exe == installed_shim),
         "shim processes run {shims:?}, not {}",
@@ -437,25 +414,8 @@ fn containerd_1_7_starts_the_shim_at_its_runtime_path() -> Result<()> {
     ensure!(ready, "the probe failed:\n{text}");
     ensure!(text.contains("(runtime_path)"), "{text}");
     let installed = node.containerd.dir().join("off-path").join(binaries::SHIM);
-    let hello = node.wasm_image("hello", &programs::wat(programs::HELLO_WAT)?)?;
-    let pod = node.run_pod("off-path", WEDGE_HANDLER)?;
-    let id = node.run_container(
-        &pod,
-        &ContainerSpec {
-            name: "hello".into(),
-            image: hello,
-            ..Default::default()
-        },
-    )?;
-    let status = node.wait_exited(&id, Duration::from_secs(30))?;
-    ensure!(status.exit_code == 0, "exit {}", status.exit_code);
-    let shims: Vec<PathBuf> = node
-        .containerd
-        .container_processes()
-        .into_iter()
-        .filter_map(|(pid, _)| std::fs::read_link(format!("/proc/{pid}/exe")).ok())
-        .filter(|exe| exe.file_name().is_some_and(|name| name == binaries::SHIM))
-        .collect();
+    let pod = node.run_hello_pod("off-path", WEDGE_HANDLER)?;
+    let shims = node.wedge_shim_executables();
     ensure!(
         !shims.is_empty() && shims.iter().all(|exe| *exe == installed),
         "shim processes run {shims:?}, not {}",
