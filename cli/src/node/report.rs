@@ -342,12 +342,13 @@ fn shim_resolution(
         report.fact("shim containerd starts", format!("{shown} (runtime_path)"));
         return;
     }
-    let process = [
-        location.root.host_view(&location.config),
-        location.config.clone(),
-    ]
-    .iter()
-    .find_map(|config| shim_lookup::find_containerd(Path::new("/proc"), config));
+    let process = shim_lookup::find_containerd(
+        Path::new("/proc"),
+        &[
+            location.root.host_view(&location.config),
+            location.config.clone(),
+        ],
+    );
     let (search_path, source) = match process.as_ref().and_then(|found| found.path.clone()) {
         Some(path) => (path, "its environment"),
         None => (

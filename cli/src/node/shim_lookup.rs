@@ -29,9 +29,10 @@ pub struct ContainerdProcess {
     pub executable: Option<PathBuf>,
 }
 
-/// The containerd running on `config` (a host path), found among `proc`'s processes by name
-/// and by its `--config`/`-c` argument (none: the default /etc/containerd/config.toml).
-pub fn find_containerd(proc: &Path, config: &Path) -> Option<ContainerdProcess> {
+/// The containerd running on one of `configs` (the same file by its host path and as seen
+/// from here), found in one pass over `proc`'s processes by name and by its `--config`/`-c`
+/// argument (none: the default /etc/containerd/config.toml).
+pub fn find_containerd(proc: &Path, configs: &[PathBuf]) -> Option<ContainerdProcess> {
     let entries = std::fs::read_dir(proc).ok()?;
     for entry in entries.flatten() {
         let dir = entry.path();
@@ -51,7 +52,8 @@ pub fn find_containerd(proc: &Path, config: &Path) -> Option<ContainerdProcess> 
             .split(|b| *b == 0)
             .map(|arg| String::from_utf8_lossy(arg).into_owned())
             .collect();
-        if config_argument(&args).as_deref() != Some(config) {
+        let runs_on_config = config_argument(&args).is_some_and(|config| configs.contains(&config));
+        if !runs_on_config {
             continue;
         }
         let path = std::fs::read(dir.join("environ")).ok().and_then(|environ| {
