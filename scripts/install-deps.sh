@@ -2,14 +2,14 @@
 # Installs what building and testing Wedge needs on Debian: containerd and runc (the real
 # parts the tests run against), clang + wasi-libc (WASI test programs in C), a static busybox
 # (the runc reference in benchmarks), protoc (containerd's API bindings), a registry
-# (docker-registry, for push/pull tests), CNI plugins + iptables (pod networking in the CRI
+# (docker-registry, and apache2-utils' htpasswd for its basic auth: push/pull tests), CNI plugins + iptables (pod networking in the CRI
 # tests) and, beside the system containerd 1.6, containerd
 # 1.7 from Debian trixie unpacked under /opt/wedge-test (wasm-layer images need >= 1.7.7).
 # Skips apt entirely when everything is there.
 set -euo pipefail
 
 packages=(containerd runc clang lld wasi-libc libclang-rt-14-dev-wasm32 busybox-static
-  protobuf-compiler docker-registry containernetworking-plugins iptables openssl python3 binutils)
+  protobuf-compiler docker-registry apache2-utils containernetworking-plugins iptables openssl python3 binutils)
 containerd17_version="1.7.24~ds1-6+deb13u1"
 containerd17_dir=/opt/wedge-test/containerd-1.7
 # sid moves on: this version if the mirror still has it, else sid's current containerd.

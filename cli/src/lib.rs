@@ -6,4 +6,5 @@ pub mod installer_image;
 pub mod module_image;
 pub mod node;
 pub mod push;
+pub mod registry_credentials;
 pub mod wasm_image;

@@ -5,7 +5,8 @@ use clap::{Args, Parser, Subcommand};
 use wedge_cli::image::Platform;
 use wedge_cli::module_image::ModuleForm;
 use wedge_cli::node::command::{self as node, NodeCommand, TargetArgs};
-use wedge_cli::push;
+use wedge_cli::push::{self, CredentialChoice, PushOptions, RetryPolicy};
+use wedge_cli::registry_credentials::{self, Credentials};
 use wedge_cli::wasm_image::{self, ImageFormat, WasmImageRequest};
 
 /// Build wasm container images and operate the Wedge runtime.
@@ -56,6 +57,18 @@ struct PushArgs {
     /// Speak plain HTTP to the registry (always done for localhost and 127.0.0.1).
     #[arg(long)]
     plain_http: bool,
+    /// User name for the registry; the password is read from standard input. Without it,
+    /// credentials come from the docker config ($DOCKER_CONFIG/config.json or
+    /// ~/.docker/config.json: auths, credHelpers, credsStore).
+    #[arg(short, long, requires = "password_stdin")]
+    username: Option<String>,
+    /// Read the password (or token) for --username from standard input.
+    #[arg(long, requires = "username")]
+    password_stdin: bool,
+    /// How often a request is retried after a transient failure (no connection, timeout,
+    /// 429 or 5xx), with exponential backoff from 0.5 s.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    retries: u32,
 }
 
 #[derive(Args)]
@@ -118,10 +131,33 @@ fn push(args: PushArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let credentials = match args.username {
+        Some(username) => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password)?;
+            let password = password.trim_end_matches(['\r', '\n']).to_string();
+            if password.is_empty() {
+                anyhow::bail!("--password-stdin: standard input holds no password");
+            }
+            CredentialChoice::Given(Credentials::basic(username, password))
+        }
+        None => CredentialChoice::DockerConfig(registry_credentials::docker_config_path(
+            std::env::var_os("DOCKER_CONFIG").as_deref(),
+            std::env::var_os("HOME").as_deref(),
+        )),
+    };
+    let options = PushOptions {
+        plain_http: args.plain_http,
+        credentials,
+        retry: RetryPolicy {
+            retries: args.retries,
+            ..RetryPolicy::default()
+        },
+    };
     let pushed = runtime.block_on(push::push_archive(
         &args.archive,
         &args.reference,
-        args.plain_http,
+        &options,
     ))?;
     println!(
         "{} {} ({} blobs)",

@@ -6,7 +6,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 pub struct Registry {
     dir: tempfile::TempDir,
@@ -17,9 +17,35 @@ pub struct Registry {
 
 impl Registry {
     pub fn start() -> Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// A registry that lets only `user` with `password` in, by HTTP basic auth (htpasswd).
+    pub fn start_with_basic_auth(user: &str, password: &str) -> Result<Self> {
+        Self::start_with(Some((user, password)))
+    }
+
+    fn start_with(basic_auth: Option<(&str, &str)>) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("wedge-registry-")
             .tempdir()?;
+        let auth = match basic_auth {
+            None => String::new(),
+            Some((user, password)) => {
+                // distribution accepts bcrypt entries only.
+                let out = Command::new("htpasswd")
+                    .args(["-Bbn", user, password])
+                    .output()
+                    .context("cannot run htpasswd (apt-get install apache2-utils)")?;
+                ensure!(out.status.success(), "htpasswd failed");
+                let htpasswd = dir.path().join("htpasswd");
+                std::fs::write(&htpasswd, &out.stdout)?;
+                format!(
+                    "auth:\n  htpasswd:\n    realm: wedge-test\n    path: {}\n",
+                    htpasswd.display()
+                )
+            }
+        };
         // Ask the kernel for a free port, then hand it to the registry.
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let address = format!("127.0.0.1:{port}");
@@ -28,7 +54,7 @@ impl Registry {
             &config,
             format!(
                 "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    \
-                 rootdirectory: {}\nhttp:\n  addr: {address}\n",
+                 rootdirectory: {}\nhttp:\n  addr: {address}\n{auth}",
                 dir.path().join("data").display()
             ),
         )?;
@@ -55,7 +81,10 @@ impl Registry {
         loop {
             if self
                 .get("/v2/")
-                .is_ok_and(|reply| reply.starts_with("HTTP/1.1 200"))
+                .is_ok_and(|reply| {
+                    // 401: up, and asking for the credentials it was configured with.
+                    reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.1 401")
+                })
             {
                 return Ok(());
             }

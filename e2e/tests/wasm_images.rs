@@ -182,6 +182,140 @@ fn images_pushed_to_a_registry_are_pulled_and_run() -> Result<()> {
     containerd.assert_clean()
 }
 
+/// `wedge image push ARCHIVE REFERENCE [ARGS]` with a docker config directory of the test's
+/// and `password` (if any) on standard input.
+fn push_with(
+    archive: &Path,
+    reference: &str,
+    docker_config: &Path,
+    path: &std::ffi::OsStr,
+    password: Option<&str>,
+    args: &[&str],
+) -> Result<Output> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(wedge_e2e::binaries::path(wedge_e2e::binaries::CLI)?)
+        .args(["image", "push", "--retries", "0"])
+        .arg(archive)
+        .arg(reference)
+        .args(args)
+        .env("DOCKER_CONFIG", docker_config)
+        .env("PATH", path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let (Some(password), Some(stdin)) = (password, child.stdin.as_mut()) {
+        writeln!(stdin, "{password}")?;
+    }
+    drop(child.stdin.take());
+    Ok(child.wait_with_output()?)
+}
+
+fn expect_push(out: &Output, succeeds: bool, message: &str) -> Result<()> {
+    let stderr = text(&out.stderr);
+    ensure!(
+        out.status.success() == succeeds && stderr.contains(message),
+        "push exit {:?}, expected success={succeeds} and {message:?}; stderr:\n{stderr}",
+        out.status.code()
+    );
+    Ok(())
+}
+
+#[test]
+fn pushes_to_a_registry_with_basic_auth_find_credentials_as_docker_does() -> Result<()> {
+    let registry = Registry::start_with_basic_auth("dev", "s3cret")?;
+    let containerd = Containerd::start()?;
+    let work = tempfile::tempdir()?;
+    let module = status_module(work.path())?;
+    let (archive, _) =
+        images::built_image(work.path(), "authed", &module, &["--env", "WHO=authed"])?;
+    let remote = |tag: &str| format!("{}/team/authed:{tag}", registry.address);
+    let no_config = work.path().join("no-docker-config");
+    let system_path = std::env::var_os("PATH").unwrap_or_default();
+
+    // No credentials anywhere; then wrong ones on the command line.
+    let out = push_with(&archive, &remote("v1"), &no_config, &system_path, None, &[])?;
+    expect_push(&out, false, "requires authentication (401 Unauthorized)")?;
+    let out = push_with(
+        &archive,
+        &remote("v1"),
+        &no_config,
+        &system_path,
+        Some("wrong"),
+        &["--username", "dev", "--password-stdin"],
+    )?;
+    expect_push(&out, false, "rejected the credentials from --username")?;
+
+    // The right ones: on the command line, inline in the docker config, from a helper.
+    let out = push_with(
+        &archive,
+        &remote("stdin"),
+        &no_config,
+        &system_path,
+        Some("s3cret"),
+        &["--username", "dev", "--password-stdin"],
+    )?;
+    expect_push(&out, true, "")?;
+    let inline = work.path().join("inline");
+    std::fs::create_dir(&inline)?;
+    std::fs::write(
+        inline.join("config.json"),
+        // "dev:s3cret"
+        format!(r#"{{"auths":{{"{}":{{"auth":"ZGV2OnMzY3JldA=="}}}}}}"#, registry.address),
+    )?;
+    let out = push_with(&archive, &remote("inline"), &inline, &system_path, None, &[])?;
+    expect_push(&out, true, "")?;
+    let helper_config = work.path().join("helper");
+    let helper_bin = work.path().join("bin");
+    std::fs::create_dir_all(&helper_config)?;
+    std::fs::create_dir_all(&helper_bin)?;
+    std::fs::write(
+        helper_config.join("config.json"),
+        format!(r#"{{"credHelpers":{{"{}":"wedge-test"}}}}"#, registry.address),
+    )?;
+    let helper = helper_bin.join("docker-credential-wedge-test");
+    // The docker credential helper protocol: `get` reads the server on stdin.
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nread server\n[ \"$1\" = get ] && [ \"$server\" = {} ] || exit 1\n\
+             echo '{{\"ServerURL\":\"'$server'\",\"Username\":\"dev\",\"Secret\":\"s3cret\"}}'\n",
+            registry.address
+        ),
+    )?;
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755))?;
+    let mut helper_path = helper_bin.into_os_string();
+    helper_path.push(":");
+    helper_path.push(&system_path);
+    let out = push_with(&archive, &remote("helper"), &helper_config, &helper_path, None, &[])?;
+    expect_push(&out, true, "")?;
+
+    // The module itself instead of its image.
+    let wasm = work.path().join("authed.wasm");
+    std::fs::write(&wasm, &module)?;
+    let out = push_with(&wasm, &remote("v1"), &inline, &system_path, None, &[])?;
+    expect_push(&out, false, "is a WebAssembly binary, not an image archive")?;
+
+    // Every pushed tag is there for a client with the credentials, and runs.
+    for tag in ["stdin", "inline", "helper"] {
+        let reference = remote(tag);
+        let anonymous = containerd.ctr(&["images", "pull", "--plain-http", &reference])?;
+        ensure!(!anonymous.status.success(), "an anonymous pull of {reference} passed");
+        containerd.ctr_ok(&[
+            "images",
+            "pull",
+            "--plain-http",
+            "--user",
+            "dev:s3cret",
+            &reference,
+        ])?;
+        let out = containerd.run_wasm(&reference, tag, &["/authed.wasm", "3"])?;
+        expect_run(&out, 3, &["hi authed", "arg1=3"])?;
+    }
+    containerd.assert_clean()
+}
+
 #[test]
 fn named_exports_run_and_non_commands_are_refused() -> Result<()> {
     let containerd = Containerd::start()?;
