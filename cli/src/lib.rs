@@ -5,6 +5,8 @@ pub mod image;
 pub mod installer_image;
 pub mod module_image;
 pub mod node;
+pub mod oci_archive;
 pub mod push;
 pub mod registry_credentials;
+pub mod run;
 pub mod wasm_image;

@@ -7,6 +7,7 @@ use wedge_cli::module_image::ModuleForm;
 use wedge_cli::node::command::{self as node, NodeCommand, TargetArgs};
 use wedge_cli::push::{self, CredentialChoice, PushOptions, RetryPolicy};
 use wedge_cli::registry_credentials::{self, Credentials};
+use wedge_cli::run::{self as wedge_run, RunRequest};
 use wedge_cli::wasm_image::{self, ImageFormat, WasmImageRequest};
 
 /// Build wasm container images and operate the Wedge runtime.
@@ -27,6 +28,100 @@ enum Command {
     Node(NodeCommand),
     /// Check this node for what Wedge needs; exits non-zero when something is wrong.
     Doctor(TargetArgs),
+    /// Run a .wasm module or component, an image archive or an image in containerd here,
+    /// as a node would (same engine, engine config, annotations and sandbox); exits with
+    /// the module's status.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// A .wasm module or component, an OCI image archive (`wedge image build`), or the
+    /// name of an image in containerd (`ctr images pull`).
+    input: String,
+    /// Arguments for the module; for an image they replace its command.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+    /// Environment variable, KEY=VALUE. Repeatable.
+    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = key_value)]
+    env: Vec<(String, String)>,
+    /// Annotation of the container, KEY=VALUE, as a pod's `wedge.dev/*` annotations.
+    /// Repeatable.
+    #[arg(short, long = "annotation", value_name = "KEY=VALUE", value_parser = key_value)]
+    annotations: Vec<(String, String)>,
+    /// Memory limit of the container (bytes, or with a unit: 64Mi, 1G).
+    #[arg(short, long, value_parser = memory)]
+    memory: Option<u64>,
+    /// Bind a host directory or file into the container, HOST:DEST[:ro]. Repeatable.
+    #[arg(short, long = "volume", value_name = "HOST:DEST[:ro]", value_parser = volume)]
+    volumes: Vec<(String, String, bool)>,
+    /// `none`: a network namespace of its own with loopback only (as `ctr run`); `host`:
+    /// this machine's network, to reach an HTTP component from here.
+    #[arg(long, value_enum, default_value = "none")]
+    network: Network,
+    /// Make the container's root filesystem read-only.
+    #[arg(long)]
+    read_only: bool,
+    /// Attach standard input to the module.
+    #[arg(short, long)]
+    interactive: bool,
+    /// Engine config to use (default: /etc/wedge/config.toml if present, else built-in).
+    #[arg(long, value_name = "PATH")]
+    engine_config: Option<PathBuf>,
+    /// Container id (names its cgroup); default wedge-run-PID.
+    #[arg(long)]
+    name: Option<String>,
+    /// The shim binary (default: beside wedge, else on PATH).
+    #[arg(long, value_name = "PATH")]
+    shim: Option<PathBuf>,
+    /// containerd's socket, for image names.
+    #[arg(
+        long,
+        default_value = "/run/containerd/containerd.sock",
+        value_name = "PATH"
+    )]
+    containerd_address: PathBuf,
+    /// containerd namespace of image names (`k8s.io` holds the kubelet's images).
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Network {
+    None,
+    Host,
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}
+
+fn memory(text: &str) -> Result<u64, String> {
+    wedge_runtime_config::quantity::parse_memory(text).map_err(|err| err.to_string())
+}
+
+fn volume(text: &str) -> Result<(String, String, bool), String> {
+    let (source, rest) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?} is not HOST:DEST[:ro]"))?;
+    let (destination, readonly) = match rest.rsplit_once(':') {
+        Some((destination, "ro")) => (destination, true),
+        Some((destination, "rw")) => (destination, false),
+        _ => (rest, false),
+    };
+    if !destination.starts_with('/') {
+        return Err(format!("{text:?}: DEST must be an absolute path"));
+    }
+    let source =
+        std::fs::canonicalize(source).map_err(|err| format!("{text:?}: {source}: {err}"))?;
+    Ok((
+        source.display().to_string(),
+        destination.to_string(),
+        readonly,
+    ))
 }
 
 #[derive(Subcommand)]
@@ -116,7 +211,42 @@ fn main() -> Result<()> {
         Command::Image(ImageCommand::Push(args)) => push(args),
         Command::Node(command) => exit_unhealthy(node::run(command)?),
         Command::Doctor(args) => exit_unhealthy(node::doctor(args)?),
+        Command::Run(args) => run(args),
     }
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    let request = RunRequest {
+        input: args.input,
+        args: args.args,
+        env: args
+            .env
+            .into_iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect(),
+        annotations: args.annotations,
+        memory_limit: args.memory,
+        volumes: args.volumes,
+        host_network: args.network == Network::Host,
+        readonly_root: args.read_only,
+        interactive: args.interactive,
+        engine_config: args.engine_config,
+        name: args.name,
+        shim: args.shim,
+        containerd_socket: args.containerd_address,
+        containerd_namespace: args.namespace,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let status = runtime.block_on(async {
+        let shim = wedge_run::find_shim(request.shim.as_deref())?;
+        let bundle = wedge_run::prepare(&request).await?;
+        wedge_run::run_bundle(&shim, &bundle).await
+    })?;
+    // The bundle (a temp dir) is gone by now; the exit status is the module's.
+    drop(runtime);
+    std::process::exit(status);
 }
 
 /// A report with problems has been printed; the exit status says so to scripts and probes.
@@ -154,11 +284,7 @@ fn push(args: PushArgs) -> Result<()> {
             ..RetryPolicy::default()
         },
     };
-    let pushed = runtime.block_on(push::push_archive(
-        &args.archive,
-        &args.reference,
-        &options,
-    ))?;
+    let pushed = runtime.block_on(push::push_archive(&args.archive, &args.reference, &options))?;
     println!(
         "{} {} ({} blobs)",
         pushed.reference, pushed.digest, pushed.blobs

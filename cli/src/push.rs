@@ -1,36 +1,22 @@
 //! `wedge image push`: uploads an OCI layout archive (as `wedge image build` writes it, in
 //! any form) to a registry: blobs first, then manifests bottom-up, the top one under the tag.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::{Client, Reference, RegistryOperation};
 use oci_client::errors::{OciDistributionError, OciEnvelope, OciErrorCode};
+use oci_client::{Client, Reference, RegistryOperation};
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
 
+use crate::oci_archive::{ArchiveError, OciArchive};
 use crate::registry_credentials::{self, CredentialSource, Credentials, CredentialsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
-    #[error("cannot read archive {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "{path} is a WebAssembly binary, not an image archive: pack it first with \
-         `wedge image build {path} --tag NAME:TAG`, then push the .tar it writes"
-    )]
-    WasmNotArchive { path: PathBuf },
-    #[error("{path} is not a tar archive (an OCI image layout, as `wedge image build` writes): {reason}")]
-    NotTar { path: PathBuf, reason: String },
-    #[error("archive {path} is not an OCI image layout: {reason}")]
-    Layout { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
     #[error("invalid registry reference {0:?}: {1}")]
     Reference(String, String),
     #[error(transparent)]
@@ -167,7 +153,7 @@ pub async fn push_archive(
     target: &str,
     options: &PushOptions,
 ) -> Result<Pushed, PushError> {
-    let layout = Layout::read(archive)?;
+    let layout = OciArchive::read(archive)?;
     let reference: Reference = target.parse().map_err(|err: oci_client::ParseError| {
         PushError::Reference(target.into(), err.to_string())
     })?;
@@ -217,91 +203,12 @@ pub async fn push_archive(
     })
 }
 
-/// The blobs of an OCI layout archive and its top descriptor.
-struct Layout {
-    path: PathBuf,
-    blobs: HashMap<String, Vec<u8>>,
-    top: Descriptor,
-}
-
-impl Layout {
-    fn read(path: &Path) -> Result<Self, PushError> {
-        let read_error = |source| PushError::Read {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut file = std::fs::File::open(path).map_err(read_error)?;
-        let mut magic = [0u8; 4];
-        let magic_len = file.read(&mut magic).map_err(read_error)?;
-        if magic[..magic_len] == *b"\0asm" {
-            return Err(PushError::WasmNotArchive {
-                path: path.to_path_buf(),
-            });
-        }
-        let file = std::fs::File::open(path).map_err(read_error)?;
-        let not_tar = |err: std::io::Error| PushError::NotTar {
-            path: path.to_path_buf(),
-            reason: err.to_string(),
-        };
-        let mut archive = tar::Archive::new(file);
-        let mut blobs = HashMap::new();
-        let mut index = None;
-        for entry in archive.entries().map_err(not_tar)? {
-            let mut entry = entry.map_err(not_tar)?;
-            let name = entry.path().map_err(not_tar)?.display().to_string();
-            let name = name.trim_start_matches("./").to_string();
-            let mut bytes = Vec::new();
-            if name == "index.json" || name.starts_with("blobs/sha256/") {
-                entry.read_to_end(&mut bytes).map_err(not_tar)?;
-            }
-            if name == "index.json" {
-                index = Some(bytes);
-            } else if let Some(hex) = name.strip_prefix("blobs/sha256/") {
-                if !hex.is_empty() {
-                    blobs.insert(format!("sha256:{hex}"), bytes);
-                }
-            }
-        }
-        let layout_error = |reason: String| PushError::Layout {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let index = index.ok_or_else(|| layout_error("no index.json".into()))?;
-        let index = ImageIndex::from_reader(&index[..])
-            .map_err(|err| layout_error(format!("index.json: {err}")))?;
-        let top = match index.manifests()[..] {
-            [ref top] => top.clone(),
-            ref all => {
-                return Err(layout_error(format!(
-                    "index.json names {} images; push needs exactly one",
-                    all.len()
-                )))
-            }
-        };
-        Ok(Layout {
-            path: path.to_path_buf(),
-            blobs,
-            top,
-        })
-    }
-
-    fn blob(&self, digest: &str) -> Result<&[u8], PushError> {
-        self.blobs
-            .get(digest)
-            .map(Vec::as_slice)
-            .ok_or_else(|| PushError::Layout {
-                path: self.path.clone(),
-                reason: format!("blob {digest} is missing"),
-            })
-    }
-}
-
 struct Pusher<'a> {
     client: Client,
     reference: Reference,
     credentials: Credentials,
     retry: RetryPolicy,
-    layout: &'a Layout,
+    layout: &'a OciArchive,
     blobs: usize,
 }
 
@@ -311,9 +218,11 @@ impl Pusher<'_> {
     async fn push_node(&mut self, descriptor: &Descriptor, top: bool) -> Result<String, PushError> {
         let digest = descriptor.digest().to_string();
         let bytes = self.layout.blob(&digest)?.to_vec();
-        let malformed = |what: &str, err: &dyn std::fmt::Display| PushError::Layout {
-            path: self.layout.path.clone(),
-            reason: format!("{what} {digest}: {err}"),
+        let malformed = |what: &str, err: &dyn std::fmt::Display| {
+            PushError::Archive(ArchiveError::Layout {
+                origin: self.layout.origin.clone(),
+                reason: format!("{what} {digest}: {err}"),
+            })
         };
         match descriptor.media_type() {
             MediaType::ImageIndex => {
@@ -465,13 +374,14 @@ fn answer(err: &OciDistributionError) -> Answer {
         OciDistributionError::RequestError(err) if err.is_connect() || err.is_timeout() => {
             Answer::NoConnection
         }
-        OciDistributionError::RequestError(err) => {
-            err.status().map_or(Answer::Other, |s| Answer::Status(s.as_u16()))
-        }
+        OciDistributionError::RequestError(err) => err
+            .status()
+            .map_or(Answer::Other, |s| Answer::Status(s.as_u16())),
         OciDistributionError::UnauthorizedError { .. }
         | OciDistributionError::AuthenticationFailure(_) => Answer::Status(401),
-        OciDistributionError::RegistryError { envelope, .. } => envelope_answer(envelope)
-            .unwrap_or(Answer::Other),
+        OciDistributionError::RegistryError { envelope, .. } => {
+            envelope_answer(envelope).unwrap_or(Answer::Other)
+        }
         OciDistributionError::ServerError { code, message, .. } => {
             let envelope = serde_json::from_str::<OciEnvelope>(message).ok();
             match envelope.as_ref().and_then(envelope_answer) {
@@ -524,7 +434,7 @@ fn root_cause(err: &OciDistributionError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::{BufRead, BufReader, Read, Write};
     use std::net::{TcpListener, TcpStream};
     use std::sync::{Arc, Mutex};
 
@@ -545,25 +455,6 @@ mod tests {
         assert_eq!(waits[1], Duration::from_secs(1));
         assert_eq!(waits[4], Duration::from_secs(8));
         assert_eq!(policy.backoff(40), Duration::from_secs(8));
-    }
-
-    #[test]
-    fn a_wasm_binary_is_not_taken_for_an_archive() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("hello.wasm");
-        std::fs::write(&path, b"\0asm\x01\0\0\0").unwrap();
-        let err = Layout::read(&path).err().unwrap();
-        assert!(matches!(err, PushError::WasmNotArchive { .. }), "{err}");
-        assert!(err.to_string().contains("wedge image build"), "{err}");
-    }
-
-    #[test]
-    fn a_file_that_is_no_tar_is_named_so() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("x.tar");
-        std::fs::write(&path, b"not a tar").unwrap();
-        let err = Layout::read(&path).err().unwrap();
-        assert!(matches!(err, PushError::NotTar { .. }), "{err}");
     }
 
     /// A one-image archive to push.
@@ -668,8 +559,7 @@ mod tests {
                 &format!("{address}/team/hello:v1"),
                 &options(credentials),
             ))
-            .err()
-            .expect("the push should fail")
+            .expect_err("the push should fail")
     }
 
     const UPLOAD: &str = "POST /v2/team/hello/blobs/uploads/";
@@ -683,7 +573,13 @@ mod tests {
         let err = push(&address, Credentials::anonymous());
         let text = err.to_string();
         assert!(
-            matches!(err, PushError::Unreachable { attempts: Attempts(4), .. }),
+            matches!(
+                err,
+                PushError::Unreachable {
+                    attempts: Attempts(4),
+                    ..
+                }
+            ),
             "{text}"
         );
         assert!(text.contains("cannot reach registry"), "{text}");
@@ -694,9 +590,7 @@ mod tests {
     fn server_errors_are_retried_and_a_denial_is_not() {
         let (address, seen) = stand_in_registry(|request, seen| match request {
             "GET /v2/" => (200, "{}".into()),
-            UPLOAD if seen.iter().filter(|r| *r == UPLOAD).count() < 2 => {
-                (503, "busy".into())
-            }
+            UPLOAD if seen.iter().filter(|r| *r == UPLOAD).count() < 2 => (503, "busy".into()),
             _ => (403, envelope("DENIED")),
         });
         let err = push(&address, Credentials::basic("dev".into(), "pw".into()));
@@ -717,7 +611,13 @@ mod tests {
         let err = push(&address, Credentials::anonymous());
         let text = err.to_string();
         assert!(
-            matches!(err, PushError::Unavailable { attempts: Attempts(4), .. }),
+            matches!(
+                err,
+                PushError::Unavailable {
+                    attempts: Attempts(4),
+                    ..
+                }
+            ),
             "{text}"
         );
         let seen = seen.lock().unwrap();
@@ -752,7 +652,10 @@ mod tests {
         });
         let err = push(&address, Credentials::anonymous());
         let text = err.to_string();
-        assert!(matches!(err, PushError::RepositoryNotFound { .. }), "{text}");
+        assert!(
+            matches!(err, PushError::RepositoryNotFound { .. }),
+            "{text}"
+        );
         assert!(text.contains("no repository team/hello"), "{text}");
     }
 }

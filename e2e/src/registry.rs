@@ -79,13 +79,10 @@ impl Registry {
     fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if self
-                .get("/v2/")
-                .is_ok_and(|reply| {
-                    // 401: up, and asking for the credentials it was configured with.
-                    reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.1 401")
-                })
-            {
+            if self.get("/v2/").is_ok_and(|reply| {
+                // 401: up, and asking for the credentials it was configured with.
+                reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.1 401")
+            }) {
                 return Ok(());
             }
             if Instant::now() > deadline {

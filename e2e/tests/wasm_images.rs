@@ -262,9 +262,19 @@ fn pushes_to_a_registry_with_basic_auth_find_credentials_as_docker_does() -> Res
     std::fs::write(
         inline.join("config.json"),
         // "dev:s3cret"
-        format!(r#"{{"auths":{{"{}":{{"auth":"ZGV2OnMzY3JldA=="}}}}}}"#, registry.address),
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"ZGV2OnMzY3JldA=="}}}}}}"#,
+            registry.address
+        ),
     )?;
-    let out = push_with(&archive, &remote("inline"), &inline, &system_path, None, &[])?;
+    let out = push_with(
+        &archive,
+        &remote("inline"),
+        &inline,
+        &system_path,
+        None,
+        &[],
+    )?;
     expect_push(&out, true, "")?;
     let helper_config = work.path().join("helper");
     let helper_bin = work.path().join("bin");
@@ -272,7 +282,10 @@ fn pushes_to_a_registry_with_basic_auth_find_credentials_as_docker_does() -> Res
     std::fs::create_dir_all(&helper_bin)?;
     std::fs::write(
         helper_config.join("config.json"),
-        format!(r#"{{"credHelpers":{{"{}":"wedge-test"}}}}"#, registry.address),
+        format!(
+            r#"{{"credHelpers":{{"{}":"wedge-test"}}}}"#,
+            registry.address
+        ),
     )?;
     let helper = helper_bin.join("docker-credential-wedge-test");
     // The docker credential helper protocol: `get` reads the server on stdin.
@@ -288,7 +301,14 @@ fn pushes_to_a_registry_with_basic_auth_find_credentials_as_docker_does() -> Res
     let mut helper_path = helper_bin.into_os_string();
     helper_path.push(":");
     helper_path.push(&system_path);
-    let out = push_with(&archive, &remote("helper"), &helper_config, &helper_path, None, &[])?;
+    let out = push_with(
+        &archive,
+        &remote("helper"),
+        &helper_config,
+        &helper_path,
+        None,
+        &[],
+    )?;
     expect_push(&out, true, "")?;
 
     // The module itself instead of its image.
@@ -301,7 +321,10 @@ fn pushes_to_a_registry_with_basic_auth_find_credentials_as_docker_does() -> Res
     for tag in ["stdin", "inline", "helper"] {
         let reference = remote(tag);
         let anonymous = containerd.ctr(&["images", "pull", "--plain-http", &reference])?;
-        ensure!(!anonymous.status.success(), "an anonymous pull of {reference} passed");
+        ensure!(
+            !anonymous.status.success(),
+            "an anonymous pull of {reference} passed"
+        );
         containerd.ctr_ok(&[
             "images",
             "pull",

@@ -9,6 +9,7 @@ pub mod cgroup_driver;
 pub mod containerd;
 pub mod engine;
 pub mod features;
+pub mod local_run;
 pub mod quantity;
 pub mod wasm_image;
 

@@ -6,7 +6,7 @@
 //! wasm layer, checking its digest.
 
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::content_client::ContentClient;
@@ -18,6 +18,7 @@ use oci_spec::image::{Arch, Descriptor, ImageIndex, ImageManifest, MediaType, Os
 use sha2::{Digest, Sha256};
 use tracing::debug;
 
+use wedge_runtime_config::local_run::LocalLayer;
 use wedge_runtime_config::wasm_image::{self, WASM_LAYER_MEDIA_TYPES};
 
 use crate::error::{Error, Result};
@@ -39,75 +40,122 @@ pub struct WasmLayer {
     pub module: OwnedFd,
 }
 
-/// containerd's API as the shim sees it: the daemon's socket and the namespace of its tasks.
+/// Where wasm layers come from: containerd's API as the shim sees it (the daemon's socket
+/// and the namespace of its tasks), or, for `wedge run`, the one layer it extracted.
 pub struct ContentStore {
-    address: PathBuf,
-    namespace: String,
+    source: Source,
+}
+
+enum Source {
+    Containerd { address: PathBuf, namespace: String },
+    Local(Option<LocalLayer>),
 }
 
 impl ContentStore {
     pub fn new(address: impl Into<PathBuf>, namespace: &str) -> Self {
         ContentStore {
-            address: address.into(),
-            namespace: namespace.to_string(),
+            source: Source::Containerd {
+                address: address.into(),
+                namespace: namespace.to_string(),
+            },
+        }
+    }
+
+    /// The store of a local run: every container gets `layer`, if any.
+    pub fn local(layer: Option<LocalLayer>) -> Self {
+        ContentStore {
+            source: Source::Local(layer),
         }
     }
 
     /// The wasm layer of the image container `id` was created from, or None when the
     /// container has no image or the image has no wasm layer.
     pub async fn wasm_layer(&self, id: &str) -> Result<Option<WasmLayer>> {
-        let channel = containerd_client::connect(&self.address)
-            .await
-            .map_err(|err| Error::ContentStore {
-                what: "connect to",
-                subject: self.address.display().to_string(),
-                reason: err.to_string(),
-            })?;
-        let session = Session {
-            channel,
-            namespace: &self.namespace,
-        };
-        let Some(image) = session.container_image(id).await? else {
-            return Ok(None);
-        };
-        let target = session.image_target(&image).await?;
-        let Some(manifest) = session.manifest(&image, target, 0).await? else {
-            return Ok(None);
-        };
-        let wasm_layers: Vec<&Descriptor> = manifest
-            .layers()
-            .iter()
-            .filter(|layer| is_wasm_layer(layer.media_type()))
-            .collect();
-        let layer = match wasm_layers[..] {
-            [] => return Ok(None),
-            [layer] => layer,
-            [..] => {
-                return Err(Error::ImageLayout {
-                    image,
-                    reason: format!(
-                        "it has {} wasm layers; Wedge runs images with exactly one wasm \
-                         layer (linking several modules is not supported)",
-                        wasm_layers.len()
-                    ),
-                })
+        match &self.source {
+            Source::Containerd { address, namespace } => {
+                from_containerd(address, namespace, id).await
             }
-        };
-        if layer.size() > MAX_LAYER_BYTES {
+            Source::Local(None) => Ok(None),
+            Source::Local(Some(layer)) => local_layer(layer).map(Some),
+        }
+    }
+}
+
+/// The layer `wedge run` wrote, checked against its digest like one from containerd.
+fn local_layer(layer: &LocalLayer) -> Result<WasmLayer> {
+    let image = layer.path.display().to_string();
+    let bytes = std::fs::read(&layer.path)
+        .map_err(|err| Error::io("cannot read the wasm layer", &layer.path, err))?;
+    let actual = format!("sha256:{}", wasm_image::hex(&Sha256::digest(&bytes)));
+    if actual != layer.digest {
+        return Err(Error::ImageLayout {
+            image,
+            reason: format!("its wasm layer is {actual}, not {}", layer.digest),
+        });
+    }
+    if bytes.len() as u64 > MAX_LAYER_BYTES {
+        return Err(Error::ImageLayout {
+            image,
+            reason: format!("its wasm layer is {} bytes, over the limit", bytes.len()),
+        });
+    }
+    Ok(WasmLayer {
+        digest: actual,
+        media_type: layer.media_type.clone(),
+        size: bytes.len() as u64,
+        module: crate::runner::launch::module_fd::sealed_memfd(&bytes)?,
+    })
+}
+
+async fn from_containerd(address: &Path, namespace: &str, id: &str) -> Result<Option<WasmLayer>> {
+    let channel = containerd_client::connect(address)
+        .await
+        .map_err(|err| Error::ContentStore {
+            what: "connect to",
+            subject: address.display().to_string(),
+            reason: err.to_string(),
+        })?;
+    let session = Session { channel, namespace };
+    let Some(image) = session.container_image(id).await? else {
+        return Ok(None);
+    };
+    let target = session.image_target(&image).await?;
+    let Some(manifest) = session.manifest(&image, target, 0).await? else {
+        return Ok(None);
+    };
+    let wasm_layers: Vec<&Descriptor> = manifest
+        .layers()
+        .iter()
+        .filter(|layer| is_wasm_layer(layer.media_type()))
+        .collect();
+    let layer = match wasm_layers[..] {
+        [] => return Ok(None),
+        [layer] => layer,
+        [..] => {
             return Err(Error::ImageLayout {
                 image,
-                reason: format!("its wasm layer is {} bytes, over the limit", layer.size()),
-            });
+                reason: format!(
+                    "it has {} wasm layers; Wedge runs images with exactly one wasm \
+                     layer (linking several modules is not supported)",
+                    wasm_layers.len()
+                ),
+            })
         }
-        let module = session.read_into_memfd(&image, layer).await?;
-        debug!(%image, digest = %layer.digest(), size = layer.size(), "read wasm layer");
-        Ok(Some(WasmLayer {
-            digest: layer.digest().to_string(),
-            media_type: layer.media_type().to_string(),
-            size: layer.size(),
-            module,
-        }))
+    };
+    if layer.size() > MAX_LAYER_BYTES {
+        return Err(Error::ImageLayout {
+            image,
+            reason: format!("its wasm layer is {} bytes, over the limit", layer.size()),
+        });
     }
+    let module = session.read_into_memfd(&image, layer).await?;
+    debug!(%image, digest = %layer.digest(), size = layer.size(), "read wasm layer");
+    Ok(Some(WasmLayer {
+        digest: layer.digest().to_string(),
+        media_type: layer.media_type().to_string(),
+        size: layer.size(),
+        module,
+    }))
 }
 
 pub fn is_wasm_layer(media_type: &MediaType) -> bool {

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod error;
 pub mod exits;
 pub mod image;
+pub mod local_run;
 pub mod logging;
 pub mod options;
 pub mod rootfs;

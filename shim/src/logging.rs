@@ -33,6 +33,19 @@ pub fn init(serving: bool, debug: bool, shim_id: &str) {
     }
 }
 
+/// Logging of a local run (`wedge run`): the developer's terminal gets warnings and errors
+/// only, unless `RUST_LOG` asks for more.
+pub fn init_local(id: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr);
+    if install(builder, false) {
+        tracing::debug!(%id, "logging initialised");
+    }
+}
+
 fn install<W>(
     builder: tracing_subscriber::fmt::SubscriberBuilder<
         tracing_subscriber::fmt::format::DefaultFields,

@@ -1,5 +1,6 @@
 use std::path::Path;
 
+use wedge_runtime_config::local_run::LOCAL_RUN_ACTION;
 use wedge_shim::runner::{self, protocol::RUNNER_ARG0};
 use wedge_shim::RUNTIME_ID;
 
@@ -7,6 +8,13 @@ fn main() {
     let invoked_as = std::env::args_os().next().unwrap_or_default();
     if Path::new(&invoked_as).file_name() == Some(RUNNER_ARG0.as_ref()) {
         runner::main();
+    }
+
+    let args: Vec<_> = std::env::args_os().skip(1).take(3).collect();
+    if let [action, bundle] = &args[..] {
+        if action == LOCAL_RUN_ACTION {
+            run_local(Path::new(bundle));
+        }
     }
 
     // One thread serves every container of the shim: the work is waiting on sockets, and
@@ -24,5 +32,25 @@ fn main() {
         // containerd shows this text in its error for start and delete.
         eprintln!("{RUNTIME_ID}: {err}");
         std::process::exit(1);
+    }
+}
+
+/// `wedge run`'s container: exits with the module's exit status.
+fn run_local(bundle: &Path) -> ! {
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| err.to_string())
+        .and_then(|runtime| {
+            runtime
+                .block_on(wedge_shim::local_run::run(bundle))
+                .map_err(|err| err.to_string())
+        });
+    match result {
+        Ok(status) => std::process::exit(i32::try_from(status).unwrap_or(255)),
+        Err(err) => {
+            eprintln!("wedge run: {err}");
+            std::process::exit(125);
+        }
     }
 }

@@ -20,6 +20,22 @@ pub fn engine_config(options: Option<&Any>) -> Result<EngineConfig> {
     Ok(EngineConfig::load(&source)?)
 }
 
+/// The runtime options naming the engine config at `path`, as containerd would pass them
+/// for a runtime entry's `ConfigPath`.
+pub fn config_path_option(path: &std::path::Path) -> Result<Any> {
+    let mut value = Vec::new();
+    let mut out = containerd_shim_protos::protobuf::CodedOutputStream::vec(&mut value);
+    out.write_string(2, &path.display().to_string())
+        .and_then(|()| out.flush())
+        .map_err(|err| Error::Internal(format!("cannot encode the runtime options: {err}")))?;
+    drop(out);
+    Ok(Any {
+        type_url: format!("type.googleapis.com/{RUNTIME_OPTIONS_TYPE}"),
+        value,
+        ..Default::default()
+    })
+}
+
 fn config_source(any: &Any) -> Result<ConfigSource> {
     let type_name = any.type_url.rsplit('/').next().unwrap_or_default();
     if type_name != RUNTIME_OPTIONS_TYPE {
@@ -89,6 +105,15 @@ mod tests {
             value,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_config_path_option_reads_back_as_that_path() {
+        let any = config_path_option(std::path::Path::new("/etc/wedge/dev.toml")).unwrap();
+        assert_eq!(
+            config_source(&any).unwrap(),
+            ConfigSource::Path("/etc/wedge/dev.toml".into())
+        );
     }
 
     #[test]

@@ -246,7 +246,7 @@ fn server_started() -> Result<(), ShimError> {
 }
 
 /// Collects every exited child and announces it on the monitor, where `exits` routes it.
-async fn reap_children(mut children: tokio::signal::unix::Signal) {
+pub(crate) async fn reap_children(mut children: tokio::signal::unix::Signal) {
     while children.recv().await.is_some() {
         loop {
             let (pid, code) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
