@@ -147,14 +147,18 @@ pub struct CriSetup {
     /// containerd's registry `config_path` (a `hosts.toml` per registry host), when image
     /// pulls go to a registry of the test's.
     pub registry_hosts: Option<PathBuf>,
+    /// Environment of the daemon, which its shims inherit.
+    pub daemon_env: Vec<(String, String)>,
 }
 
-/// What a CRI containerd needs from the caller beyond the defaults: where images come from.
+/// What a CRI containerd needs from the caller beyond the defaults: where images come
+/// from, and what its environment (its shims') holds.
 #[derive(Debug, Clone, Default)]
 pub struct CriOptions {
     /// Default [`PAUSE_IMAGE`], which the caller imports.
     pub sandbox_image: Option<String>,
     pub registry_hosts: Option<PathBuf>,
+    pub daemon_env: Vec<(String, String)>,
 }
 
 impl CriSetup {
@@ -175,6 +179,7 @@ impl CriSetup {
                 .sandbox_image
                 .unwrap_or_else(|| PAUSE_IMAGE.to_string()),
             registry_hosts: options.registry_hosts,
+            daemon_env: options.daemon_env,
         }
     }
 
@@ -357,9 +362,15 @@ impl Containerd {
             .create(true)
             .append(true)
             .open(self.dir.path().join("containerd.log"))?;
+        let daemon_env = self
+            .cri
+            .as_ref()
+            .map(|cri| cri.daemon_env.clone())
+            .unwrap_or_default();
         let daemon = Command::new(self.release.containerd())
             .arg("--config")
             .arg(self.dir.path().join("config.toml"))
+            .envs(daemon_env)
             .env("PATH", &self.search_path)
             // As under systemd, where containerd is a Type=notify unit: its shims inherit
             // NOTIFY_SOCKET (here a path nothing listens on).

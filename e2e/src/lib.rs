@@ -11,6 +11,7 @@ pub mod ctr_case;
 pub mod guest;
 pub mod http_load;
 pub mod images;
+pub mod otlp_receiver;
 pub mod programs;
 pub mod registry;
 pub mod stand_in_api;

@@ -32,6 +32,9 @@ pub struct EngineConfig {
     /// The shim's log level (`error`, `warn`, `info`, `debug`, `trace`); containerd's
     /// `--debug` and `RUST_LOG` still win.
     pub log_level: Option<LogLevel>,
+    /// The shim's log lines: `text` (the default), `logfmt` or `json`; the
+    /// `WEDGE_LOG_FORMAT` environment variable of containerd still wins.
+    pub log_format: Option<LogFormat>,
     /// The `wedge.dev/<key>` annotations pods may use; any other is refused.
     pub allowed_annotations: Vec<AnnotationKey>,
     pub wasm: WasmConfig,
@@ -48,6 +51,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             log_level: None,
+            log_format: None,
             allowed_annotations: AnnotationKey::ALLOWED_BY_DEFAULT.to_vec(),
             wasm: WasmConfig::default(),
             limits: LimitsConfig::default(),
@@ -79,6 +83,32 @@ impl LogLevel {
             LogLevel::Info => "info",
             LogLevel::Debug => "debug",
             LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// How one log line is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `TIME LEVEL span{field=value}: message field=value`, for people.
+    #[default]
+    Text,
+    /// `time=… level=… span=… id=… pod=… msg="…" field=value`, for log pipelines.
+    Logfmt,
+    /// One JSON object per line with the same keys as `logfmt`.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "text" => Ok(LogFormat::Text),
+            "logfmt" => Ok(LogFormat::Logfmt),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("log format {other:?} is not text, logfmt or json")),
         }
     }
 }
@@ -470,6 +500,16 @@ mod tests {
         assert!(err
             .to_string()
             .starts_with("invalid engine config cfg.toml"));
+    }
+
+    #[test]
+    fn the_log_format_is_one_of_three() {
+        let config = EngineConfig::parse("log_format = \"logfmt\"\n", "t").unwrap();
+        assert_eq!(config.log_format, Some(LogFormat::Logfmt));
+        assert_eq!(EngineConfig::default().log_format, None);
+        let err = EngineConfig::parse("log_format = \"xml\"\n", "t").unwrap_err();
+        assert!(err.to_string().contains("log_format"), "{err}");
+        assert_eq!("json".parse::<LogFormat>(), Ok(LogFormat::Json));
     }
 
     #[test]

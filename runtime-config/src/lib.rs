@@ -16,7 +16,7 @@ pub mod wasm_image;
 pub use annotation_key::{AnnotationKey, ANNOTATION_PREFIX};
 pub use annotations::{AnnotationError, HttpOptions, WasmOptions};
 pub use engine::{
-    CacheConfig, CgroupConfig, CgroupDriver, ConfigError, ConfigSource, EngineConfig,
+    CacheConfig, CgroupConfig, CgroupDriver, ConfigError, ConfigSource, EngineConfig, LogFormat,
     NetworkConfig, RuncConfig,
 };
 pub use features::WasmFeature;

@@ -11,6 +11,7 @@ pub mod error;
 pub mod exits;
 pub mod image;
 pub mod local_run;
+pub mod log_lines;
 pub mod logging;
 pub mod options;
 pub mod rootfs;
@@ -21,6 +22,7 @@ pub mod shim;
 pub mod spec;
 pub mod stdio;
 pub mod task;
+pub mod telemetry;
 
 pub use error::{Error, Result};
 pub use shim::RUNTIME_ID;

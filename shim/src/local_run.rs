@@ -56,9 +56,11 @@ pub async fn run(bundle: &Path) -> Result<u32, ShimError> {
     })?;
     tokio::spawn(reap_children(children));
     let span = info_span!("local_run", id = %request.id, namespace = LOCAL_NAMESPACE);
-    run_container(bundle, request, signals)
+    let status = run_container(bundle, request, signals)
         .instrument(span)
-        .await
+        .await;
+    crate::telemetry::shutdown();
+    status
 }
 
 fn read_request(bundle: &Path) -> Result<LocalRun, ShimError> {

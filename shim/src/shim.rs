@@ -215,6 +215,7 @@ async fn serve(flags: &Flags) -> Result<(), ShimError> {
         warn!(error = %err, "ttrpc server did not shut down cleanly");
     }
     let _ = std::fs::remove_file(&socket_path);
+    crate::telemetry::shutdown();
     Ok(())
 }
 

@@ -92,6 +92,7 @@ fn run() -> Result<bool> {
             CriOptions {
                 sandbox_image: Some(SANDBOX_IMAGE.to_string()),
                 registry_hosts: Some(hosts.clone()),
+                ..CriOptions::default()
             },
         )?;
         let mut problems = Vec::new();

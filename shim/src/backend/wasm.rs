@@ -100,7 +100,15 @@ pub async fn create(request: CreateRequest<'_>, module: WasmModule) -> Result<Cr
     } = sandbox.map_err(|err| sandbox_error(id, err))?;
     let enter_pod_pid_namespace = before_exec.joins_pod_pids();
     let spawned = exits.spawn_watched(|| {
-        let runner = spawn_runner(id, bundle, io.runner, module.fd, before_exec)?;
+        let pod = crate::spec::pod_label(&spec.annotations);
+        let runner = spawn_runner(
+            id,
+            pod.as_deref(),
+            bundle,
+            io.runner,
+            module.fd,
+            before_exec,
+        )?;
         let pid = runner.pid;
         // Opened at once: the runner is the shim's child and not yet reaped.
         Ok(((runner, ProcessHandle::open(pid)), pid))
@@ -150,6 +158,8 @@ pub async fn create(request: CreateRequest<'_>, module: WasmModule) -> Result<Cr
         options,
         seccomp: security.filters,
         apparmor_profile: security.apparmor_profile,
+        log: crate::logging::runner_log(),
+        pod: crate::spec::pod_label(&spec.annotations),
     };
     let memory_limit = run_spec.memory_limit;
     // A compile can outlast the request (a large module under a tight CPU quota); once

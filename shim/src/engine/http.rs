@@ -19,6 +19,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits};
 use wasmtime_wasi::filesystem::WasiFilesystemCtx;
@@ -259,7 +260,25 @@ impl ReadyServer {
                     let header_timeout = server.options.header_timeout;
                     let service = hyper::service::service_fn(move |request| {
                         let server = server.clone();
-                        async move { Ok::<_, Infallible>(server.handle(request).await) }
+                        let span = tracing::info_span!(
+                            "http_request",
+                            method = %request.method(),
+                            path = %request.uri().path(),
+                            status = tracing::field::Empty,
+                        );
+                        async move {
+                            let started = std::time::Instant::now();
+                            let response = server.handle(request).await;
+                            let status = response.status().as_u16();
+                            tracing::Span::current().record("status", status);
+                            tracing::debug!(
+                                status,
+                                elapsed_ms = started.elapsed().as_millis() as u64,
+                                "request answered"
+                            );
+                            Ok::<_, Infallible>(response)
+                        }
+                        .instrument(span)
                     });
                     // The header timeout also ends idle keep-alive connections: hyper starts
                     // it whenever it waits for the next request's head.
@@ -465,8 +484,10 @@ fn plain(status: StatusCode, text: String) -> ServerResponse {
     response
 }
 
-/// The container's stderr is where `kubectl logs` shows a failing request.
+/// The container's stderr is where `kubectl logs` shows a failing request; the runtime's
+/// log gets it too, with the container and the request.
 fn log_line(line: &str) {
+    tracing::warn!("{line}");
     let mut stderr = std::io::stderr().lock();
     let _ = stderr.write_all(format!("{line}\n").as_bytes());
 }

@@ -21,6 +21,10 @@ pub const CONTROL_FD: i32 = 3;
 /// memfd the shim filled from containerd's content store.
 pub const MODULE_FD: i32 = 4;
 
+/// Where the runner writes its log lines: a pipe the shim reads and passes on to its own
+/// log, so that runner and shim lines reach containerd in one stream and one format.
+pub const LOG_FD: i32 = 5;
+
 /// The name the runner process shows in `ps`, and the cue for the binary to act as a runner.
 pub const RUNNER_ARG0: &str = "wedge-runner";
 
@@ -61,6 +65,19 @@ pub struct RunSpec {
     pub seccomp: Filters,
     /// The spec's AppArmor profile, changed to before the runner gives up root.
     pub apparmor_profile: Option<String>,
+    /// How the runner logs: the shim's own level filter and line format.
+    pub log: RunnerLog,
+    /// The pod the container belongs to, for the runner's log lines.
+    pub pod: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerLog {
+    /// An `EnvFilter` directive, as the shim's own.
+    pub filter: String,
+    pub format: wedge_runtime_config::LogFormat,
+    /// Report closed spans to the shim, which exports them (see `crate::telemetry`).
+    pub spans: bool,
 }
 
 /// Where the module's bytes are.
@@ -189,6 +206,12 @@ mod tests {
                 .unwrap(),
             seccomp: Filters::for_container(None).unwrap(),
             apparmor_profile: Some("cri-containerd.apparmor.d".into()),
+            log: RunnerLog {
+                filter: "info".into(),
+                format: wedge_runtime_config::LogFormat::Json,
+                spans: true,
+            },
+            pod: Some("default/web".into()),
         };
         let mut wire = Vec::new();
         send(&mut wire, &ShimMessage::Prepare(Box::new(spec.clone()))).unwrap();

@@ -21,6 +21,21 @@ pub struct InvalidSpec {
 /// CRI puts every container of a pod under the pod sandbox's id; one shim serves them all.
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 
+/// The pod's name and namespace as CRI records them in every container's spec.
+const SANDBOX_NAME_ANNOTATION: &str = "io.kubernetes.cri.sandbox-name";
+const SANDBOX_NAMESPACE_ANNOTATION: &str = "io.kubernetes.cri.sandbox-namespace";
+
+/// How log lines name a container's pod: `namespace/name` as kubectl shows it, else the
+/// sandbox id; None outside CRI.
+pub fn pod_label(annotations: &std::collections::HashMap<String, String>) -> Option<String> {
+    let name = annotations.get(SANDBOX_NAME_ANNOTATION);
+    let namespace = annotations.get(SANDBOX_NAMESPACE_ANNOTATION);
+    match (namespace, name) {
+        (Some(namespace), Some(name)) => Some(format!("{namespace}/{name}")),
+        _ => annotations.get(SANDBOX_ID_ANNOTATION).cloned(),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerSpec {
     /// Host path of the root filesystem (the spec's `root.path`, resolved against the bundle).

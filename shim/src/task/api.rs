@@ -124,13 +124,14 @@ fn api_status(status: Status) -> ApiStatus {
 
 #[async_trait]
 impl Task for TaskService {
-    #[instrument(skip_all, fields(id = %req.id))]
+    #[instrument(skip_all, fields(id = %req.id, pod = tracing::field::Empty))]
     async fn create(
         &self,
         _ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
         let _busy = self.tasks.busy();
+        self.tasks.record_pod(&req.id);
         let pid = self.tasks.create(req.clone()).await.inspect_err(|err| {
             warn!(error = %err, "create failed");
         })?;
@@ -157,13 +158,14 @@ impl Task for TaskService {
         })
     }
 
-    #[instrument(skip_all, fields(id = %req.id))]
+    #[instrument(skip_all, fields(id = %req.id, pod = tracing::field::Empty))]
     async fn start(
         &self,
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
         let _busy = self.tasks.busy();
+        self.tasks.record_pod(&req.id);
         if !req.exec_id.is_empty() {
             let pid = self.tasks.start_exec(&req.id, &req.exec_id).await?;
             info!(pid, exec_id = %req.exec_id, "exec process started");
@@ -186,13 +188,14 @@ impl Task for TaskService {
         })
     }
 
-    #[instrument(skip_all, fields(id = %req.id))]
+    #[instrument(skip_all, fields(id = %req.id, pod = tracing::field::Empty))]
     async fn state(
         &self,
         _ctx: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
         let _busy = self.tasks.busy();
+        self.tasks.record_pod(&req.id);
         if !req.exec_id.is_empty() {
             return Ok(self.exec_state(&req.id, &req.exec_id)?);
         }
@@ -209,9 +212,10 @@ impl Task for TaskService {
         Ok(response)
     }
 
-    #[instrument(skip_all, fields(id = %req.id, signal = req.signal))]
+    #[instrument(skip_all, fields(id = %req.id, pod = tracing::field::Empty, signal = req.signal))]
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
         let _busy = self.tasks.busy();
+        self.tasks.record_pod(&req.id);
         let signal = Signal::try_from(req.signal as i32)
             .map_err(|_| Error::InvalidRequest(format!("invalid signal {}", req.signal)))?;
         if req.exec_id.is_empty() {
@@ -224,13 +228,14 @@ impl Task for TaskService {
         Ok(api::Empty::new())
     }
 
-    #[instrument(skip_all, fields(id = %req.id))]
+    #[instrument(skip_all, fields(id = %req.id, pod = tracing::field::Empty))]
     async fn delete(
         &self,
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
         let _busy = self.tasks.busy();
+        self.tasks.record_pod(&req.id);
         if !req.exec_id.is_empty() {
             let (pid, exit) = self.tasks.delete_exec(&req.id, &req.exec_id)?;
             return Ok(api::DeleteResponse {
@@ -259,12 +264,13 @@ impl Task for TaskService {
         })
     }
 
-    #[instrument(skip_all, fields(id = %req.id))]
+    #[instrument(skip_all, fields(id = %req.id, pod = tracing::field::Empty))]
     async fn wait(
         &self,
         _ctx: &TtrpcContext,
         req: api::WaitRequest,
     ) -> TtrpcResult<api::WaitResponse> {
+        self.tasks.record_pod(&req.id);
         let status = if req.exec_id.is_empty() {
             self.tasks.wait(&req.id).await?
         } else {
@@ -277,13 +283,14 @@ impl Task for TaskService {
         })
     }
 
-    #[instrument(skip_all, fields(id = %req.id))]
+    #[instrument(skip_all, fields(id = %req.id, pod = tracing::field::Empty))]
     async fn pids(
         &self,
         _ctx: &TtrpcContext,
         req: api::PidsRequest,
     ) -> TtrpcResult<api::PidsResponse> {
         let _busy = self.tasks.busy();
+        self.tasks.record_pod(&req.id);
         let processes = self
             .tasks
             .pids(&req.id)?
@@ -299,13 +306,14 @@ impl Task for TaskService {
         })
     }
 
-    #[instrument(skip_all, fields(id = %req.id))]
+    #[instrument(skip_all, fields(id = %req.id, pod = tracing::field::Empty))]
     async fn close_io(
         &self,
         _ctx: &TtrpcContext,
         req: api::CloseIORequest,
     ) -> TtrpcResult<api::Empty> {
         let _busy = self.tasks.busy();
+        self.tasks.record_pod(&req.id);
         // Whoever relays a stdin fifo (the runner, or the shim's relay thread for runc
         // processes) sees EOF when the client closes its end; nothing is held open here.
         self.tasks.with_container(&req.id, |container| {
@@ -317,13 +325,14 @@ impl Task for TaskService {
         Ok(api::Empty::new())
     }
 
-    #[instrument(skip_all, fields(id = %req.id))]
+    #[instrument(skip_all, fields(id = %req.id, pod = tracing::field::Empty))]
     async fn connect(
         &self,
         _ctx: &TtrpcContext,
         req: api::ConnectRequest,
     ) -> TtrpcResult<api::ConnectResponse> {
         let _busy = self.tasks.busy();
+        self.tasks.record_pod(&req.id);
         let task_pid = self
             .tasks
             .with_container(&req.id, |container| Ok(container.pid))
@@ -336,7 +345,7 @@ impl Task for TaskService {
         })
     }
 
-    #[instrument(skip_all, fields(id = %req.id))]
+    #[instrument(skip_all, fields(id = %req.id, pod = tracing::field::Empty))]
     async fn shutdown(
         &self,
         _ctx: &TtrpcContext,
@@ -357,25 +366,27 @@ impl Task for TaskService {
         Ok(api::Empty::new())
     }
 
-    #[instrument(skip_all, fields(id = %req.id))]
+    #[instrument(skip_all, fields(id = %req.id, pod = tracing::field::Empty))]
     async fn exec(
         &self,
         _ctx: &TtrpcContext,
         req: api::ExecProcessRequest,
     ) -> TtrpcResult<api::Empty> {
         let _busy = self.tasks.busy();
+        self.tasks.record_pod(&req.id);
         self.tasks.add_exec(&req).await?;
         info!(exec_id = %req.exec_id, "exec process added");
         Ok(api::Empty::new())
     }
 
-    #[instrument(skip_all, fields(id = %req.id))]
+    #[instrument(skip_all, fields(id = %req.id, pod = tracing::field::Empty))]
     async fn resize_pty(
         &self,
         _ctx: &TtrpcContext,
         req: api::ResizePtyRequest,
     ) -> TtrpcResult<api::Empty> {
         let _busy = self.tasks.busy();
+        self.tasks.record_pod(&req.id);
         let console = self.tasks.with_container(&req.id, |container| {
             let console = if req.exec_id.is_empty() {
                 container.console.clone()
@@ -390,9 +401,10 @@ impl Task for TaskService {
         Ok(api::Empty::new())
     }
 
-    #[instrument(skip_all, fields(id = %req.id))]
+    #[instrument(skip_all, fields(id = %req.id, pod = tracing::field::Empty))]
     async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
         let _busy = self.tasks.busy();
+        self.tasks.record_pod(&req.id);
         self.tasks.freeze(&req.id, true).await?;
         info!("container paused");
         self.publish(TaskPaused {
@@ -403,13 +415,14 @@ impl Task for TaskService {
         Ok(api::Empty::new())
     }
 
-    #[instrument(skip_all, fields(id = %req.id))]
+    #[instrument(skip_all, fields(id = %req.id, pod = tracing::field::Empty))]
     async fn resume(
         &self,
         _ctx: &TtrpcContext,
         req: api::ResumeRequest,
     ) -> TtrpcResult<api::Empty> {
         let _busy = self.tasks.busy();
+        self.tasks.record_pod(&req.id);
         self.tasks.freeze(&req.id, false).await?;
         info!("container resumed");
         self.publish(TaskResumed {
@@ -420,13 +433,14 @@ impl Task for TaskService {
         Ok(api::Empty::new())
     }
 
-    #[instrument(skip_all, fields(id = %req.id))]
+    #[instrument(skip_all, fields(id = %req.id, pod = tracing::field::Empty))]
     async fn checkpoint(
         &self,
         _ctx: &TtrpcContext,
         req: api::CheckpointTaskRequest,
     ) -> TtrpcResult<api::Empty> {
         let _busy = self.tasks.busy();
+        self.tasks.record_pod(&req.id);
         let _ = req;
         Err(Error::Unsupported {
             operation: "checkpoint",
@@ -434,13 +448,14 @@ impl Task for TaskService {
         .into())
     }
 
-    #[instrument(skip_all, fields(id = %req.id))]
+    #[instrument(skip_all, fields(id = %req.id, pod = tracing::field::Empty))]
     async fn update(
         &self,
         _ctx: &TtrpcContext,
         req: api::UpdateTaskRequest,
     ) -> TtrpcResult<api::Empty> {
         let _busy = self.tasks.busy();
+        self.tasks.record_pod(&req.id);
         let json = req
             .resources
             .as_ref()
@@ -451,13 +466,14 @@ impl Task for TaskService {
         Ok(api::Empty::new())
     }
 
-    #[instrument(skip_all, fields(id = %req.id))]
+    #[instrument(skip_all, fields(id = %req.id, pod = tracing::field::Empty))]
     async fn stats(
         &self,
         _ctx: &TtrpcContext,
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
         let _busy = self.tasks.busy();
+        self.tasks.record_pod(&req.id);
         let stats = self.tasks.stats(&req.id)?;
         Ok(api::StatsResponse {
             stats: MessageField::some(stats),

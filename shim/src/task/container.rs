@@ -18,6 +18,8 @@ use crate::stdio::StdioPaths;
 
 pub struct Container {
     pub id: String,
+    /// The pod it belongs to, for log lines (see `spec::pod_label`).
+    pub pod: Option<String>,
     pub bundle: PathBuf,
     pub rootfs: PathBuf,
     /// Whether the shim mounted `rootfs` and so must unmount it.
@@ -38,6 +40,7 @@ pub struct Container {
 /// Where a new container lives, as Create found it.
 pub struct Placement {
     pub id: String,
+    pub pod: Option<String>,
     pub bundle: PathBuf,
     pub rootfs: PathBuf,
     pub rootfs_mounted: bool,
@@ -56,6 +59,7 @@ impl Container {
     ) -> Self {
         let Placement {
             id,
+            pod,
             bundle,
             rootfs,
             rootfs_mounted,
@@ -63,6 +67,7 @@ impl Container {
         } = placement;
         Container {
             id,
+            pod,
             bundle,
             rootfs,
             rootfs_mounted,

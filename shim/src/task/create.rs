@@ -77,6 +77,10 @@ impl Tasks {
         crate::sandbox::cgroup::warm_up_migration();
         let bundle = PathBuf::from(&req.bundle);
         let spec = ContainerSpec::load(&bundle)?;
+        let pod = crate::spec::pod_label(&spec.annotations);
+        if let Some(pod) = &pod {
+            tracing::Span::current().record("pod", pod.as_str());
+        }
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -96,6 +100,7 @@ impl Tasks {
         let pid = created.pid;
         let placement = Placement {
             id: req.id.clone(),
+            pod,
             bundle,
             rootfs,
             rootfs_mounted: mounted,
@@ -116,7 +121,7 @@ impl Tasks {
         given_up: GivenUp,
     ) -> Result<Created> {
         let engine_config = options::engine_config(req.options.as_ref())?;
-        crate::logging::apply_configured_level(engine_config.log_level);
+        crate::logging::apply_configured(engine_config.log_level, engine_config.log_format);
         // One decision for wasm and native containers alike, as runc's shim makes it.
         let driver = Driver::decide(engine_config.cgroup.driver, &spec.cgroups_path);
         let entrypoint = self.inspect_entrypoint(&spec).await?;

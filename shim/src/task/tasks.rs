@@ -103,6 +103,18 @@ impl Tasks {
         f(container)
     }
 
+    /// Puts the pod of container `id` on the current span (the Task API call's), so that
+    /// every line about the container names its pod too.
+    pub fn record_pod(&self, id: &str) {
+        let pod = self
+            .containers()
+            .get(id)
+            .and_then(|container| container.pod.clone());
+        if let Some(pod) = pod {
+            tracing::Span::current().record("pod", pod.as_str());
+        }
+    }
+
     fn backend(&self, id: &str) -> Result<Arc<dyn Backend>> {
         self.with_container(id, |container| Ok(Arc::clone(&container.backend)))
     }

@@ -125,6 +125,7 @@ async fn with_created_container() -> Harness {
     service.tasks().register(
         Placement {
             id: "c1".into(),
+            pod: None,
             bundle: bundle.path().to_path_buf(),
             rootfs: bundle.path().join("rootfs"),
             rootfs_mounted: false,

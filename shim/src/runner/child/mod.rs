@@ -49,6 +49,7 @@ fn run() -> i32 {
         Ok(ShimMessage::Prepare(spec)) => *spec,
         _ => return SETUP_FAILED_EXIT_CODE,
     };
+    crate::logging::init_runner(&spec.log, &spec.container_id, spec.pod.as_deref());
     let reject = |writer: &mut UnixStream, reason: String| {
         let _ = protocol::send(writer, &RunnerMessage::Rejected { reason });
         SETUP_FAILED_EXIT_CODE
@@ -75,7 +76,8 @@ fn run() -> i32 {
         Ok(stdin) => stdin,
         Err(err) => return host_failed(&mut writer, format!("cannot attach stdin: {err}")),
     };
-    let (ready, program) = match prepare(&spec) {
+    let prepared = tracing::info_span!("prepare").in_scope(|| prepare(&spec));
+    let (ready, program) = match prepared {
         Ok(prepared) => prepared,
         Err(NotReady::Module(Rejected(reason))) => return reject(&mut writer, reason),
         Err(NotReady::Host(HostFailure(reason))) => return host_failed(&mut writer, reason),
@@ -91,6 +93,7 @@ fn run() -> i32 {
             return host_failed(&mut writer, format!("cannot start the stdin relay: {err}"));
         }
     }
+    let program_label = program.label();
     if protocol::send(&mut writer, &RunnerMessage::Ready { program }).is_err() {
         return SETUP_FAILED_EXIT_CODE;
     }
@@ -101,7 +104,12 @@ fn run() -> i32 {
     }
     drop((reader, writer));
 
-    let outcome = ready.run();
+    let outcome = tracing::info_span!("run").in_scope(|| {
+        tracing::debug!(origin = program_label, "module started");
+        let outcome = ready.run();
+        tracing::debug!(exit_code = outcome.exit_code(), "module ended");
+        outcome
+    });
     report_to_stderr(&outcome, spec.options.timeout);
     outcome.exit_code()
 }

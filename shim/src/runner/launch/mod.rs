@@ -12,7 +12,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 
 use super::protocol::{
-    self, RunSpec, RunnerMessage, ShimMessage, CONTROL_FD, MODULE_FD, RUNNER_ARG0,
+    self, RunSpec, RunnerMessage, ShimMessage, CONTROL_FD, LOG_FD, MODULE_FD, RUNNER_ARG0,
 };
 use crate::engine::ProgramOrigin;
 use crate::error::{Error, Result};
@@ -35,6 +35,7 @@ pub struct Runner {
 /// shim runs a tokio runtime, and a fork of it could only call async-signal-safe functions.
 pub fn spawn_runner(
     id: &str,
+    pod: Option<&str>,
     bundle: &Path,
     stdio: OpenedStdio,
     module: Option<OwnedFd>,
@@ -46,8 +47,15 @@ pub fn spawn_runner(
     // source.
     let runner_end = above_inherited_fds(OwnedFd::from(runner_end))?;
     let module = module.map(above_inherited_fds).transpose()?;
+    let (log_reader, log_writer) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|source| Error::Sys {
+            context: "cannot create the runner's log pipe",
+            source,
+        })?;
+    let log_writer = above_inherited_fds(log_writer)?;
     let runner_fd = runner_end.as_raw_fd();
     let module_fd = module.as_ref().map(AsRawFd::as_raw_fd);
+    let log_fd = log_writer.as_raw_fd();
 
     let mut command = Command::new("/proc/self/exe");
     command
@@ -65,14 +73,15 @@ pub fn spawn_runner(
     // allocates nothing and touches no memory the parent may hold locks on.
     unsafe {
         command.pre_exec(move || {
-            move_to_inherited_fds(runner_fd, module_fd)?;
+            move_to_inherited_fds(runner_fd, module_fd, log_fd)?;
             sandbox.enter()
         });
     }
     let child = command
         .spawn()
         .map_err(|err| Error::io("cannot start the wasm runner", "/proc/self/exe", err))?;
-    drop((runner_end, module));
+    drop((runner_end, module, log_writer));
+    relay_log_lines(log_reader, id, pod);
     // The shim's reaper collects the exit status by pid; the Child handle is not waited on.
     let pid = child.id() as i32;
 
@@ -105,13 +114,13 @@ fn above_inherited_fds(fd: OwnedFd) -> Result<OwnedFd> {
         })
 }
 
-/// Puts the control socket at [`CONTROL_FD`] and the module memfd at [`MODULE_FD`],
-/// inheritable (dup2 clears close-on-exec). Both sources are at or above
-/// [`FIRST_FREE_FD`], so the order of the dup2 calls does not matter.
-fn move_to_inherited_fds(control: RawFd, module: Option<RawFd>) -> std::io::Result<()> {
+/// Puts the control socket at [`CONTROL_FD`], the module memfd at [`MODULE_FD`] and the
+/// log pipe at [`LOG_FD`], inheritable (dup2 clears close-on-exec). All sources are at or
+/// above [`FIRST_FREE_FD`], so the order of the dup2 calls does not matter.
+fn move_to_inherited_fds(control: RawFd, module: Option<RawFd>, log: RawFd) -> std::io::Result<()> {
     // SAFETY: plain syscalls on file descriptors, async-signal-safe (see the caller).
     unsafe {
-        if libc::dup2(control, CONTROL_FD) < 0 {
+        if libc::dup2(control, CONTROL_FD) < 0 || libc::dup2(log, LOG_FD) < 0 {
             return Err(std::io::Error::last_os_error());
         }
         if let Some(module) = module {
@@ -121,6 +130,47 @@ fn move_to_inherited_fds(control: RawFd, module: Option<RawFd>) -> std::io::Resu
         }
     }
     Ok(())
+}
+
+/// The longest runner log line passed on; a longer one is cut there.
+const MAX_LOG_LINE: usize = 16 * 1024;
+
+/// Passes the runner's log lines on to the shim's log until the runner and its children
+/// have all closed the pipe. On a task of the event loop: the pipe is read without
+/// blocking, and the shim's own log writes never block either.
+fn relay_log_lines(reader: OwnedFd, id: &str, pod: Option<&str>) {
+    let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(reader) else {
+        return;
+    };
+    // The runner's spans hang under the span that started it: the container's Create.
+    let parent = tracing_opentelemetry::OpenTelemetrySpanExt::context(&tracing::Span::current());
+    let mut container = vec![opentelemetry::KeyValue::new("id", id.to_string())];
+    if let Some(pod) = pod {
+        container.push(opentelemetry::KeyValue::new("pod", pod.to_string()));
+    }
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(pipe);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match (&mut lines)
+                .take(MAX_LOG_LINE as u64)
+                .read_until(b'\n', &mut line)
+                .await
+            {
+                Ok(0) | Err(_) => return,
+                Ok(_) if line.starts_with(crate::telemetry::SPAN_RECORD_PREFIX.as_bytes()) => {
+                    crate::telemetry::export_runner_span(&line, &parent, &container);
+                }
+                Ok(_) => {
+                    if line.last() != Some(&b'\n') {
+                        line.push(b'\n');
+                    }
+                    crate::logging::relay(&line);
+                }
+            }
+        }
+    });
 }
 
 impl Runner {
