@@ -72,7 +72,7 @@ import yaml
 VERSIONS = os.environ["WEDGE_K8S_VERSIONS"].split()
 CHART = "charts/wedge"
 WORK = tempfile.mkdtemp(prefix="wedge-manifests-")
-FLAVOURS = ["auto", "containerd", "k3s", "rke2", "microk8s"]
+FLAVOURS = ["auto", "containerd", "k3s", "rke2", "microk8s", "k0s"]
 # Every flag the manifests pass to `wedge node install|uninstall|status`: the contract with
 # the CLI. A flag outside this list is a typo or a change the CLI must follow.
 NODE_FLAGS = {

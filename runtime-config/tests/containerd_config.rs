@@ -609,3 +609,66 @@ fn nothing_found_names_the_places_looked() {
     assert!(message.contains("/etc/containerd/config.toml"), "{message}");
     assert!(message.contains("/var/lib/rancher/k3s"), "{message}");
 }
+
+#[test]
+fn k0s_managed_config_gets_a_drop_in_in_its_version() {
+    let original = fixture("k0s-managed-containerd.toml");
+    let node = Node::new(Flavour::K0s, &original);
+    assert_eq!(
+        Location::find(&node.root, None, None).unwrap().flavour,
+        Flavour::K0s
+    );
+    let plan = plan_install(&node.location, &RuntimeSpec::default()).unwrap();
+    assert!(
+        plan.diff()
+            .contains("+++ b/etc/k0s/containerd.d/wedge.toml"),
+        "{}",
+        plan.diff()
+    );
+    plan.apply().unwrap();
+    assert_eq!(fs::read_to_string(node.config()).unwrap(), original);
+    let dropin = node.read("/etc/k0s/containerd.d/wedge.toml");
+    // k0s merges CRI drop-ins into a config of its containerd's version: 2 here.
+    assert_entry(&dropin, "io.containerd.grpc.v1.cri", None);
+    assert_eq!(
+        dropin.parse::<DocumentMut>().unwrap()["version"].as_integer(),
+        Some(2)
+    );
+    let registration = inspect(&node.location, &RuntimeSpec::default()).unwrap();
+    assert_eq!(
+        registration.file,
+        PathBuf::from("/etc/k0s/containerd.d/wedge.toml")
+    );
+    assert_eq!(registration.state, EntryState::Ours { current: true });
+    assert!(
+        !registration.in_effective_config,
+        "k0s has not merged it yet"
+    );
+    // What k0s renders once it has picked the drop-in up.
+    let merged = node.path("/run/k0s/containerd-cri.toml");
+    fs::create_dir_all(merged.parent().unwrap()).unwrap();
+    fs::write(&merged, &dropin).unwrap();
+    let registration = inspect(&node.location, &RuntimeSpec::default()).unwrap();
+    assert!(registration.in_effective_config);
+
+    assert_eq!(node.install(), Outcome::Unchanged);
+    node.uninstall();
+    assert!(!node.path("/etc/k0s/containerd.d/wedge.toml").exists());
+    assert_eq!(fs::read_to_string(node.config()).unwrap(), original);
+}
+
+#[test]
+fn k0s_config_taken_over_by_its_user_is_patched_in_place() {
+    let original = fixture("containerd-1.7-default.toml");
+    let node = Node::new(Flavour::K0s, &original);
+    node.install();
+    assert!(!node.path("/etc/k0s/containerd.d/wedge.toml").exists());
+    // The runtime mirrors runc's SystemdCgroup, false in the default config.
+    assert_entry(
+        &fs::read_to_string(node.config()).unwrap(),
+        "io.containerd.grpc.v1.cri",
+        Some(false),
+    );
+    node.uninstall();
+    assert_eq!(fs::read_to_string(node.config()).unwrap(), original);
+}

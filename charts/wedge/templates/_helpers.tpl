@@ -119,7 +119,7 @@ Checks that fail early with a message saying how to fix the values. values.schem
 most of this too; these also hold under --skip-schema-validation.
 */}}
 {{- define "wedge.validate" -}}
-{{- $flavours := list "auto" "containerd" "k3s" "rke2" "microk8s" -}}
+{{- $flavours := list "auto" "containerd" "k3s" "rke2" "microk8s" "k0s" -}}
 {{- if not (has .Values.containerd.flavour $flavours) -}}
 {{- fail (printf "\n\ncontainerd.flavour %q is not supported: use one of %s (auto recognises the node's containerd; Docker-only nodes cannot run Wedge, which is a containerd shim)." (toString .Values.containerd.flavour) (join ", " $flavours)) -}}
 {{- end -}}

@@ -34,6 +34,7 @@ pub enum FlavourArg {
     K3s,
     Rke2,
     Microk8s,
+    K0s,
 }
 
 impl FlavourArg {
@@ -44,6 +45,7 @@ impl FlavourArg {
             FlavourArg::K3s => Some(Flavour::K3s),
             FlavourArg::Rke2 => Some(Flavour::Rke2),
             FlavourArg::Microk8s => Some(Flavour::MicroK8s),
+            FlavourArg::K0s => Some(Flavour::K0s),
         }
     }
 }

@@ -203,6 +203,23 @@ mod tests {
     }
 
     #[test]
+    fn k0s_is_restarted_as_its_worker_or_controller_service() {
+        // k0s supervises its containerd: restarting k0s restarts it (k0s' installer
+        // writes systemd units and OpenRC services of these names).
+        let systemd = ServiceManager::Systemd {
+            systemctl: "/usr/bin/systemctl".into(),
+        };
+        assert_eq!(
+            systemd.candidates(Flavour::K0s),
+            ["k0sworker", "k0scontroller"]
+        );
+        assert_eq!(
+            ServiceManager::InitScripts.candidates(Flavour::K0s),
+            ["k0sworker", "k0scontroller"]
+        );
+    }
+
+    #[test]
     fn without_a_running_service_the_candidates_are_named() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("root/etc/init.d")).unwrap();

@@ -40,7 +40,16 @@ pub fn target(root: &HostRoot, config: &Path, imports: &[String]) -> Option<Path
 
 /// The whole drop-in: a version 3 config holding only the runtime.
 pub fn contents(spec: &RuntimeSpec, systemd_cgroup: Option<bool>) -> String {
-    let version = SchemaVersion::V3;
+    contents_for(SchemaVersion::V3, spec, systemd_cgroup)
+}
+
+/// A drop-in in the schema of `version`: k0s merges its drop-ins into a CRI config of the
+/// version its containerd reads (2 for containerd 1.x, 3 for 2.x).
+pub fn contents_for(
+    version: SchemaVersion,
+    spec: &RuntimeSpec,
+    systemd_cgroup: Option<bool>,
+) -> String {
     let layout = Layout {
         table_prefix: "\n".into(),
         table_keys: "  ".into(),
@@ -85,6 +94,19 @@ mod tests {
         let config = Path::new("/etc/containerd/config.toml");
         assert_eq!(target(&root, config, &imports(&["/etc/a.toml"])), None);
         assert_eq!(target(&root, config, &imports(&["/etc/*/a*.toml"])), None);
+    }
+
+    #[test]
+    fn a_version_2_drop_in_uses_the_cri_plugin_of_containerd_1() {
+        let text = contents_for(SchemaVersion::V2, &RuntimeSpec::default(), None);
+        assert!(is_ours(&text));
+        let doc: DocumentMut = text.parse().unwrap();
+        assert_eq!(doc["version"].as_integer(), Some(2));
+        let entry = &doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["wedge"];
+        assert_eq!(
+            entry["runtime_type"].as_str(),
+            Some("io.containerd.wedge.v1")
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Which containerd a node runs and where its config lives: a packaged containerd, k3s' or
-//! rke2's embedded one (config regenerated from a template at every start), or microk8s'.
+//! rke2's embedded one (config regenerated from a template at every start), microk8s', or
+//! k0s' (a k0s-managed config that merges the drop-ins of `/etc/k0s/containerd.d`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -14,15 +15,17 @@ pub enum Flavour {
     K3s,
     Rke2,
     MicroK8s,
+    K0s,
 }
 
 impl Flavour {
     /// Detection order: the Kubernetes distributions first, since their nodes may also carry
     /// a stray `/etc/containerd/config.toml` that nothing reads.
-    pub const ALL: [Flavour; 4] = [
+    pub const ALL: [Flavour; 5] = [
         Flavour::Rke2,
         Flavour::K3s,
         Flavour::MicroK8s,
+        Flavour::K0s,
         Flavour::Containerd,
     ];
 
@@ -32,6 +35,7 @@ impl Flavour {
             Flavour::K3s => "k3s",
             Flavour::Rke2 => "rke2",
             Flavour::MicroK8s => "microk8s",
+            Flavour::K0s => "k0s",
         }
     }
 
@@ -43,6 +47,7 @@ impl Flavour {
             Flavour::K3s => "/var/lib/rancher/k3s/agent/etc/containerd/config.toml",
             Flavour::Rke2 => "/var/lib/rancher/rke2/agent/etc/containerd/config.toml",
             Flavour::MicroK8s => "/var/snap/microk8s/current/args/containerd-template.toml",
+            Flavour::K0s => "/etc/k0s/containerd.toml",
         }
     }
 
@@ -52,17 +57,20 @@ impl Flavour {
             Flavour::Containerd => "/run/containerd/containerd.sock",
             Flavour::K3s | Flavour::Rke2 => "/run/k3s/containerd/containerd.sock",
             Flavour::MicroK8s => "/var/snap/microk8s/common/run/containerd.sock",
+            Flavour::K0s => "/run/k0s/containerd.sock",
         }
     }
 
     /// systemd units that run this containerd, in the order to try them (a k3s server or
-    /// agent, an rke2 server or agent).
+    /// agent, an rke2 server or agent, a k0s worker or controller with a worker: k0s
+    /// supervises its containerd and restarts it with itself).
     pub fn services(self) -> &'static [&'static str] {
         match self {
             Flavour::Containerd => &["containerd"],
             Flavour::K3s => &["k3s", "k3s-agent"],
             Flavour::Rke2 => &["rke2-server", "rke2-agent"],
             Flavour::MicroK8s => &["snap.microk8s.daemon-containerd"],
+            Flavour::K0s => &["k0sworker", "k0scontroller"],
         }
     }
 
@@ -80,6 +88,8 @@ impl Flavour {
             Flavour::K3s
         } else if text.contains("/microk8s/") {
             Flavour::MicroK8s
+        } else if text.contains("/k0s/") {
+            Flavour::K0s
         } else {
             Flavour::Containerd
         }
@@ -93,7 +103,7 @@ impl fmt::Display for Flavour {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("unknown flavour {0:?}: expected containerd, k3s, rke2 or microk8s")]
+#[error("unknown flavour {0:?}: expected containerd, k3s, rke2, microk8s or k0s")]
 pub struct UnknownFlavour(String);
 
 impl FromStr for Flavour {

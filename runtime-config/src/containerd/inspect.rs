@@ -9,7 +9,11 @@ use super::dropin;
 use super::entry::RuntimeSpec;
 use super::error::Result;
 use super::flavour::Location;
-use super::plan::{dropin_target, template_path, Config};
+use super::plan::{dropin_target, k0s_dropin, template_path, Config};
+
+/// The CRI config k0s renders from its defaults and the drop-ins, which its containerd
+/// imports.
+const K0S_MERGED_CRI_CONFIG: &str = "/run/k0s/containerd-cri.toml";
 use super::schema::{self, SchemaVersion};
 use super::template;
 
@@ -48,6 +52,28 @@ pub fn inspect(location: &Location, spec: &RuntimeSpec) -> Result<Registration> 
             .map(str::to_string),
     };
     registration.in_effective_config = registration.state != EntryState::Absent;
+    if let Some((path, version)) = k0s_dropin(location)? {
+        registration.file = location.root.host_view(&path);
+        registration.state = match atomic::read_optional(&path)? {
+            None => EntryState::Absent,
+            Some(text) if dropin::is_ours(&text) => EntryState::Ours {
+                current: text == dropin::contents_for(version, spec, None),
+            },
+            Some(text) => {
+                let doc = document::parse(&text, &path)?;
+                document::entry_state(&doc, version, spec)
+            }
+        };
+        // What k0s merged its drop-ins into, and containerd reads.
+        let merged = location.root.resolve(K0S_MERGED_CRI_CONFIG);
+        registration.in_effective_config = match atomic::read_optional(&merged)? {
+            Some(text) => document::parse(&text, &merged)
+                .map(|doc| document::entry_state(&doc, version, spec) != EntryState::Absent)
+                .unwrap_or(false),
+            None => false,
+        };
+        return Ok(registration);
+    }
     if location.flavour.uses_k3s_templates() {
         let path = template_path(location, config.version);
         registration.file = location.root.host_view(&path);

@@ -128,18 +128,53 @@ impl Plan {
 
 pub fn plan_install(location: &Location, spec: &RuntimeSpec) -> Result<Plan> {
     if location.flavour.uses_k3s_templates() {
-        install_into_template(location, spec)
-    } else {
-        install_into_config(location, spec)
+        return install_into_template(location, spec);
     }
+    if let Some((target, version)) = k0s_dropin(location)? {
+        return install_dropin_of(location, &target, version, spec, None);
+    }
+    install_into_config(location, spec)
 }
 
 pub fn plan_uninstall(location: &Location, spec: &RuntimeSpec) -> Result<Plan> {
     if location.flavour.uses_k3s_templates() {
-        uninstall_from_template(location, spec)
-    } else {
-        uninstall_from_config(location, spec)
+        return uninstall_from_template(location, spec);
     }
+    if let Some((target, _)) = k0s_dropin(location)? {
+        return Ok(match atomic::read_optional(&target)? {
+            Some(text) if dropin::is_ours(&text) => Plan {
+                changes: vec![change(location, &target, Some(text), None, Backup::Keep)],
+            },
+            _ => Plan::default(),
+        });
+    }
+    uninstall_from_config(location, spec)
+}
+
+/// The first line of a containerd config k0s writes and owns; it regenerates such a file,
+/// so the runtime goes into a drop-in it merges instead.
+pub const K0S_MANAGED_MARK: &str = "# k0s_managed=true";
+
+/// On a k0s node whose containerd config k0s manages: the drop-in (`containerd.d/wedge.toml`
+/// beside the config) and the schema version it must be written in. A config the user has
+/// taken over (no mark) is patched like any other.
+pub(super) fn k0s_dropin(location: &Location) -> Result<Option<(PathBuf, SchemaVersion)>> {
+    if location.flavour != super::flavour::Flavour::K0s {
+        return Ok(None);
+    }
+    let config = Config::read(&location.config)?;
+    if !config
+        .text
+        .lines()
+        .any(|line| line.trim() == K0S_MANAGED_MARK)
+    {
+        return Ok(None);
+    }
+    let dir = location.config.parent().unwrap_or(Path::new("/"));
+    Ok(Some((
+        dir.join("containerd.d").join("wedge.toml"),
+        config.version,
+    )))
 }
 
 /// A config file read and parsed.
@@ -226,7 +261,17 @@ fn install_dropin(
     spec: &RuntimeSpec,
     systemd_cgroup: Option<bool>,
 ) -> Result<Plan> {
-    let desired = dropin::contents(spec, systemd_cgroup);
+    install_dropin_of(location, target, SchemaVersion::V3, spec, systemd_cgroup)
+}
+
+fn install_dropin_of(
+    location: &Location,
+    target: &Path,
+    version: SchemaVersion,
+    spec: &RuntimeSpec,
+    systemd_cgroup: Option<bool>,
+) -> Result<Plan> {
+    let desired = dropin::contents_for(version, spec, systemd_cgroup);
     match atomic::read_optional(target)? {
         Some(text) if text == desired => Ok(Plan::default()),
         Some(text) if !dropin::is_ours(&text) => Err(ContainerdConfigError::ForeignFile {
