@@ -76,14 +76,35 @@ pub fn init_runner(log: &RunnerLog, id: &str, pod: Option<&str>) {
     }
     let sink = Sink::new(pipe);
     let lines = LineLayer::new(sink.clone()).with_process_fields(&fields);
-    let filter = EnvFilter::try_new(&log.filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let spans = log
         .spans
         .then(|| SpanRecordLayer::new(sink).with_filter(LevelFilter::INFO));
-    let _ = tracing_subscriber::registry()
-        .with(lines.with_filter(filter))
-        .with(spans)
-        .try_init();
+    // A plain level (the usual case) needs no directive matching, which costs each runner
+    // memory. No bridge from the `log` crate either: cranelift logs at trace level on every
+    // function it compiles, and even refused records would slow compilation down.
+    let debug = log
+        .filter
+        .parse::<LevelFilter>()
+        .map_or(true, |level| level >= LevelFilter::DEBUG);
+    REQUEST_SPANS.store(log.spans || debug, std::sync::atomic::Ordering::Relaxed);
+    let lines: Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync> =
+        match log.filter.parse::<LevelFilter>() {
+            Ok(level) => Box::new(lines.with_filter(level)),
+            Err(_) => Box::new(lines.with_filter(
+                EnvFilter::try_new(&log.filter).unwrap_or_else(|_| EnvFilter::new("info")),
+            )),
+        };
+    let _ = tracing::subscriber::set_global_default(
+        tracing_subscriber::registry().with(lines).with(spans),
+    );
+}
+
+/// Whether a runner's HTTP requests get a span each: only when spans are exported or
+/// request lines logged, since a span per request costs the hot path otherwise.
+static REQUEST_SPANS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn request_spans() -> bool {
+    REQUEST_SPANS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// What a runner needs to log like the shim.

@@ -260,12 +260,16 @@ impl ReadyServer {
                     let header_timeout = server.options.header_timeout;
                     let service = hyper::service::service_fn(move |request| {
                         let server = server.clone();
-                        let span = tracing::info_span!(
-                            "http_request",
-                            method = %request.method(),
-                            path = %request.uri().path(),
-                            status = tracing::field::Empty,
-                        );
+                        let span = if crate::logging::request_spans() {
+                            tracing::info_span!(
+                                "http_request",
+                                method = %request.method(),
+                                path = %request.uri().path(),
+                                status = tracing::field::Empty,
+                            )
+                        } else {
+                            tracing::Span::none()
+                        };
                         async move {
                             let started = std::time::Instant::now();
                             let response = server.handle(request).await;
