@@ -25,7 +25,9 @@ pub const SHIM_BINARY: &str = "containerd-shim-wedge-v1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("{0}: no such file, and not an image in containerd either (give a .wasm, an image archive or an image name)")]
+    #[error(
+        "{0}: no such file (give a .wasm, an image archive, or the name of an image in containerd)"
+    )]
     NoSuchInput(String),
     #[error(transparent)]
     Archive(#[from] ArchiveError),

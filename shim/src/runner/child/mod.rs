@@ -76,7 +76,18 @@ fn run() -> i32 {
         Ok(stdin) => stdin,
         Err(err) => return host_failed(&mut writer, format!("cannot attach stdin: {err}")),
     };
-    let prepared = tracing::info_span!("prepare").in_scope(|| prepare(&spec));
+    let prepared = tracing::info_span!("prepare").in_scope(|| {
+        let started = std::time::Instant::now();
+        let prepared = prepare(&spec);
+        if let Ok((_, program)) = &prepared {
+            tracing::debug!(
+                origin = program.label(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "module loaded and confined"
+            );
+        }
+        prepared
+    });
     let (ready, program) = match prepared {
         Ok(prepared) => prepared,
         Err(NotReady::Module(Rejected(reason))) => return reject(&mut writer, reason),
