@@ -459,3 +459,33 @@ fn an_http_component_serves_on_the_host_network_until_interrupted() -> Result<()
     );
     assert_nothing_left(tmp.path(), id)
 }
+
+/// Output redirected to a file by the caller's shell lands in order with the shell's own:
+/// the module writes through the caller's file description, not a second one of its own.
+#[test]
+fn output_to_a_file_interleaves_with_the_callers_own() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let tmp = tempfile::tempdir()?;
+    let module = work.path().join("status.wasm");
+    std::fs::write(&module, status_module(work.path())?)?;
+    let out = work.path().join("out.txt");
+    let wedge = binaries::path(binaries::CLI)?;
+    let script = format!(
+        "echo before; {wedge} run --name run-file -e WHO=file {module} 2; echo \"exit $?\"; \
+         echo after",
+        wedge = wedge.display(),
+        module = module.display()
+    );
+    let status = Command::new("sh")
+        .args(["-c", &script])
+        .env("TMPDIR", tmp.path())
+        .stdout(std::fs::File::create(&out)?)
+        .status()?;
+    ensure!(status.success(), "{status}");
+    let written = std::fs::read_to_string(&out)?;
+    ensure!(
+        written == "before\nhi file\narg1=2\nexit 2\nafter\n",
+        "{written:?}"
+    );
+    assert_nothing_left(tmp.path(), "run-file")
+}

@@ -5,8 +5,8 @@
 //! and Delete, so the module meets the same engine, engine config, annotations, cgroup,
 //! namespaces and confinement as in a pod. What containerd would supply comes from the
 //! bundle's [`LocalRun`] file: the engine config's path, the image's wasm layer (instead of
-//! the content store) and whether stdin is attached. The caller's own stdio is handed over by
-//! its `/proc` paths, so the runner writes straight to the terminal or pipe it was given.
+//! the content store) and whether stdin is attached. Stdio goes through fifos, as containerd
+//! hands it over, copied to and from the caller's own.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -88,17 +88,13 @@ async fn run_container(
     .map_err(task_error("cannot start the task service"))?;
     let ctx = TtrpcContext::default();
     let id = request.id.clone();
-    let own_fd = |fd: i32| format!("/proc/{}/fd/{fd}", std::process::id());
+    let fifos = StdioFifos::make(bundle, request.stdin)?;
     let create = api::CreateTaskRequest {
         id: id.clone(),
         bundle: bundle.display().to_string(),
-        stdin: if request.stdin {
-            own_fd(0)
-        } else {
-            String::new()
-        },
-        stdout: own_fd(1),
-        stderr: own_fd(2),
+        stdin: fifos.stdin_path(),
+        stdout: fifos.stdout.display().to_string(),
+        stderr: fifos.stderr.display().to_string(),
         options: request
             .engine_config
             .as_deref()
@@ -108,10 +104,14 @@ async fn run_container(
             .into(),
         ..Default::default()
     };
+    // Open before Create, which opens the write side: no output is lost.
+    let output = fifos.open_readers()?;
     service
         .create(&ctx, create)
         .await
         .map_err(rpc_error("create"))?;
+    let copies = tokio::spawn(output.copy_out());
+    fifos.copy_stdin();
     let outcome = start_and_wait(&service, &ctx, &id, signals).await;
     let deleted = service
         .delete(
@@ -122,9 +122,109 @@ async fn run_container(
             },
         )
         .await;
+    // The module's last words, until its side of the fifos is closed.
+    let _ = tokio::time::timeout(OUTPUT_DRAIN, copies).await;
     let status = outcome?;
     deleted.map_err(rpc_error("delete"))?;
     Ok(status)
+}
+
+/// How long output still in the fifos may take to reach the caller after the module ended.
+const OUTPUT_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The container's stdio as containerd would hand it over: fifos in the bundle, which this
+/// process copies to and from its own stdio (as `ctr run` does). Reopening the caller's
+/// descriptors by their `/proc` paths instead would give the module a file description of
+/// its own: its output and the caller's shell would overwrite each other in a file.
+struct StdioFifos {
+    stdin: Option<std::path::PathBuf>,
+    stdout: std::path::PathBuf,
+    stderr: std::path::PathBuf,
+}
+
+/// The read sides of the output fifos, opened before the module can write.
+struct OutputReaders {
+    stdout: tokio::net::unix::pipe::Receiver,
+    stderr: tokio::net::unix::pipe::Receiver,
+}
+
+impl StdioFifos {
+    fn make(bundle: &Path, stdin: bool) -> Result<Self, ShimError> {
+        let make = |name: &str| {
+            let path = bundle.join(name);
+            nix::unistd::mkfifo(
+                &path,
+                nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+            )
+            .map(|()| path)
+            .map_err(|err| ShimError::Setup {
+                context: "cannot make the stdio fifos",
+                reason: err.to_string(),
+            })
+        };
+        Ok(StdioFifos {
+            stdin: stdin.then(|| make("stdin")).transpose()?,
+            stdout: make("stdout")?,
+            stderr: make("stderr")?,
+        })
+    }
+
+    fn stdin_path(&self) -> String {
+        self.stdin
+            .as_ref()
+            .map(|path| path.display().to_string())
+            .unwrap_or_default()
+    }
+
+    fn open_readers(&self) -> Result<OutputReaders, ShimError> {
+        let open = |path: &Path| {
+            tokio::net::unix::pipe::OpenOptions::new()
+                .open_receiver(path)
+                .map_err(|source| ShimError::Io {
+                    context: "cannot open an output fifo",
+                    source,
+                })
+        };
+        Ok(OutputReaders {
+            stdout: open(&self.stdout)?,
+            stderr: open(&self.stderr)?,
+        })
+    }
+
+    /// Copies this process's stdin to the module until the caller's end of input; the
+    /// runner opened its side at Create.
+    fn copy_stdin(&self) {
+        let Some(path) = &self.stdin else {
+            return;
+        };
+        let Ok(mut fifo) = tokio::net::unix::pipe::OpenOptions::new().open_sender(path) else {
+            return;
+        };
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut fifo).await;
+        });
+    }
+}
+
+impl OutputReaders {
+    /// Copies the module's output to this process's own, each stream to its end.
+    async fn copy_out(self) {
+        let OutputReaders {
+            mut stdout,
+            mut stderr,
+        } = self;
+        let out = async {
+            let mut to = tokio::io::stdout();
+            let _ = tokio::io::copy(&mut stdout, &mut to).await;
+            let _ = tokio::io::AsyncWriteExt::flush(&mut to).await;
+        };
+        let err = async {
+            let mut to = tokio::io::stderr();
+            let _ = tokio::io::copy(&mut stderr, &mut to).await;
+            let _ = tokio::io::AsyncWriteExt::flush(&mut to).await;
+        };
+        tokio::join!(out, err);
+    }
 }
 
 async fn start_and_wait(
