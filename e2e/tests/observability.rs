@@ -53,16 +53,11 @@ fn wait_for_line(
     }
 }
 
-#[test]
-fn json_logs_name_the_container_and_pod_from_shim_and_runner() -> Result<()> {
-    let node = CriNode::start(Release::under_test())?;
-    prepend_engine_config(&node, "log_format = \"json\"\nlog_level = \"debug\"\n")?;
+/// Runs pod `name` with the HTTP hello component, asks it for `path`, then stops and removes
+/// it; the app container's id.
+fn serve_one_request(node: &CriNode, name: &str, path: &str) -> Result<String> {
     let server = node.wasm_image("http-hello", &components::http_hello_component()?)?;
-    let pod = node.run_pod_annotated(
-        "observed",
-        WEDGE_HANDLER,
-        &[("wedge.dev/http-port", "8080")],
-    )?;
+    let pod = node.run_pod_annotated(name, WEDGE_HANDLER, &[("wedge.dev/http-port", "8080")])?;
     let app = node.run_container(
         &pod,
         &ContainerSpec {
@@ -74,10 +69,18 @@ fn json_logs_name_the_container_and_pod_from_shim_and_runner() -> Result<()> {
     let ip: std::net::IpAddr = node.pod_ip(&pod)?.parse()?;
     let address = SocketAddr::new(ip, 8080);
     wait_listening(address, Duration::from_secs(20))?;
-    let answer = http_load::get(address, "/observed")?;
+    let answer = http_load::get(address, path)?;
     ensure!(answer.status == 200, "{answer:?}");
     node.stop_container(&app, 10)?;
     node.remove_pod(&pod)?;
+    Ok(app)
+}
+
+#[test]
+fn json_logs_name_the_container_and_pod_from_shim_and_runner() -> Result<()> {
+    let node = CriNode::start(Release::under_test())?;
+    prepend_engine_config(&node, "log_format = \"json\"\nlog_level = \"debug\"\n")?;
+    let app = serve_one_request(&node, "observed", "/observed")?;
 
     let pod_label = "default/observed";
     for span in ["create", "start", "kill", "delete"] {
@@ -124,25 +127,8 @@ fn traces_go_to_the_otlp_endpoint_of_containerd_s_environment() -> Result<()> {
             ..CriOptions::default()
         },
     )?)?;
-    let server = node.wasm_image("http-hello", &components::http_hello_component()?)?;
-    let pod =
-        node.run_pod_annotated("traced", WEDGE_HANDLER, &[("wedge.dev/http-port", "8080")])?;
-    let app = node.run_container(
-        &pod,
-        &ContainerSpec {
-            name: "app".into(),
-            image: server,
-            ..Default::default()
-        },
-    )?;
-    let ip: std::net::IpAddr = node.pod_ip(&pod)?.parse()?;
-    let address = SocketAddr::new(ip, 8080);
-    wait_listening(address, Duration::from_secs(20))?;
-    let answer = http_load::get(address, "/traced/request")?;
-    ensure!(answer.status == 200, "{answer:?}");
-    node.stop_container(&app, 10)?;
     // The pod's shim exits with its last container and sends what it has batched.
-    node.remove_pod(&pod)?;
+    let app = serve_one_request(&node, "traced", "/traced/request")?;
 
     let deadline = Instant::now() + Duration::from_secs(15);
     let wanted = [

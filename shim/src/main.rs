@@ -19,16 +19,7 @@ fn main() {
 
     // One thread serves every container of the shim: the work is waiting on sockets, and
     // each thread would cost memory on every node, per pod.
-    let result = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|err| err.to_string())
-        .and_then(|runtime| {
-            runtime
-                .block_on(wedge_shim::shim::run())
-                .map_err(|err| err.to_string())
-        });
-    if let Err(err) = result {
+    if let Err(err) = on_one_thread(wedge_shim::shim::run()) {
         // containerd shows this text in its error for start and delete.
         eprintln!("{RUNTIME_ID}: {err}");
         std::process::exit(1);
@@ -37,20 +28,23 @@ fn main() {
 
 /// `wedge run`'s container: exits with the module's exit status.
 fn run_local(bundle: &Path) -> ! {
-    let result = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|err| err.to_string())
-        .and_then(|runtime| {
-            runtime
-                .block_on(wedge_shim::local_run::run(bundle))
-                .map_err(|err| err.to_string())
-        });
-    match result {
+    match on_one_thread(wedge_shim::local_run::run(bundle)) {
         Ok(status) => std::process::exit(i32::try_from(status).unwrap_or(255)),
         Err(err) => {
             eprintln!("wedge run: {err}");
             std::process::exit(125);
         }
     }
+}
+
+/// Runs `future` to its end on a current-thread runtime; errors as text.
+fn on_one_thread<T, E: std::fmt::Display>(
+    future: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| err.to_string())?
+        .block_on(future)
+        .map_err(|err| err.to_string())
 }

@@ -99,8 +99,8 @@ pub async fn create(request: CreateRequest<'_>, module: WasmModule) -> Result<Cr
         before_exec,
     } = sandbox.map_err(|err| sandbox_error(id, err))?;
     let enter_pod_pid_namespace = before_exec.joins_pod_pids();
+    let pod = crate::spec::pod_label(&spec.annotations);
     let spawned = exits.spawn_watched(|| {
-        let pod = crate::spec::pod_label(&spec.annotations);
         let runner = spawn_runner(
             id,
             pod.as_deref(),
@@ -159,7 +159,7 @@ pub async fn create(request: CreateRequest<'_>, module: WasmModule) -> Result<Cr
         seccomp: security.filters,
         apparmor_profile: security.apparmor_profile,
         log: crate::logging::runner_log(),
-        pod: crate::spec::pod_label(&spec.annotations),
+        pod,
     };
     let memory_limit = run_spec.memory_limit;
     // A compile can outlast the request (a large module under a tight CPU quota); once

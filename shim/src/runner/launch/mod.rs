@@ -143,11 +143,18 @@ fn relay_log_lines(reader: OwnedFd, id: &str, pod: Option<&str>) {
         return;
     };
     // The runner's spans hang under the span that started it: the container's Create.
-    let parent = tracing_opentelemetry::OpenTelemetrySpanExt::context(&tracing::Span::current());
-    let mut container = vec![opentelemetry::KeyValue::new("id", id.to_string())];
-    if let Some(pod) = pod {
-        container.push(opentelemetry::KeyValue::new("pod", pod.to_string()));
-    }
+    // Only a runner whose spans are exported sends any (see `logging::runner_log`).
+    let (parent, container) = if crate::telemetry::enabled() {
+        let parent =
+            tracing_opentelemetry::OpenTelemetrySpanExt::context(&tracing::Span::current());
+        let mut container = vec![opentelemetry::KeyValue::new("id", id.to_string())];
+        if let Some(pod) = pod {
+            container.push(opentelemetry::KeyValue::new("pod", pod.to_string()));
+        }
+        (parent, container)
+    } else {
+        (opentelemetry::Context::new(), Vec::new())
+    };
     tokio::spawn(async move {
         let mut lines = BufReader::new(pipe);
         let mut line = Vec::new();
