@@ -15,6 +15,8 @@ E2E_RELEASE_SUITES := ctr_run wasm_images cri_pods cri_confinement cri_engine cr
 CRI_CONFORMANCE ?= ../shared/cri-conformance
 CONFORMANCE_CONTAINERD ?= 1.6,1.7,2.1
 CI_CONFORMANCE_CONTAINERD ?= 1.6,2.1
+# The official WASI 0.3 test suite (wasm32-wasip3 components and their JSON).
+WASI_P3_SUITE ?= ../shared/wasi-testsuite-p3/tests
 WASMTIME_VERSION := 48.0.8
 WASMTIME_CLI := target/wasmtime-cli/bin/wasmtime
 
@@ -48,14 +50,14 @@ unit:
 	$(CARGO) test $(PROFILE) --workspace --exclude wedge-e2e --lib --bins --tests
 
 e2e: build
-	$(CARGO) test $(PROFILE) -p wedge-e2e --tests -- --test-threads=$(E2E_THREADS)
+	$(CARGO) test $(PROFILE) -p wedge-e2e --test e2e -- --test-threads=$(E2E_THREADS)
 
 ## e2e-releases: the ctr and CRI suites again on containerd 1.7 and 2.1 (config version 3,
 ## task API v3).
 e2e-releases: build
 	for release in $(E2E_RELEASES); do \
-		WEDGE_E2E_CONTAINERD=$$release $(CARGO) test $(PROFILE) -p wedge-e2e \
-			$(addprefix --test ,$(E2E_RELEASE_SUITES)) -- --test-threads=$(E2E_THREADS) || exit 1; \
+		WEDGE_E2E_CONTAINERD=$$release $(CARGO) test $(PROFILE) -p wedge-e2e --test e2e -- \
+			$(addsuffix ::,$(E2E_RELEASE_SUITES)) --test-threads=$(E2E_THREADS) || exit 1; \
 	done
 
 ## soak: 1,000 pods (a wasm container and a native sidecar each) created, started, stopped
@@ -71,20 +73,28 @@ soak-short: build
 
 ## conformance: critest on handler wedge and on runc (the reference) against a private
 ## containerd of each release; fails when Wedge passes fewer specs or fails one runc passes.
+## Then the WASI 0.3 test suite, each test a container; fails on any failure wasmtime 48
+## itself does not have.
 conformance: build
 	$(BIN_DIR)/wedge-conformance --kit $(CRI_CONFORMANCE) --containerd $(CONFORMANCE_CONTAINERD)
+	$(BIN_DIR)/wedge-wasi-suite --suite $(WASI_P3_SUITE)
 
 ## e2e-guest: a CRI pod on a real systemd + cgroup v2 node, a Debian guest under qemu's
 ## software emulation (built once into /var/tmp/wedge-guest; several minutes a run).
 e2e-guest: build
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends qemu-system-x86 debootstrap >/dev/null
-	$(CARGO) test $(PROFILE) -p wedge-e2e --test systemd_guest -- --ignored --nocapture
+	$(CARGO) test $(PROFILE) -p wedge-e2e --test e2e -- systemd_guest:: --ignored --nocapture
 
 conformance-if-kit: build
 	@if [ -d "$(CRI_CONFORMANCE)" ]; then \
 		$(BIN_DIR)/wedge-conformance --kit $(CRI_CONFORMANCE) --containerd $(CI_CONFORMANCE_CONTAINERD); \
 	else \
 		echo "conformance: SKIPPED, no CRI conformance kit at $(CRI_CONFORMANCE) (set CRI_CONFORMANCE)"; \
+	fi
+	@if [ -d "$(WASI_P3_SUITE)" ]; then \
+		$(BIN_DIR)/wedge-wasi-suite --suite $(WASI_P3_SUITE); \
+	else \
+		echo "WASI 0.3 suite: SKIPPED, none at $(WASI_P3_SUITE) (set WASI_P3_SUITE)"; \
 	fi
 
 ## manifests: render deploy/ and the Helm chart, validate every object against the

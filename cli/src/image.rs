@@ -33,6 +33,10 @@ pub enum ImageError {
     Json(#[from] serde_json::Error),
     #[error("cannot read the component's interface: {0}")]
     Wasm(String),
+    #[error(
+        "the wasm artifact form carries the module alone: files beside it need the layer form"
+    )]
+    FilesInArtifact,
     #[error("cannot write the image archive: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -307,7 +311,7 @@ fn descriptor(media_type: MediaType, hex: &str, size: u64) -> Result<Descriptor,
 
 /// The layer: parent directories first, then the files, all owned by root, timestamps zeroed
 /// so the same inputs give the same digest.
-fn layer_tar(files: &[LayerFile]) -> Result<Vec<u8>, ImageError> {
+pub(crate) fn layer_tar(files: &[LayerFile]) -> Result<Vec<u8>, ImageError> {
     let mut layer = tar::Builder::new(Vec::new());
     let mut dirs: Vec<String> = Vec::new();
     for file in files {

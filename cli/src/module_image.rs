@@ -16,7 +16,9 @@ use oci_spec::image::{
 };
 use serde_json::json;
 
-use crate::image::{normalize_reference, process_config, Blobs, ImageContent, ImageError};
+use crate::image::{
+    layer_tar, normalize_reference, process_config, Blobs, ImageContent, ImageError, LayerFile,
+};
 
 pub use wedge_runtime_config::wasm_image::{
     COMPONENT_LAYER, MODULE_LAYER, WASM_ARTIFACT_CONFIG, WASM_ARTIFACT_LAYER,
@@ -38,6 +40,9 @@ pub struct ModuleImageSpec {
     pub cmd: Vec<String>,
     pub env: Vec<String>,
     pub workdir: Option<String>,
+    /// Files the module sees as its root filesystem, in a tar layer before the module's
+    /// (layer form only; containerd unpacks it and leaves the wasm layer to the runtime).
+    pub files: Vec<LayerFile>,
 }
 
 /// What the tooling records about a component's interface.
@@ -47,6 +52,13 @@ pub struct ComponentInterface {
     pub exports: Vec<String>,
 }
 
+/// A WASI 0.3 entry point: `wasi:cli/run@0.3.x` or `wasi:http/handler@0.3.x`.
+fn is_wasi_0_3_entry(export: &str) -> bool {
+    ["wasi:cli/run@0.3.", "wasi:http/handler@0.3."]
+        .iter()
+        .any(|prefix| export.starts_with(prefix))
+}
+
 pub fn is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes.starts_with(b"\0asm") && bytes[6..8] == [1, 0]
 }
@@ -54,13 +66,28 @@ pub fn is_component(bytes: &[u8]) -> bool {
 pub fn module_image(spec: &ModuleImageSpec) -> Result<ImageContent, ImageError> {
     let (reference, tag) = normalize_reference(&spec.reference)?;
     let component = is_component(&spec.module);
-    let os = if component { "wasip2" } else { "wasip1" };
+    let os = match (component, component_interface(&spec.module)) {
+        (false, _) => "wasip1",
+        (true, Ok(interface)) if interface.exports.iter().any(|name| is_wasi_0_3_entry(name)) => {
+            "wasip3"
+        }
+        (true, _) => "wasip2",
+    };
     let mut blobs = Blobs::default();
     let layer_media_type = match &spec.form {
         ModuleForm::Artifact => WASM_ARTIFACT_LAYER.to_string(),
         ModuleForm::Layer(Some(media_type)) => media_type.clone(),
         ModuleForm::Layer(None) if component => COMPONENT_LAYER.to_string(),
         ModuleForm::Layer(None) => MODULE_LAYER.to_string(),
+    };
+    if spec.form == ModuleForm::Artifact && !spec.files.is_empty() {
+        return Err(ImageError::FilesInArtifact);
+    }
+    let files_layer = if spec.files.is_empty() {
+        None
+    } else {
+        let digest = blobs.add(layer_tar(&spec.files)?);
+        Some((blobs.descriptor(MediaType::ImageLayer, &digest)?, digest))
     };
     let layer_digest = blobs.add(spec.module.clone());
     let layer = blobs.descriptor(MediaType::from(layer_media_type.as_str()), &layer_digest)?;
@@ -91,11 +118,17 @@ pub fn module_image(spec: &ModuleImageSpec) -> Result<ImageContent, ImageError> 
                 .architecture(Arch::Wasm)
                 .os(Os::from(os))
                 .config(process)
-                // No layer is a filesystem diff: containerd unpacks an empty root.
+                // Only the files' layer is a filesystem diff (uncompressed: its diff id is its
+                // digest); without one containerd unpacks an empty root.
                 .rootfs(
                     RootFsBuilder::default()
                         .typ("layers")
-                        .diff_ids(Vec::<String>::new())
+                        .diff_ids(
+                            files_layer
+                                .iter()
+                                .map(|(_, digest)| format!("sha256:{digest}"))
+                                .collect::<Vec<String>>(),
+                        )
                         .build()?,
                 )
                 .build()?;
@@ -107,7 +140,13 @@ pub fn module_image(spec: &ModuleImageSpec) -> Result<ImageContent, ImageError> 
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
         .config(blobs.descriptor(config_media_type, &config_digest)?)
-        .layers(vec![layer])
+        .layers(
+            files_layer
+                .into_iter()
+                .map(|(descriptor, _)| descriptor)
+                .chain([layer])
+                .collect::<Vec<_>>(),
+        )
         .build()?;
     let manifest_digest = blobs.add(serde_json::to_vec(&manifest)?);
     // The manifest is the image's top: containerd then takes it as is, whatever platform
@@ -176,6 +215,7 @@ mod tests {
             cmd: vec![],
             env: vec![],
             workdir: None,
+            files: vec![],
         }
     }
 
@@ -198,6 +238,19 @@ mod tests {
         let config = blob(&content, manifest["config"]["digest"].as_str().unwrap());
         assert_eq!(config["architecture"], "wasm");
         assert_eq!(config["os"], "wasip2");
+        let p3 = wat::parse_str(
+            r#"(component
+                (core module $m (func (export "f")))
+                (core instance $i (instantiate $m))
+                (func $f (canon lift (core func $i "f")))
+                (instance $run (export "run" (func $f)))
+                (export "wasi:cli/run@0.3.0" (instance $run)))"#,
+        )
+        .unwrap();
+        let content = module_image(&spec(p3, ModuleForm::Artifact)).unwrap();
+        let manifest = blob(&content, content.top.digest().as_ref());
+        let config = blob(&content, manifest["config"]["digest"].as_str().unwrap());
+        assert_eq!(config["os"], "wasip3");
         assert_eq!(config["layerDigests"][0], content.layer_digest.as_str());
         assert_eq!(config["component"]["exports"][0], "run");
         assert_eq!(
@@ -228,5 +281,34 @@ mod tests {
             manifest["layers"][0]["mediaType"],
             "application/vnd.wasm.content.layer.v1+wasm"
         );
+    }
+
+    #[test]
+    fn files_beside_the_module_are_a_filesystem_layer_before_it() {
+        let module = wat::parse_str("(module)").unwrap();
+        let mut with_files = spec(module.clone(), ModuleForm::Layer(None));
+        with_files.files = vec![LayerFile {
+            path: "/data/a.txt".into(),
+            contents: b"a".to_vec(),
+            mode: 0o644,
+        }];
+        let content = module_image(&with_files).unwrap();
+        let manifest = blob(&content, content.top.digest().as_ref());
+        let layers = manifest["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), 2);
+        assert_eq!(
+            layers[0]["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar"
+        );
+        assert_eq!(layers[1]["mediaType"], MODULE_LAYER);
+        assert_eq!(content.layer_digest, layers[1]["digest"]);
+        let config = blob(&content, manifest["config"]["digest"].as_str().unwrap());
+        assert_eq!(config["rootfs"]["diff_ids"][0], layers[0]["digest"]);
+
+        with_files.form = ModuleForm::Artifact;
+        assert!(matches!(
+            module_image(&with_files),
+            Err(ImageError::FilesInArtifact)
+        ));
     }
 }

@@ -469,6 +469,7 @@ mod tests {
             cmd: vec![],
             env: vec![],
             workdir: None,
+            files: vec![],
         })
         .unwrap();
         let path = dir.join("hello.tar");

@@ -143,6 +143,7 @@ fn image_content(request: &WasmImageRequest) -> Result<ImageContent, BuildError>
         cmd: request.args.clone(),
         env: request.env.clone(),
         workdir: request.workdir.clone(),
+        files: vec![],
     })?)
 }
 

@@ -36,6 +36,53 @@ fn one(address: SocketAddr, method: Method, path: &str, body: Bytes) -> Result<A
     })
 }
 
+/// Status, headers and body of one answer.
+#[derive(Debug, Clone)]
+pub struct FullAnswer {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: String,
+}
+
+/// One request with any method, headers and body, on a connection of its own, answered
+/// within `timeout`.
+pub fn request(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+    timeout: Duration,
+) -> Result<FullAnswer> {
+    let method = Method::from_bytes(method.as_bytes())
+        .with_context(|| format!("invalid method {method:?}"))?;
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, address.to_string());
+    for (name, value) in headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    let request = request.body(Full::new(Bytes::copy_from_slice(body)))?;
+    runtime()?.block_on(async {
+        tokio::time::timeout(timeout, async {
+            let mut sender = connect(address).await?;
+            sender.ready().await?;
+            let response = sender.send_request(request).await?;
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let body = response.into_body().collect().await?.to_bytes();
+            Ok(FullAnswer {
+                status,
+                headers,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            })
+        })
+        .await
+        .with_context(|| format!("no answer from {address} within {timeout:?}"))?
+    })
+}
+
 /// Waits until something accepts connections at `address`.
 pub fn wait_listening(address: SocketAddr, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;

@@ -76,6 +76,7 @@ pub fn two_layer_image(
         cmd: vec![],
         env: vec![],
         workdir: None,
+        files: vec![],
     })?;
     let manifest: serde_json::Value = serde_json::from_slice(
         single

@@ -16,6 +16,7 @@ pub mod programs;
 pub mod registry;
 pub mod stand_in_api;
 pub mod stand_in_init;
+pub mod wasi_suite;
 
 pub use containerd::{Containerd, Release, WEDGE_RUNTIME};
 pub use cri::{ContainerSpec, CriNode, Pod};

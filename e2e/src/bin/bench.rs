@@ -158,85 +158,141 @@ fn main() -> Result<()> {
 const HTTP_REQUESTS: usize = 5000;
 const HTTP_IN_FLIGHT: usize = 16;
 
-/// Requests per second and latency of the hello HTTP component served from a Wedge pod
-/// (through the pod IP), and of the same component under `wasmtime serve` on the node, in the
-/// same run with the same client.
+/// Requests per second and latency of the hello HTTP component (WASI 0.2) served from a
+/// Wedge pod (through the pod IP), and of the same component under `wasmtime serve` on the
+/// node; then the same for a WASI 0.3 service (the official suite's `http-service`, whose
+/// instances take several requests each), all in the same run with the same client.
 fn http(work: &Path) -> Result<()> {
     let requests: usize = std::env::var("WEDGE_BENCH_REQUESTS")
         .ok()
         .and_then(|requests| requests.parse().ok())
         .unwrap_or(HTTP_REQUESTS);
-    let component = components::http_hello_component()?;
-    let file = work.join("http-hello.wasm");
-    std::fs::write(&file, &component)?;
+    let p2 = HttpSubject {
+        label: "0.2 hello (incoming-handler)",
+        name: "http-hello",
+        component: components::http_hello_component()?,
+        path: "/bench",
+        expect: "hello",
+        wasmtime_flags: &["-Scli"],
+    };
+    let p3 = match wedge_e2e::wasi_suite::component("http-service") {
+        Ok(component) => Some(HttpSubject {
+            label: "0.3 http-service (handler)",
+            name: "http-service-p3",
+            component,
+            path: "/",
+            expect: "hey",
+            wasmtime_flags: &["-Scli", "-Sp3", "-Wcomponent-model-async"],
+        }),
+        Err(err) => {
+            println!("\nHTTP WASI 0.3: SKIPPED, {err:#}");
+            None
+        }
+    };
+    let node = CriNode::start(Release::under_test())?;
+    let mut rows = Vec::new();
+    for subject in std::iter::once(&p2).chain(p3.as_ref()) {
+        let reference = subject.under_wasmtime_serve(work, requests)?;
+        let wedge = subject.in_a_wedge_pod(&node, requests)?;
+        rows.push((subject.label, reference, wedge));
+    }
+    node.containerd.assert_clean()?;
 
-    let reference = {
+    println!(
+        "\nHTTP components: {requests} GETs each, {HTTP_IN_FLIGHT} in flight, keep-alive, same client"
+    );
+    println!(
+        "{:<30} {:<28} {:>9} {:>8} {:>8} {:>13}",
+        "component", "server", "req/s", "p50 ms", "p99 ms", "vs wasmtime"
+    );
+    for (label, reference, wedge) in &rows {
+        for (server, report) in [
+            ("wasmtime serve (127.0.0.1)", reference),
+            ("wedge pod (pod IP)", wedge),
+        ] {
+            println!(
+                "{:<30} {:<28} {:>9.0} {:>8.2} {:>8.2} {:>12.2}x",
+                label,
+                server,
+                report.requests_per_second(),
+                ms(report.percentile(0.50)),
+                ms(report.percentile(0.99)),
+                report.requests_per_second() / reference.requests_per_second()
+            );
+        }
+    }
+    if let [(_, _, p2), (_, _, p3)] = &rows[..] {
+        println!(
+            "wedge 0.3 / 0.2 req/s: {:.2}x",
+            p3.requests_per_second() / p2.requests_per_second()
+        );
+    }
+    Ok(())
+}
+
+struct HttpSubject {
+    label: &'static str,
+    /// Its image's and pod's name.
+    name: &'static str,
+    component: Vec<u8>,
+    path: &'static str,
+    /// What a good answer's body starts with.
+    expect: &'static str,
+    wasmtime_flags: &'static [&'static str],
+}
+
+impl HttpSubject {
+    fn under_wasmtime_serve(&self, work: &Path, requests: usize) -> Result<http_load::LoadReport> {
+        let file = work.join(format!("{}.wasm", self.name));
+        std::fs::write(&file, &self.component)?;
         let wasmtime = wasmtime_cli()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let address: SocketAddr = ([127, 0, 0, 1], port).into();
         let mut serve = std::process::Command::new(&wasmtime)
-            .args(["serve", "-Scli", "--addr", &address.to_string()])
+            .arg("serve")
+            .args(self.wasmtime_flags)
+            .args(["--addr", &address.to_string()])
             .arg(&file)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .with_context(|| format!("cannot start {}", wasmtime.display()))?;
-        let measured = measure_http(address, requests);
+        let measured = measure_http(address, self.path, self.expect, requests);
         let _ = serve.kill();
         let _ = serve.wait();
-        measured?
-    };
-
-    let node = CriNode::start(Release::under_test())?;
-    let image = node.wasm_image("http-hello", &component)?;
-    let pod = node.run_pod("http-bench", WEDGE_HANDLER)?;
-    node.run_container(
-        &pod,
-        &ContainerSpec {
-            name: "app".into(),
-            image,
-            ..Default::default()
-        },
-    )?;
-    let ip: std::net::IpAddr = node.pod_ip(&pod)?.parse()?;
-    let wedge = measure_http(SocketAddr::new(ip, 8080), requests)?;
-    node.remove_pod(&pod)?;
-    node.containerd.assert_clean()?;
-
-    println!(
-        "\nHTTP hello component: {requests} GETs, {HTTP_IN_FLIGHT} in flight, keep-alive, same client"
-    );
-    println!(
-        "{:<36} {:>10} {:>10} {:>10} {:>12}",
-        "server", "req/s", "p50 ms", "p99 ms", "req/s ratio"
-    );
-    for (label, report) in [
-        ("wasmtime serve (127.0.0.1)", &reference),
-        ("wedge pod (pod IP)", &wedge),
-    ] {
-        println!(
-            "{:<36} {:>10.0} {:>10.2} {:>10.2} {:>11.2}x",
-            label,
-            report.requests_per_second(),
-            ms(report.percentile(0.50)),
-            ms(report.percentile(0.99)),
-            report.requests_per_second() / reference.requests_per_second()
-        );
+        measured
     }
-    println!(
-        "p99 wedge / wasmtime serve: {:.2}x",
-        wedge.percentile(0.99).as_secs_f64() / reference.percentile(0.99).as_secs_f64()
-    );
-    Ok(())
+
+    fn in_a_wedge_pod(&self, node: &CriNode, requests: usize) -> Result<http_load::LoadReport> {
+        let image = node.wasm_image(self.name, &self.component)?;
+        let pod = node.run_pod(self.name, WEDGE_HANDLER)?;
+        node.run_container(
+            &pod,
+            &ContainerSpec {
+                name: "app".into(),
+                image,
+                ..Default::default()
+            },
+        )?;
+        let ip: std::net::IpAddr = node.pod_ip(&pod)?.parse()?;
+        let measured = measure_http(SocketAddr::new(ip, 8080), self.path, self.expect, requests);
+        node.remove_pod(&pod)?;
+        measured
+    }
 }
 
-fn measure_http(address: SocketAddr, requests: usize) -> Result<http_load::LoadReport> {
+fn measure_http(
+    address: SocketAddr,
+    path: &str,
+    expect: &str,
+    requests: usize,
+) -> Result<http_load::LoadReport> {
     http_load::wait_listening(address, Duration::from_secs(30))?;
     // Warm-up: connections, the allocator's slots, the code's pages.
-    http_load::load(address, "/warm", "hello", 500, HTTP_IN_FLIGHT)?;
-    let report = http_load::load(address, "/bench", "hello", requests, HTTP_IN_FLIGHT)?;
+    http_load::load(address, path, expect, 500, HTTP_IN_FLIGHT)?;
+    let report = http_load::load(address, path, expect, requests, HTTP_IN_FLIGHT)?;
     ensure!(
         report.failures.is_empty(),
         "{address}: {} of {requests} failed: {:?}",

@@ -1,6 +1,10 @@
 //! Running a program as a WASI command: core modules through preview1 (`_start`, or a named
-//! export for `path.wasm#name`), components through preview2's `wasi:cli/run`.
+//! export for `path.wasm#name`), components through `wasi:cli/run`, 0.3 (async, driven on
+//! the store's concurrent event loop) or 0.2. A component sees WASI 0.2 and 0.3 side by side,
+//! `wasi:http` included (outgoing requests under the same `[network]` policy as sockets):
+//! components built from 0.3 toolchains often import packages of both.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::component::{Component, ResourceTable};
@@ -8,12 +12,13 @@ use wasmtime::{
     Engine, ExternType, FuncType, InstancePre, Linker, Module, Store, StoreLimits, ValType,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::context::CommandContext;
 use super::deadline::{arm, EpochTicker};
-use super::{classify, Outcome, Program, Rejected};
+use super::outgoing::OutgoingPolicy;
+use super::{classify, link_wasi_and_http, listing, Outcome, Program, Rejected};
 
 /// The WASI reactor convention: a module that exports this wants it called once before any
 /// other export.
@@ -25,12 +30,24 @@ pub struct CoreState {
     limits: StoreLimits,
 }
 
-/// Store data of a component: its WASI context, the resource table it lives in and the
-/// memory bound.
+/// Store data of a component: its WASI and wasi:http contexts, the resource table they live
+/// in, the memory bound and the policy for outgoing requests.
 pub struct ComponentState {
     ctx: WasiCtx,
+    http: WasiHttpCtx,
     table: ResourceTable,
     limits: StoreLimits,
+    outgoing: OutgoingPolicy,
+}
+
+impl WasiHttpView for ComponentState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outgoing,
+        }
+    }
 }
 
 impl WasiView for ComponentState {
@@ -60,8 +77,23 @@ enum Linked {
         entry: CoreEntry,
     },
     Component {
-        pre: CommandPre<ComponentState>,
+        pre: ComponentCommand,
     },
+}
+
+/// The `wasi:cli/run` a component exports: 0.3 when it has one, else 0.2.
+enum ComponentCommand {
+    P3(wasmtime_wasi::p3::bindings::CommandPre<ComponentState>),
+    P2(wasmtime_wasi::p2::bindings::CommandPre<ComponentState>),
+}
+
+impl ComponentCommand {
+    pub fn wasi_version(&self) -> &'static str {
+        match self {
+            ComponentCommand::P3(_) => "0.3",
+            ComponentCommand::P2(_) => "0.2",
+        }
+    }
 }
 
 /// A program linked against WASI, ready to instantiate.
@@ -114,8 +146,12 @@ impl PreparedCommand {
                 pre,
                 state: ComponentState {
                     ctx: builder.build(),
+                    http: WasiHttpCtx::new(),
                     table: ResourceTable::new(),
                     limits: store_limits,
+                    outgoing: OutgoingPolicy {
+                        network: Arc::new(ctx.network.clone()),
+                    },
                 },
             },
         };
@@ -189,32 +225,29 @@ fn require_func(module: &Module, name: &str, why: &str) -> Result<FuncType, Reje
 
 fn link_component(engine: &Engine, component: &Component) -> Result<Linked, Rejected> {
     let mut linker = wasmtime::component::Linker::<ComponentState>::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-        .map_err(|err| Rejected::from_wasmtime("cannot link WASI preview2", &err))?;
+    link_wasi_and_http(&mut linker)?;
     let instance_pre = linker
         .instantiate_pre(component)
         .map_err(|err| Rejected::from_wasmtime("cannot link the component", &err))?;
-    let pre = CommandPre::new(instance_pre).map_err(|_| {
-        let component_type = component.component_type();
-        let exports: Vec<&str> = component_type
-            .exports(engine)
-            .map(|(name, _)| name)
-            .collect();
-        Rejected(format!(
-            "the component exports nothing runnable: it has no wasi:cli/run export \
-             (it exports: {})",
-            listing(&exports)
-        ))
-    })?;
+    let pre = match wasmtime_wasi::p3::bindings::CommandPre::new(instance_pre.clone()) {
+        Ok(pre) => ComponentCommand::P3(pre),
+        Err(_) => ComponentCommand::P2(
+            wasmtime_wasi::p2::bindings::CommandPre::new(instance_pre).map_err(|_| {
+                let component_type = component.component_type();
+                let exports: Vec<&str> = component_type
+                    .exports(engine)
+                    .map(|(name, _)| name)
+                    .collect();
+                Rejected(format!(
+                    "the component exports nothing runnable: it has neither a wasi:cli/run \
+                     export (0.2.x or 0.3.x) nor a wasi:http handler (it exports: {})",
+                    listing(&exports)
+                ))
+            })?,
+        ),
+    };
+    tracing::debug!(wasi = pre.wasi_version(), "component runs as a command");
     Ok(Linked::Component { pre })
-}
-
-fn listing(names: &[&str]) -> String {
-    if names.is_empty() {
-        "nothing".to_string()
-    } else {
-        names.join(", ")
-    }
 }
 
 enum Ready {
@@ -224,7 +257,7 @@ enum Ready {
         state: CoreState,
     },
     Component {
-        pre: CommandPre<ComponentState>,
+        pre: ComponentCommand,
         state: ComponentState,
     },
 }
@@ -264,11 +297,28 @@ impl ReadyCommand {
                 if let Err(err) = arm(&mut store, deadline, fuel) {
                     return classify(Err(err));
                 }
-                let result = async {
-                    let command = pre.instantiate_async(&mut store).await?;
-                    command.wasi_cli_run().call_run(&mut store).await
-                }
-                .await;
+                let result = match pre {
+                    ComponentCommand::P2(pre) => {
+                        async {
+                            let command = pre.instantiate_async(&mut store).await?;
+                            command.wasi_cli_run().call_run(&mut store).await
+                        }
+                        .await
+                    }
+                    // The run export is an async task: the event loop drives it and every
+                    // task it spawns until `run` returns.
+                    ComponentCommand::P3(pre) => {
+                        async {
+                            let command = pre.instantiate_async(&mut store).await?;
+                            store
+                                .run_concurrent(async |store| {
+                                    command.wasi_cli_run().call_run(store).await
+                                })
+                                .await?
+                        }
+                        .await
+                    }
+                };
                 match result {
                     Ok(Ok(())) => Outcome::Exited(0),
                     // `wasi:cli/run` returning an error is a plain failure, status 1.

@@ -1,7 +1,8 @@
-//! Serving a component that exports `wasi:http/incoming-handler`: an HTTP/1.1 server in the
-//! pod's network namespace, one fresh instance per request from a pre-linked component and
-//! the pooling allocator, a bound on requests in flight, a request body limit and a per-request
-//! deadline. SIGTERM stops accepting and lets requests in flight finish.
+//! Serving a component that exports an HTTP handler: an HTTP/1.1 server in the pod's network
+//! namespace, a bound on requests in flight, a request body limit and a per-request deadline.
+//! SIGTERM stops accepting and lets requests in flight finish. A 0.2 `incoming-handler` gets
+//! one fresh instance per request from a pre-linked component and the pooling allocator; a
+//! 0.3 `handler` may serve several requests from one instance (`shared_instances`).
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -24,53 +25,67 @@ use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits};
 use wasmtime_wasi::filesystem::WasiFilesystemCtx;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::handler::{ExpirationError, ProxyHandler};
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use wasmtime_wasi_http::p3::bindings::ServicePre;
+use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use wedge_runtime_config::{HttpOptions, NetworkConfig};
 
 use super::context::{store_limits, without_filesystem, CommandContext};
 use super::deadline::{arm, EpochTicker};
 use super::outgoing::OutgoingPolicy;
-use super::{Outcome, Rejected};
+use super::shared_instances::SharedInstances;
+use super::{link_wasi_and_http, Outcome, Rejected};
 
-const INCOMING_HANDLER: &str = "wasi:http/incoming-handler@";
+const INCOMING_HANDLER_0_2: &str = "wasi:http/incoming-handler@0.2.";
+const HANDLER_0_3: &str = "wasi:http/handler@0.3.";
 
-/// True when the component's top level exports `wasi:http/incoming-handler`: read from the
+/// Which `wasi:http` a component serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpWorld {
+    /// `wasi:http/incoming-handler@0.2.x`
+    P2,
+    /// `wasi:http/handler@0.3.x`
+    P3,
+}
+
+/// The HTTP handler the component's top level exports, if any (0.3 first): read from the
 /// binary before compiling, because a server's engine differs (pooling allocator).
-pub fn exports_http_handler(bytes: &[u8]) -> bool {
+pub fn http_handler_export(bytes: &[u8]) -> Option<HttpWorld> {
     let mut depth = 0usize;
+    let mut found = None;
     for payload in wasmparser::Parser::new(0).parse_all(bytes) {
         let Ok(payload) = payload else {
-            return false;
+            return None;
         };
         match payload {
             wasmparser::Payload::ModuleSection { .. }
             | wasmparser::Payload::ComponentSection { .. } => depth += 1,
             wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
             wasmparser::Payload::ComponentExportSection(exports) if depth == 0 => {
-                let found = exports
-                    .into_iter()
-                    .flatten()
-                    .any(|export| export.name.name.starts_with(INCOMING_HANDLER));
-                if found {
-                    return true;
+                for export in exports.into_iter().flatten() {
+                    if export.name.name.starts_with(HANDLER_0_3) {
+                        return Some(HttpWorld::P3);
+                    }
+                    if export.name.name.starts_with(INCOMING_HANDLER_0_2) {
+                        found = Some(HttpWorld::P2);
+                    }
                 }
             }
             _ => {}
         }
     }
-    false
+    found
 }
 
-/// Store data of one request.
-struct RequestState {
+/// Store data of one request (0.2), or of one instance serving requests (0.3).
+pub(super) struct RequestState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    pub(super) limits: StoreLimits,
     outgoing: OutgoingPolicy,
 }
 
@@ -93,25 +108,41 @@ impl WasiHttpView for RequestState {
     }
 }
 
-/// A component linked against WASI and wasi:http, ready to instantiate per request.
+/// The handler export, pre-linked.
+enum HandlerPre {
+    P2(ProxyPre<RequestState>),
+    P3(ServicePre<RequestState>),
+}
+
+/// A component linked against WASI and wasi:http, ready to instantiate.
 pub struct PreparedServer {
     engine: Engine,
-    pre: ProxyPre<RequestState>,
+    pre: HandlerPre,
 }
 
 impl PreparedServer {
     pub fn new(engine: &Engine, component: &Component) -> Result<Self, Rejected> {
         let mut linker = Linker::<RequestState>::new(engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|err| Rejected::from_wasmtime("cannot link WASI preview2", &err))?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
-            .map_err(|err| Rejected::from_wasmtime("cannot link wasi:http", &err))?;
+        link_wasi_and_http(&mut linker)?;
         let instance_pre = linker
             .instantiate_pre(component)
             .map_err(|err| Rejected::from_wasmtime("cannot link the component", &err))?;
-        let pre = ProxyPre::new(instance_pre).map_err(|err| {
-            Rejected::from_wasmtime("the component's wasi:http/incoming-handler", &err)
-        })?;
+        let pre = match ServicePre::new(instance_pre.clone()) {
+            Ok(pre) => HandlerPre::P3(pre),
+            Err(_) => HandlerPre::P2(ProxyPre::new(instance_pre).map_err(|err| {
+                Rejected::from_wasmtime(
+                    "the component's wasi:http handler (incoming-handler@0.2 or handler@0.3)",
+                    &err,
+                )
+            })?),
+        };
+        tracing::debug!(
+            wasi = match pre {
+                HandlerPre::P2(_) => "0.2",
+                HandlerPre::P3(_) => "0.3",
+            },
+            "component serves HTTP"
+        );
         Ok(PreparedServer {
             engine: engine.clone(),
             pre,
@@ -159,7 +190,7 @@ fn bind_all_addresses(port: u16) -> Result<StdTcpListener, Rejected> {
 }
 
 /// What every request's WASI context is made of.
-struct RequestTemplate {
+pub(super) struct RequestTemplate {
     args: Vec<String>,
     env: Vec<(String, String)>,
     memory_limit: Option<u64>,
@@ -169,7 +200,7 @@ struct RequestTemplate {
 }
 
 impl RequestTemplate {
-    fn state(&self) -> RequestState {
+    pub(super) fn state(&self) -> RequestState {
         let mut wasi = without_filesystem(&self.args, &self.env, &self.network).build();
         *wasi.filesystem() = self.filesystem.clone();
         RequestState {
@@ -187,16 +218,26 @@ impl RequestTemplate {
 /// A server waiting for the container's Start.
 pub struct ReadyServer {
     engine: Engine,
-    pre: ProxyPre<RequestState>,
+    pre: HandlerPre,
     listener: StdTcpListener,
     requests: RequestTemplate,
     options: HttpOptions,
 }
 
+/// How requests reach the guest.
+enum Handler {
+    /// A fresh 0.2 instance per request, made from `requests`.
+    PerRequest {
+        pre: ProxyPre<RequestState>,
+        requests: RequestTemplate,
+    },
+    /// 0.3 instances that each take several requests.
+    Shared(ProxyHandler<SharedInstances>),
+}
+
 struct Server {
     engine: Engine,
-    pre: ProxyPre<RequestState>,
-    requests: RequestTemplate,
+    handler: Handler,
     options: HttpOptions,
     in_flight: Arc<Semaphore>,
 }
@@ -223,13 +264,24 @@ impl ReadyServer {
                 return Outcome::HostError(format!("cannot start the request clock: {err}"))
             }
         };
+        let handler = match self.pre {
+            HandlerPre::P2(pre) => Handler::PerRequest {
+                pre,
+                requests: self.requests,
+            },
+            HandlerPre::P3(pre) => Handler::Shared(ProxyHandler::new(SharedInstances {
+                engine: self.engine.clone(),
+                pre: wasmtime_wasi_http::handler::ProxyPre::P3(pre),
+                requests: self.requests,
+                request_timeout: self.options.request_timeout,
+            })),
+        };
         let server = Arc::new(Server {
             in_flight: Arc::new(Semaphore::new(
                 usize::try_from(self.options.max_concurrency).unwrap_or(usize::MAX),
             )),
             engine: self.engine,
-            pre: self.pre,
-            requests: self.requests,
+            handler,
             options: self.options,
         });
         let connections = GracefulShutdown::new();
@@ -308,7 +360,7 @@ impl ReadyServer {
     }
 }
 
-type ServerResponse = Response<HyperOutgoingBody>;
+type ServerResponse = Response<WasiBody>;
 
 impl Server {
     async fn handle(self: Arc<Self>, request: Request<Incoming>) -> ServerResponse {
@@ -345,6 +397,23 @@ impl Server {
                 return plain(StatusCode::SERVICE_UNAVAILABLE, "overloaded\n".into());
             }
         };
+        let request = self.limit_body(request);
+        if let Handler::Shared(handler) = &self.handler {
+            let _permit = permit;
+            let request = with_absolute_uri(request);
+            return match tokio::time::timeout_at(deadline, handler.handle(deadline, request)).await
+            {
+                Ok(Ok(response)) => response,
+                Ok(Err(err)) if err.downcast_ref::<ExpirationError>().is_some() => {
+                    timed_out(&method, &path, timeout)
+                }
+                Ok(Err(err)) => {
+                    log_line(&format!("wasm http: {method} {path}: {err:#}"));
+                    plain(StatusCode::INTERNAL_SERVER_ERROR, "handler error\n".into())
+                }
+                Err(_) => timed_out(&method, &path, timeout),
+            };
+        }
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let server = self.clone();
         let guest = tokio::spawn(async move {
@@ -377,20 +446,10 @@ impl Server {
         }
     }
 
-    /// Runs the handler for `request`; its CPU is cut off at `deadline` too.
-    async fn call_guest(
-        &self,
-        deadline: tokio::time::Instant,
-        request: Request<Incoming>,
-        sender: tokio::sync::oneshot::Sender<
-            Result<ServerResponse, wasmtime_wasi_http::p2::bindings::http::types::ErrorCode>,
-        >,
-    ) -> wasmtime::Result<()> {
-        let mut store = Store::new(&self.engine, self.requests.state());
-        store.limiter(|state| &mut state.limits);
-        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        arm(&mut store, Some(remaining), None)?;
-        let request = match self.options.max_request_body {
+    /// The request with its body cut off at `max_request_body`, for a body that declared no
+    /// length or lied about it.
+    fn limit_body(&self, request: Request<Incoming>) -> Request<WasiBody> {
+        match self.options.max_request_body {
             Some(max) => {
                 let usize_max = usize::try_from(max).unwrap_or(usize::MAX);
                 request.map(|body| {
@@ -402,18 +461,62 @@ impl Server {
             None => {
                 request.map(|body| body.map_err(wasmtime_wasi_http::Error::from).boxed_unsync())
             }
+        }
+    }
+
+    /// Runs a 0.2 handler for `request` in an instance of its own; its CPU is cut off at
+    /// `deadline` too.
+    async fn call_guest(
+        &self,
+        deadline: tokio::time::Instant,
+        request: Request<WasiBody>,
+        sender: tokio::sync::oneshot::Sender<
+            Result<ServerResponse, wasmtime_wasi_http::p2::bindings::http::types::ErrorCode>,
+        >,
+    ) -> wasmtime::Result<()> {
+        let Handler::PerRequest { pre, requests } = &self.handler else {
+            return Err(wasmtime::Error::msg("not a per-request handler"));
         };
+        let mut store = Store::new(&self.engine, requests.state());
+        store.limiter(|state| &mut state.limits);
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        arm(&mut store, Some(remaining), None)?;
         let request = store
             .data_mut()
             .http()
             .new_incoming_request(Scheme::Http, request)?;
         let response = store.data_mut().http().new_response_outparam(sender)?;
-        let proxy = self.pre.instantiate_async(&mut store).await?;
+        let proxy = pre.instantiate_async(&mut store).await?;
         proxy
             .wasi_http_incoming_handler()
             .call_handle(&mut store, request, response)
             .await
     }
+}
+
+/// The request with scheme (`http`) and authority (the Host header) in its URI, where a 0.3
+/// handler reads them; an HTTP/1.1 server receives only the path. A Host that is no authority
+/// leaves the URI as it came.
+fn with_absolute_uri<B>(mut request: Request<B>) -> Request<B> {
+    let authority = request
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .and_then(|host| host.parse::<http::uri::Authority>().ok());
+    let mut parts = request.uri().clone().into_parts();
+    if parts.authority.is_none() {
+        parts.authority = authority;
+    }
+    if parts.scheme.is_none() {
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+    }
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *request.uri_mut() = uri;
+    }
+    request
 }
 
 /// The guest's own clock (epochs) or the wait for its response ran past the request timeout.
@@ -490,7 +593,7 @@ fn plain(status: StatusCode, text: String) -> ServerResponse {
 
 /// The container's stderr is where `kubectl logs` shows a failing request; the runtime's
 /// log gets it too, with the container and the request.
-fn log_line(line: &str) {
+pub(super) fn log_line(line: &str) {
     tracing::warn!("{line}");
     let mut stderr = std::io::stderr().lock();
     let _ = stderr.write_all(format!("{line}\n").as_bytes());
@@ -501,7 +604,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_the_handler_export_at_the_top_level_only() {
+    fn a_0_3_request_carries_scheme_and_authority() {
+        let request = Request::builder()
+            .uri("/whoami?x=1")
+            .header("host", "pod.local:8080")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            with_absolute_uri(request).uri().to_string(),
+            "http://pod.local:8080/whoami?x=1"
+        );
+        let request = Request::builder()
+            .uri("/whoami")
+            .header("host", "not an authority")
+            .body(())
+            .unwrap();
+        assert_eq!(with_absolute_uri(request).uri().to_string(), "/whoami");
+    }
+
+    #[test]
+    fn finds_the_handler_export_at_the_top_level_only_and_prefers_0_3() {
         let server = wat::parse_str(
             r#"(component
                 (core module $m (func (export "h")))
@@ -511,7 +633,7 @@ mod tests {
                 (export "wasi:http/incoming-handler@0.2.6" (instance $handler)))"#,
         )
         .unwrap();
-        assert!(exports_http_handler(&server));
+        assert_eq!(http_handler_export(&server), Some(HttpWorld::P2));
         let command = wat::parse_str(
             r#"(component
                 (component $inner
@@ -522,7 +644,19 @@ mod tests {
                   (export "wasi:http/incoming-handler@0.2.6" (instance $handler))))"#,
         )
         .unwrap();
-        assert!(!exports_http_handler(&command));
-        assert!(!exports_http_handler(b"\0asm\x01\0\0\0"));
+        assert_eq!(http_handler_export(&command), None);
+        assert_eq!(http_handler_export(b"\0asm\x01\0\0\0"), None);
+        let both = wat::parse_str(
+            r#"(component
+                (core module $m (func (export "h")))
+                (core instance $i (instantiate $m))
+                (func $h (canon lift (core func $i "h")))
+                (instance $old (export "handle" (func $h)))
+                (instance $new (export "handle" (func $h)))
+                (export "wasi:http/incoming-handler@0.2.6" (instance $old))
+                (export "wasi:http/handler@0.3.0" (instance $new)))"#,
+        )
+        .unwrap();
+        assert_eq!(http_handler_export(&both), Some(HttpWorld::P3));
     }
 }

@@ -9,15 +9,18 @@ pub mod http;
 pub mod memory_bound;
 mod outgoing;
 pub mod program;
+mod shared_instances;
 
+use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Trap};
-use wasmtime_wasi::I32Exit;
+use wasmtime_wasi::{I32Exit, WasiView};
+use wasmtime_wasi_http::WasiHttpView;
 use wedge_runtime_config::{WasmFeature, WasmOptions};
 
 pub use command::{PreparedCommand, ReadyCommand};
 pub use context::{CommandContext, Preopen};
 pub use deadline::EpochTicker;
-pub use http::{exports_http_handler, PreparedServer, ReadyServer};
+pub use http::{http_handler_export, HttpWorld, PreparedServer, ReadyServer};
 pub use program::{compile_here, load_program, CompileArtifact, Program, ProgramOrigin};
 
 /// Exit status of a module that trapped: 128 + SIGABRT, as a native program that aborts.
@@ -78,22 +81,50 @@ pub fn wasm_kind(bytes: &[u8]) -> Option<WasmKind> {
     }
 }
 
-/// What the engine will run: a command (one instance) or an HTTP server (an instance per
-/// request, from a pool).
+/// What the engine will run: a core module as a command, a component as a command (one
+/// instance), or an HTTP server (instances from a pool, per request or shared by requests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EngineRole {
-    Command,
+    CoreCommand,
+    ComponentCommand,
     HttpServer,
 }
 
 impl EngineRole {
-    /// The role a program's bytes call for: a component exporting an HTTP handler is
-    /// served, everything else runs as a command.
+    /// The role a program's bytes call for: a component exporting an HTTP handler (0.2's
+    /// `incoming-handler` or 0.3's `handler`) is served, everything else runs as a command.
     pub fn of(bytes: &[u8]) -> EngineRole {
         match wasm_kind(bytes) {
-            Some(WasmKind::Component) if exports_http_handler(bytes) => EngineRole::HttpServer,
-            _ => EngineRole::Command,
+            Some(WasmKind::Component) if http_handler_export(bytes).is_some() => {
+                EngineRole::HttpServer
+            }
+            Some(WasmKind::Component) => EngineRole::ComponentCommand,
+            _ => EngineRole::CoreCommand,
         }
+    }
+}
+
+/// Every WASI interface a component may import, 0.2 and 0.3 side by side, with `wasi:http`'s
+/// types and outgoing requests of both.
+pub(crate) fn link_wasi_and_http<T>(linker: &mut Linker<T>) -> Result<(), Rejected>
+where
+    T: WasiView + WasiHttpView + 'static,
+{
+    wasmtime_wasi::p2::add_to_linker_async(linker)
+        .map_err(|err| Rejected::from_wasmtime("cannot link WASI 0.2", &err))?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
+        .map_err(|err| Rejected::from_wasmtime("cannot link wasi:http 0.2", &err))?;
+    wasmtime_wasi::p3::add_to_linker(linker)
+        .map_err(|err| Rejected::from_wasmtime("cannot link WASI 0.3", &err))?;
+    wasmtime_wasi_http::p3::add_to_linker(linker)
+        .map_err(|err| Rejected::from_wasmtime("cannot link wasi:http 0.3", &err))
+}
+
+fn listing(names: &[&str]) -> String {
+    if names.is_empty() {
+        "nothing".to_string()
+    } else {
+        names.join(", ")
     }
 }
 
@@ -118,6 +149,9 @@ pub fn new_engine(options: &WasmOptions, role: EngineRole) -> Result<Engine, Rej
     // compiled form per module.
     config.epoch_interruption(true);
     config.consume_fuel(options.fuel.is_some());
+    // The component model's async (WASI 0.3) needs a store able to run tasks concurrently;
+    // a core module never does, so its stores skip that bookkeeping.
+    config.concurrency_support(role != EngineRole::CoreCommand);
     for feature in WasmFeature::ALL {
         enable_feature(&mut config, feature, options.features.contains(&feature));
     }
@@ -229,7 +263,7 @@ pub(crate) mod tests {
     }
 
     pub fn test_engine() -> Engine {
-        new_engine(&default_options(), EngineRole::Command).unwrap()
+        new_engine(&default_options(), EngineRole::ComponentCommand).unwrap()
     }
 
     pub fn test_codegen() -> String {

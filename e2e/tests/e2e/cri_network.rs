@@ -1,6 +1,7 @@
 //! Wasm servers in pods, reached the way Kubernetes reaches any pod: an HTTP component
 //! (`wasi:http/incoming-handler`) from the node through the pod IP and from a sidecar through
-//! localhost, and a TCP server written against `wasi:sockets`.
+//! localhost, a WASI 0.3 one (`wasi:http/handler`), and a TCP server written against
+//! `wasi:sockets`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -9,11 +10,69 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use wedge_e2e::cri::{sh, WEDGE_HANDLER};
 use wedge_e2e::http_load::{self, wait_listening};
-use wedge_e2e::{components, ContainerSpec, CriNode, Release};
+use wedge_e2e::{components, wasi_suite, ContainerSpec, CriNode, Release};
 
 fn pod_address(node: &CriNode, pod: &wedge_e2e::Pod, port: u16) -> Result<SocketAddr> {
     let ip: std::net::IpAddr = node.pod_ip(pod)?.parse()?;
     Ok(SocketAddr::new(ip, port))
+}
+
+/// A WASI 0.3 component (the official suite's echo service, exporting
+/// `wasi:http/handler@0.3.0` and importing 0.2 and 0.3 packages side by side) serves through
+/// the pod IP as a 0.2 one does: request and response bodies and headers, a 404 from the
+/// guest, 200 requests with 16 in flight (several on one instance), and SIGTERM ends it with
+/// status 0.
+#[test]
+fn a_wasi_0_3_http_component_serves_through_the_pod_ip() -> Result<()> {
+    let node = CriNode::start(Release::under_test())?;
+    let image = node.wasm_image("http-p3-echo", &wasi_suite::component("http-service-echo")?)?;
+    let pod =
+        node.run_pod_annotated("http-p3", WEDGE_HANDLER, &[("wedge.dev/http-port", "8080")])?;
+    let app = node.run_container(
+        &pod,
+        &ContainerSpec {
+            name: "app".into(),
+            image,
+            ..Default::default()
+        },
+    )?;
+    let address = pod_address(&node, &pod, 8080)?;
+    wait_listening(address, Duration::from_secs(20))?;
+    let timeout = Duration::from_secs(10);
+
+    let answer = http_load::request(address, "POST", "/echo", &[], b"hello, echo", timeout)?;
+    ensure!(
+        answer.status == 200
+            && answer.body == "hello, echo"
+            && answer
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                == Some("application/octet-stream"),
+        "{answer:?}"
+    );
+    let ping = [("x-echo".to_string(), "ping".to_string())];
+    let answer = http_load::request(address, "GET", "/reflect-header", &ping, b"", timeout)?;
+    ensure!(
+        answer.status == 200
+            && answer.headers.get("x-echoed").and_then(|v| v.to_str().ok()) == Some("ping"),
+        "{answer:?}"
+    );
+    let answer = http_load::request(address, "GET", "/whatever", &[], b"", timeout)?;
+    ensure!(answer.status == 404, "{answer:?}");
+    let load = http_load::load(address, "/reflect-header", "", 200, 16)?;
+    ensure!(
+        load.failures.is_empty() && load.succeeded == 200,
+        "{} failed: {:?}",
+        load.failures.len(),
+        load.failures.iter().take(3).collect::<Vec<_>>()
+    );
+
+    node.stop_container(&app, 10)?;
+    let status = node.wait_exited(&app, Duration::from_secs(20))?;
+    ensure!(status.exit_code == 0, "exit status {}", status.exit_code);
+    node.remove_pod(&pod)?;
+    node.containerd.assert_clean()
 }
 
 /// An HTTP component answers from the node through the pod IP and from a busybox sidecar

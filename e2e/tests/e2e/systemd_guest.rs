@@ -72,7 +72,7 @@ fn a_pod_runs_on_systemd_and_cgroup_v2_with_either_driver() -> Result<()> {
     std::fs::copy(binaries::path(binaries::SHIM)?, share.join(binaries::SHIM))?;
     std::fs::copy(binaries::path(binaries::CLI)?, share.join(binaries::CLI))?;
     std::fs::write(share.join("engine.toml"), ENGINE_CONFIG)?;
-    std::fs::write(share.join("run.sh"), include_str!("../guest/run.sh"))?;
+    std::fs::write(share.join("run.sh"), include_str!("../../guest/run.sh"))?;
 
     let images_dir = share.join("images");
     std::fs::create_dir_all(&images_dir)?;
