@@ -50,7 +50,7 @@ unit:
 	$(CARGO) test $(PROFILE) --workspace --exclude wedge-e2e --lib --bins --tests
 
 e2e: build
-	$(CARGO) test $(PROFILE) -p wedge-e2e --test e2e -- --test-threads=$(E2E_THREADS)
+	$(CARGO) test $(PROFILE) -p wedge-e2e --lib --test e2e -- --test-threads=$(E2E_THREADS)
 
 ## e2e-releases: the ctr and CRI suites again on containerd 1.7 and 2.1 (config version 3,
 ## task API v3).

@@ -238,6 +238,19 @@ mod tests {
         let config = blob(&content, manifest["config"]["digest"].as_str().unwrap());
         assert_eq!(config["architecture"], "wasm");
         assert_eq!(config["os"], "wasip2");
+        assert_eq!(config["layerDigests"][0], content.layer_digest.as_str());
+        assert_eq!(config["component"]["exports"][0], "run");
+        assert_eq!(
+            config["component"]["imports"][0],
+            "wasi:cli/environment@0.2.0"
+        );
+        assert_eq!(config["config"]["Entrypoint"][0], "/app.wasm");
+        let layer = content
+            .blobs
+            .get(content.layer_digest.trim_start_matches("sha256:"));
+        assert_eq!(layer, Some(&bytes[..]));
+
+        // A component with a WASI 0.3 entry point is labelled wasip3.
         let p3 = wat::parse_str(
             r#"(component
                 (core module $m (func (export "f")))
@@ -251,17 +264,6 @@ mod tests {
         let manifest = blob(&content, content.top.digest().as_ref());
         let config = blob(&content, manifest["config"]["digest"].as_str().unwrap());
         assert_eq!(config["os"], "wasip3");
-        assert_eq!(config["layerDigests"][0], content.layer_digest.as_str());
-        assert_eq!(config["component"]["exports"][0], "run");
-        assert_eq!(
-            config["component"]["imports"][0],
-            "wasi:cli/environment@0.2.0"
-        );
-        assert_eq!(config["config"]["Entrypoint"][0], "/app.wasm");
-        let layer = content
-            .blobs
-            .get(content.layer_digest.trim_start_matches("sha256:"));
-        assert_eq!(layer, Some(&bytes[..]));
     }
 
     #[test]

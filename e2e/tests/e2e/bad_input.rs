@@ -495,7 +495,10 @@ fn bad_modules_are_refused_by_name() -> Result<()> {
         module(
             "component: exports neither run nor an HTTP handler",
             programs::wat(programs::NOT_A_COMMAND_COMPONENT_WAT)?,
-            Expect::Refused(&["no wasi:cli/run export", "it exports: say-hello"]),
+            Expect::Refused(&[
+                "neither a wasi:cli/run export (0.2.x or 0.3.x)",
+                "it exports: say-hello",
+            ]),
         )?,
         module(
             "component: a component cut in half",

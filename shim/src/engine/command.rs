@@ -542,7 +542,9 @@ mod tests {
             (export "hello" (func $f)))"#;
         let err = prepare(component, None).err().unwrap();
         assert!(
-            err.0.contains("nothing runnable") && err.0.contains("hello"),
+            err.0.contains("nothing runnable")
+                && err.0.contains("(0.2.x or 0.3.x)")
+                && err.0.contains("hello"),
             "{err}"
         );
         let err = prepare(component, Some("hello")).err().unwrap();
