@@ -33,6 +33,17 @@ pub const LOOP_WAT: &str = r#"(module
   (memory (export "memory") 1)
   (func (export "_start") (loop $forever (br $forever))))"#;
 
+/// Waits a minute in the host (`poll_oneoff` on the monotonic clock) without running an
+/// instruction, then exits 0.
+pub const SLEEP_WAT: &str = r#"(module
+  (import "wasi_snapshot_preview1" "poll_oneoff"
+    (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (i32.store (i32.const 16) (i32.const 1))
+    (i64.store (i32.const 24) (i64.const 60000000000))
+    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))"#;
+
 /// Grows each of two linear memories by 40 MiB and touches every page: each stays under a
 /// 64 MiB limit, together they do not. (Multi-memory is standard wasm.)
 pub const TWO_MEMORIES_WAT: &str = r#"(module

@@ -297,6 +297,31 @@ fn annotations_and_the_engine_config_apply_as_on_a_node() -> Result<()> {
     );
     assert_nothing_left(tmp.path(), "run-deadline")?;
 
+    // A module waiting in the host runs no instruction for epochs to stop; the deadline
+    // holds on the wall clock all the same, with the same status and message.
+    let sleeping = work.path().join("sleep.wasm");
+    std::fs::write(&sleeping, programs::wat(programs::SLEEP_WAT)?)?;
+    let started = Instant::now();
+    let out = wedge_run(
+        tmp.path(),
+        &[
+            "--name",
+            "run-asleep",
+            "-a",
+            "wedge.dev/timeout=1s",
+            sleeping.to_str().context("path")?,
+        ],
+        None,
+    )?;
+    let waited = started.elapsed();
+    ensure!(
+        out.status.code() == Some(124)
+            && String::from_utf8_lossy(&out.stderr).contains("wasm deadline")
+            && waited < Duration::from_secs(20),
+        "a module asleep in the host past its deadline: {out:?} after {waited:?}"
+    );
+    assert_nothing_left(tmp.path(), "run-asleep")?;
+
     let config = work.path().join("strict.toml");
     std::fs::write(&config, "allowed_annotations = []\n")?;
     let out = wedge_run(

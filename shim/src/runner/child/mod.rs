@@ -114,6 +114,11 @@ fn run() -> i32 {
         _ => return SETUP_FAILED_EXIT_CODE,
     }
     drop((reader, writer));
+    if let (Primed::Command(_), Some(timeout)) = (&ready, spec.options.timeout) {
+        if let Err(err) = watch_deadline(timeout) {
+            return host_failed_after_start(format!("cannot watch the deadline: {err}"));
+        }
+    }
 
     let outcome = tracing::info_span!("run").in_scope(|| {
         tracing::debug!(origin = program_label, "module started");
@@ -123,6 +128,33 @@ fn run() -> i32 {
     });
     report_to_stderr(&outcome, spec.options.timeout);
     outcome.exit_code()
+}
+
+/// How long past its deadline a command may take to be stopped by epochs before the runner
+/// ends it from outside.
+const DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Epochs stop a command that computes; one waiting in the host (a sleep, a read, a 0.3 task
+/// awaiting a stream) runs no instruction to interrupt. Past its deadline and a moment's
+/// grace, the runner ends itself as the epoch path would: the same message, status 124.
+fn watch_deadline(timeout: std::time::Duration) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("wedge-deadline".into())
+        .stack_size(64 << 10)
+        .spawn(move || {
+            std::thread::sleep(timeout.saturating_add(DEADLINE_GRACE));
+            tracing::debug!("the deadline passed while the module waited in the host");
+            report_to_stderr(&Outcome::DeadlineExceeded, Some(timeout));
+            std::process::exit(engine::DEADLINE_EXIT_CODE);
+        })?;
+    Ok(())
+}
+
+/// A host failure once the shim has been told the container started: it goes to the
+/// container's stderr, and the status is a host error's.
+fn host_failed_after_start(reason: String) -> i32 {
+    report_to_stderr(&Outcome::HostError(reason), None);
+    engine::HOST_ERROR_EXIT_CODE
 }
 
 /// Why the runner could not get its program ready.
