@@ -66,12 +66,15 @@ pub fn is_component(bytes: &[u8]) -> bool {
 pub fn module_image(spec: &ModuleImageSpec) -> Result<ImageContent, ImageError> {
     let (reference, tag) = normalize_reference(&spec.reference)?;
     let component = is_component(&spec.module);
-    let os = match (component, component_interface(&spec.module)) {
-        (false, _) => "wasip1",
-        (true, Ok(interface)) if interface.exports.iter().any(|name| is_wasi_0_3_entry(name)) => {
+    // Read once: it names the OS here, and the artifact form records it. Only the artifact
+    // form needs it to parse; the layer form leaves a broken component to the runtime.
+    let interface = component.then(|| component_interface(&spec.module));
+    let os = match &interface {
+        None => "wasip1",
+        Some(Ok(interface)) if interface.exports.iter().any(|name| is_wasi_0_3_entry(name)) => {
             "wasip3"
         }
-        (true, _) => "wasip2",
+        Some(_) => "wasip2",
     };
     let mut blobs = Blobs::default();
     let layer_media_type = match &spec.form {
@@ -101,8 +104,8 @@ pub fn module_image(spec: &ModuleImageSpec) -> Result<ImageContent, ImageError> 
                 "layerDigests": [format!("sha256:{layer_digest}")],
                 "config": process,
             });
-            if component {
-                let interface = component_interface(&spec.module)?;
+            if let Some(interface) = interface {
+                let interface = interface?;
                 config["component"] = json!({
                     "imports": interface.imports,
                     "exports": interface.exports,

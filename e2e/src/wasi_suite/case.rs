@@ -75,13 +75,7 @@ struct Container {
 impl Container {
     fn stop(mut self, containerd: &Containerd, id: &str) {
         let _ = containerd.ctr(&["tasks", "kill", "--signal", "SIGKILL", id]);
-        let deadline = Instant::now() + STEP;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_with_timeout(&mut self.child, STEP);
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = containerd.ctr(&["tasks", "delete", "--force", id]);

@@ -226,17 +226,20 @@ pub struct ReadyServer {
 
 /// How requests reach the guest.
 enum Handler {
-    /// A fresh 0.2 instance per request, made from `requests`.
-    PerRequest {
-        pre: ProxyPre<RequestState>,
-        requests: RequestTemplate,
-    },
+    /// A fresh 0.2 instance per request.
+    PerRequest(Arc<PerRequest>),
     /// 0.3 instances that each take several requests.
     Shared(ProxyHandler<SharedInstances>),
 }
 
-struct Server {
+/// A 0.2 handler and what each request's instance is made of.
+struct PerRequest {
     engine: Engine,
+    pre: ProxyPre<RequestState>,
+    requests: RequestTemplate,
+}
+
+struct Server {
     handler: Handler,
     options: HttpOptions,
     in_flight: Arc<Semaphore>,
@@ -265,10 +268,11 @@ impl ReadyServer {
             }
         };
         let handler = match self.pre {
-            HandlerPre::P2(pre) => Handler::PerRequest {
+            HandlerPre::P2(pre) => Handler::PerRequest(Arc::new(PerRequest {
+                engine: self.engine.clone(),
                 pre,
                 requests: self.requests,
-            },
+            })),
             HandlerPre::P3(pre) => Handler::Shared(ProxyHandler::new(SharedInstances {
                 engine: self.engine.clone(),
                 pre: wasmtime_wasi_http::handler::ProxyPre::P3(pre),
@@ -280,7 +284,6 @@ impl ReadyServer {
             in_flight: Arc::new(Semaphore::new(
                 usize::try_from(self.options.max_concurrency).unwrap_or(usize::MAX),
             )),
-            engine: self.engine,
             handler,
             options: self.options,
         });
@@ -398,27 +401,30 @@ impl Server {
             }
         };
         let request = self.limit_body(request);
-        if let Handler::Shared(handler) = &self.handler {
-            let _permit = permit;
-            let request = with_absolute_uri(request);
-            return match tokio::time::timeout_at(deadline, handler.handle(deadline, request)).await
-            {
-                Ok(Ok(response)) => response,
-                Ok(Err(err)) if err.downcast_ref::<ExpirationError>().is_some() => {
-                    timed_out(&method, &path, timeout)
-                }
-                Ok(Err(err)) => {
-                    log_line(&format!("wasm http: {method} {path}: {err:#}"));
-                    plain(StatusCode::INTERNAL_SERVER_ERROR, "handler error\n".into())
-                }
-                Err(_) => timed_out(&method, &path, timeout),
-            };
-        }
+        let per_request = match &self.handler {
+            Handler::PerRequest(per_request) => per_request.clone(),
+            Handler::Shared(handler) => {
+                let _permit = permit;
+                let request = with_absolute_uri(request);
+                return match tokio::time::timeout_at(deadline, handler.handle(deadline, request))
+                    .await
+                {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(err)) if err.downcast_ref::<ExpirationError>().is_some() => {
+                        timed_out(&method, &path, timeout)
+                    }
+                    Ok(Err(err)) => {
+                        log_line(&format!("wasm http: {method} {path}: {err:#}"));
+                        plain(StatusCode::INTERNAL_SERVER_ERROR, "handler error\n".into())
+                    }
+                    Err(_) => timed_out(&method, &path, timeout),
+                };
+            }
+        };
         let (sender, receiver) = tokio::sync::oneshot::channel();
-        let server = self.clone();
         let guest = tokio::spawn(async move {
             let _permit = permit;
-            tokio::time::timeout_at(deadline, server.call_guest(deadline, request, sender))
+            tokio::time::timeout_at(deadline, per_request.call_guest(deadline, request, sender))
                 .await
                 .unwrap_or_else(|_| Err(wasmtime::Error::new(RequestTimedOut)))
         });
@@ -463,7 +469,9 @@ impl Server {
             }
         }
     }
+}
 
+impl PerRequest {
     /// Runs a 0.2 handler for `request` in an instance of its own; its CPU is cut off at
     /// `deadline` too.
     async fn call_guest(
@@ -474,10 +482,7 @@ impl Server {
             Result<ServerResponse, wasmtime_wasi_http::p2::bindings::http::types::ErrorCode>,
         >,
     ) -> wasmtime::Result<()> {
-        let Handler::PerRequest { pre, requests } = &self.handler else {
-            return Err(wasmtime::Error::msg("not a per-request handler"));
-        };
-        let mut store = Store::new(&self.engine, requests.state());
+        let mut store = Store::new(&self.engine, self.requests.state());
         store.limiter(|state| &mut state.limits);
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         arm(&mut store, Some(remaining), None)?;
@@ -486,7 +491,7 @@ impl Server {
             .http()
             .new_incoming_request(Scheme::Http, request)?;
         let response = store.data_mut().http().new_response_outparam(sender)?;
-        let proxy = pre.instantiate_async(&mut store).await?;
+        let proxy = self.pre.instantiate_async(&mut store).await?;
         proxy
             .wasi_http_incoming_handler()
             .call_handle(&mut store, request, response)
