@@ -127,12 +127,31 @@ enum Supervisor {
 
 pub struct Containerd {
     dir: tempfile::TempDir,
+    /// The compiled-module cache: native code the runtime maps as root, so the engine
+    /// config must name a root-only place for it, never one under /tmp.
+    cache: tempfile::TempDir,
     daemon: Option<Child>,
     supervisor: Supervisor,
     release: Release,
     cri: Option<CriSetup>,
     /// The `PATH` containerd runs with: where it finds the shims.
     search_path: String,
+}
+
+/// Where the tests' compiled-module caches live: root-owned and root-only all the way down,
+/// as the runtime requires of `cache.dir`.
+const CACHE_PARENT: &str = "/var/lib/wedge-e2e";
+
+/// A fresh directory for a compiled-module cache, gone when dropped.
+pub fn private_cache_dir() -> Result<tempfile::TempDir> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(CACHE_PARENT)?;
+    Ok(tempfile::Builder::new()
+        .prefix("cache-")
+        .tempdir_in(CACHE_PARENT)?)
 }
 
 /// What a containerd with its CRI plugin on needs beyond the plain one: a CNI network of
@@ -307,11 +326,12 @@ impl Containerd {
             &config,
             private_config(&release.containerd(), dir.path(), cri.as_ref(), !prepared)?,
         )?;
+        let cache = private_cache_dir()?;
         std::fs::write(
             dir.path().join(ENGINE_CONFIG),
             format!(
                 "{ENGINE_OPTIONS}[cache]\ndir = \"{}\"\n[runc]\nroot = \"{}\"\n",
-                dir.path().join("cache").display(),
+                cache.path().join("cache").display(),
                 dir.path().join("runc").display()
             ),
         )?;
@@ -334,6 +354,7 @@ impl Containerd {
         );
         let mut containerd = Containerd {
             dir,
+            cache,
             daemon: None,
             supervisor,
             release,
@@ -441,7 +462,7 @@ impl Containerd {
     }
 
     pub fn cache_dir(&self) -> PathBuf {
-        self.dir.path().join("cache")
+        self.cache.path().join("cache")
     }
 
     /// A `ctr` command aimed at this containerd. A `run` on the Wedge runtime gets

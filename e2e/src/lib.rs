@@ -18,7 +18,7 @@ pub mod stand_in_api;
 pub mod stand_in_init;
 pub mod wasi_suite;
 
-pub use containerd::{Containerd, Release, WEDGE_RUNTIME};
+pub use containerd::{private_cache_dir, Containerd, Release, WEDGE_RUNTIME};
 pub use cri::{ContainerSpec, CriNode, Pod};
 pub use ctr_case::CtrCase;
 pub use registry::Registry;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::annotation_key::AnnotationKey;
 use crate::features::WasmFeature;
+use crate::host_rules::HostPattern;
 use crate::quantity;
 
 /// Where the engine config lives when containerd passes no runtime options.
@@ -225,6 +226,10 @@ pub struct NetworkConfig {
     pub tcp: bool,
     pub udp: bool,
     pub ip_name_lookup: bool,
+    /// Names a guest may ask to reach (`wasi:http`), checked before any lookup.
+    pub allow_hosts: Vec<HostPattern>,
+    /// Exceptions to `allow_hosts`.
+    pub deny_hosts: Vec<HostPattern>,
 }
 
 impl Default for NetworkConfig {
@@ -238,6 +243,8 @@ impl Default for NetworkConfig {
             tcp: true,
             udp: true,
             ip_name_lookup: true,
+            allow_hosts: vec![HostPattern::any()],
+            deny_hosts: Vec::new(),
         }
     }
 }
@@ -250,6 +257,29 @@ impl NetworkConfig {
         let address = address.to_canonical();
         self.allow.iter().any(|net| net.contains(&address))
             && !self.deny.iter().any(|net| net.contains(&address))
+    }
+
+    /// Whether a guest may ask for `host` (a name, or an IP literal as text) on `port`:
+    /// the hostname rules, before anything is looked up or connected.
+    pub fn permits_host(&self, host: &str, port: u16) -> bool {
+        self.allow_hosts
+            .iter()
+            .any(|pattern| pattern.matches(host, port))
+            && !self
+                .deny_hosts
+                .iter()
+                .any(|pattern| pattern.matches(host, port))
+    }
+
+    /// Whether every name passes the hostname rules: only then may a guest look names up
+    /// through `wasi:sockets`, whose resolver offers no way to check a name first.
+    pub fn any_name_permitted(&self) -> bool {
+        self.allow_hosts.iter().any(HostPattern::is_any) && self.deny_hosts.is_empty()
+    }
+
+    /// Whether any address at all may be reached: with none, nothing is worth a lookup.
+    pub fn reaches_anything(&self) -> bool {
+        !self.allow.is_empty()
     }
 }
 

@@ -9,8 +9,10 @@ pub mod cgroup_driver;
 pub mod containerd;
 pub mod engine;
 pub mod features;
+pub mod host_rules;
 pub mod local_run;
 pub mod quantity;
+pub mod trusted_path;
 pub mod wasm_image;
 
 pub use annotation_key::{AnnotationKey, ANNOTATION_PREFIX};

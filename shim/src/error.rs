@@ -86,6 +86,8 @@ pub enum Error {
     #[error("{0}")]
     EngineConfig(#[from] wedge_runtime_config::ConfigError),
     #[error("{0}")]
+    UntrustedPath(#[from] wedge_runtime_config::trusted_path::UntrustedPath),
+    #[error("{0}")]
     Annotation(wedge_runtime_config::AnnotationError),
 
     #[error("wasm module rejected: {0}")]
@@ -161,7 +163,7 @@ impl Error {
             }
             Error::ContainerExists(_) | Error::ExecExists(..) => Code::ALREADY_EXISTS,
             Error::ExecUnsupported(_) | Error::Unsupported { .. } => Code::UNIMPLEMENTED,
-            Error::WrongState { .. } => Code::FAILED_PRECONDITION,
+            Error::WrongState { .. } | Error::UntrustedPath(_) => Code::FAILED_PRECONDITION,
             Error::InvalidSpec(_)
             | Error::InvalidRequest(_)
             | Error::NoEntrypoint

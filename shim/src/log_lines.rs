@@ -178,13 +178,23 @@ where
         let mut fields = SpanFields::default();
         event.record(&mut fields);
         let level = event.metadata().level().as_str();
-        let mut line = format_line(format(), level, &spans, fields.0);
+        let mut line = one_physical_line(format_line(format(), level, &spans, fields.0));
         line.push('\n');
         self.sink.write_line(line.as_bytes());
     }
 }
 
 type Fields = Vec<(&'static str, FieldValue)>;
+
+/// A record is one line of the log, whatever its values hold: a message or an error that
+/// carries a guest's text (a function or import name with a newline in it) would otherwise
+/// start a line of its own, one that could pass for another container's.
+fn one_physical_line(line: String) -> String {
+    if !line.contains(['\n', '\r']) {
+        return line;
+    }
+    line.replace('\r', "\\r").replace('\n', "\\n")
+}
 
 /// One line: `spans` from the outermost, each with its fields; the event's own fields,
 /// `message` among them.
@@ -414,6 +424,24 @@ mod tests {
         assert!(line.contains(" level=warn span=create:prepare msg=\"module ready\" id=c1 pod=p-9 origin=\"cache hit\""), "{line}");
         assert_eq!(logfmt_value("a\"b\nc"), "\"a\\\"b\\nc\"");
         assert_eq!(logfmt_value(""), "\"\"");
+    }
+
+    #[test]
+    fn a_value_with_a_newline_cannot_start_a_line_of_its_own() {
+        let forged = "x\n2026-01-01T00:00:00Z  INFO create{id=other}: module ready\r";
+        let mut fields = event();
+        fields.push(("message", FieldValue::text(forged)));
+        fields.push((
+            "error",
+            FieldValue {
+                raw: forged.to_string(),
+                is_str: false,
+            },
+        ));
+        for format in [LogFormat::Text, LogFormat::Logfmt, LogFormat::Json] {
+            let line = one_physical_line(format_line(format, "INFO", &spans(), fields.clone()));
+            assert!(!line.contains(['\n', '\r']), "{format:?}: {line}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use wedge_runtime_config::containerd::{inspect, EntryState, Location, Registration};
+use wedge_runtime_config::trusted_path::{self, Leaf};
 use wedge_runtime_config::{cgroup_driver, EngineConfig};
 
 use super::cgroup::{self, CgroupVersion};
@@ -479,7 +480,10 @@ fn engine_config(report: &mut NodeReport, target: &NodeTarget) {
     let path = &target.root.host_view(&local);
     match std::fs::read_to_string(&local) {
         Ok(text) => match EngineConfig::parse(&text, &path.display().to_string()) {
-            Ok(_) => report.fact("engine config", format!("{} (valid)", path.display())),
+            Ok(config) => {
+                report.fact("engine config", format!("{} (valid)", path.display()));
+                trusted_paths(report, target, &config);
+            }
             Err(err) => {
                 report.fact("engine config", format!("{} (invalid)", path.display()));
                 report.problem(
@@ -488,14 +492,47 @@ fn engine_config(report: &mut NodeReport, target: &NodeTarget) {
                 );
             }
         },
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => report.fact(
-            "engine config",
-            format!("{} absent: built-in defaults", path.display()),
-        ),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            report.fact(
+                "engine config",
+                format!("{} absent: built-in defaults", path.display()),
+            );
+            trusted_paths(report, target, &EngineConfig::default());
+        }
         Err(err) => report.problem(
             format!("cannot read {}: {err}", path.display()),
             "check its permissions",
         ),
+    }
+}
+
+/// The engine config's paths that the runtime trusts as root, checked as the shim checks
+/// them at Create (with built-in defaults when there is no engine config, as the shim uses).
+fn trusted_paths(report: &mut NodeReport, target: &NodeTarget, config: &EngineConfig) {
+    let runc = if config.runc.path.is_absolute() {
+        Some(config.runc.path.clone())
+    } else {
+        HOST_PATH
+            .iter()
+            .map(|dir| Path::new(dir).join(&config.runc.path))
+            .find(|path| is_executable(&target.root.resolve(path)))
+    };
+    let mut checks = Vec::new();
+    if config.cache.enabled {
+        checks.push(("cache.dir", config.cache.dir.clone(), Leaf::Directory));
+    }
+    if let Some(runc) = runc {
+        checks.push(("runc.path", runc, Leaf::File));
+    }
+    for (key, path, leaf) in checks {
+        match trusted_path::check(key, target.root.path(), &path, leaf) {
+            Ok(_) => report.fact(key, format!("{} (root's alone)", path.display())),
+            Err(err) => report.problem(
+                err.to_string(),
+                "point it at a place that root owns and no one else can write, all the way \
+                 from /; the shim refuses containers until then",
+            ),
+        }
     }
 }
 

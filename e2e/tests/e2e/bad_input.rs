@@ -604,6 +604,14 @@ fn bad_images_are_refused_by_name() -> Result<()> {
 fn bad_mounts_and_engine_configs_are_refused_by_name() -> Result<()> {
     let corpus = Corpus::new()?;
     let hello = corpus.hello()?;
+    let (archive, busybox) = images::native_image(
+        corpus.case.work.path(),
+        "busybox",
+        Path::new(wedge_e2e::cri::BUSYBOX),
+        "/bin/busybox",
+        &["/bin/busybox", "true"],
+    )?;
+    corpus.case.containerd.import(&archive)?;
     let outside = corpus.path("outside");
     std::fs::create_dir_all(&outside)?;
     let fifo = corpus.path("fifo");
@@ -685,6 +693,34 @@ fn bad_mounts_and_engine_configs_are_refused_by_name() -> Result<()> {
             Expect::Refused(&["log_level"]),
         )
         .engine_config("log_level = \"chatty\"\n"),
+        // Paths the runtime trusts as root, in places others can write.
+        BadInput::new(
+            "engine config: cache in a temp directory",
+            &hello,
+            Expect::Refused(&[
+                "cache.dir /tmp/wedge-planted-cache",
+                "/tmp is writable by others",
+            ]),
+        )
+        .engine_config("[cache]\ndir = \"/tmp/wedge-planted-cache\"\n"),
+        BadInput::new(
+            "engine config: cache in a pod's volume",
+            &hello,
+            Expect::Refused(&[
+                "cache.dir",
+                "/var/lib/kubelet",
+                "kubelet's pods and volumes",
+            ]),
+        )
+        .engine_config(
+            "[cache]\ndir = \"/var/lib/kubelet/pods/p/volumes/kubernetes.io~empty-dir/c\"\n",
+        ),
+        BadInput::new(
+            "engine config: runc in a temp directory",
+            &busybox,
+            Expect::Refused(&["runc.path /tmp/runc-planted", "/tmp is writable by others"]),
+        )
+        .engine_config("[runc]\npath = \"/tmp/runc-planted\"\n"),
     ];
     report(corpus.run(cases)?)?;
     corpus.case.containerd.assert_clean()

@@ -8,7 +8,7 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use wedge_e2e::{programs, CtrCase, WEDGE_RUNTIME};
+use wedge_e2e::{private_cache_dir, programs, CtrCase, WEDGE_RUNTIME};
 
 const ENDS_AFTER_2S_C: &str = "#include <unistd.h>\nint main(void) { sleep(2); return 3; }\n";
 
@@ -147,10 +147,12 @@ fn a_cgroup_that_cannot_be_made_is_named_and_leaves_nothing() -> Result<()> {
 #[test]
 fn a_full_cache_disk_slows_starts_but_breaks_nothing() -> Result<()> {
     let case = Case::new()?;
-    let cache = case.work.path().join("tiny-cache");
+    let cache_parent = private_cache_dir()?;
+    let cache = cache_parent.path().join("tiny-cache");
     std::fs::create_dir_all(&cache)?;
+    // Root-only, as the runtime requires of a cache directory.
     let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs"])
         .arg(&cache)
         .status()?;
     ensure!(mounted.success(), "cannot mount a tmpfs for the cache");

@@ -3,6 +3,7 @@
 //! is chosen with a name filter (`cargo test -p wedge-e2e --test e2e -- ctr_run::`).
 
 mod bad_input;
+mod containment;
 mod cri_confinement;
 mod cri_engine;
 mod cri_network;

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Result};
-use wedge_e2e::{images, programs, Containerd, Registry, Release};
+use anyhow::{bail, ensure, Context, Result};
+use wedge_e2e::{images, programs, Containerd, Registry, Release, WEDGE_RUNTIME};
 
 use wedge_runtime_config::wasm_image::{sha256_digest, WASM_LAYER_MEDIA_TYPES};
 
@@ -397,7 +397,11 @@ fn the_second_start_comes_from_the_cache_and_bad_entries_are_recompiled() -> Res
     let cache = containerd.cache_dir();
     let mode = std::fs::metadata(&cache)?.permissions().mode() & 0o7777;
     ensure!(mode == 0o700, "cache directory mode {mode:o}");
-    let artifacts: Vec<_> = std::fs::read_dir(&cache)?
+    // One partition, the test's containerd namespace outside Kubernetes, root-only too.
+    let partition = cache.join(containerd.namespace()).join("_node");
+    let mode = std::fs::metadata(&partition)?.permissions().mode() & 0o7777;
+    ensure!(mode == 0o700, "cache partition mode {mode:o}");
+    let artifacts: Vec<_> = std::fs::read_dir(&partition)?
         .flatten()
         .map(|entry| entry.path())
         .filter(|path| path.extension().is_some_and(|ext| ext == "cwasm"))
@@ -418,5 +422,66 @@ fn the_second_start_comes_from_the_cache_and_bad_entries_are_recompiled() -> Res
     std::fs::write(artifact, &bytes[..bytes.len() / 3])?;
     assert_eq!(hello("truncated")?, "recompiled");
     assert_eq!(hello("after-truncation")?, "cached");
+    containerd.assert_clean()
+}
+
+/// Native code compiled while handling one tenant's module is never mapped for another's
+/// container: the same module in a second containerd namespace is compiled again, into a
+/// cache partition of that namespace, and each namespace's second start is a hit in its own.
+#[test]
+fn each_namespace_compiles_into_a_cache_partition_of_its_own() -> Result<()> {
+    let containerd = Containerd::start()?;
+    let work = tempfile::tempdir()?;
+    let (archive, reference) =
+        images::wasm_image(work.path(), "tenants", &programs::wat(programs::HELLO_WAT)?)?;
+    containerd.import(&archive)?;
+    let other = format!("{}-other", containerd.namespace());
+    let archive_path = archive.to_str().context("archive path")?;
+    containerd.ctr_ok(&["--namespace", &other, "images", "import", archive_path])?;
+    let config = containerd.engine_config();
+    let config = config.to_str().context("engine config path")?;
+    let in_other = |id: &str| -> Result<String> {
+        let out = containerd.ctr(&[
+            "--namespace",
+            &other,
+            "run",
+            "--rm",
+            "--runtime",
+            WEDGE_RUNTIME,
+            "--runtime-config-path",
+            config,
+            &reference,
+            id,
+        ])?;
+        expect_run(&out, 0, &["hello from wasm"])?;
+        program_origin(&containerd, id)
+    };
+    let result = (|| -> Result<()> {
+        let out = containerd.run_wasm(&reference, "mine", &[])?;
+        expect_run(&out, 0, &["hello from wasm"])?;
+        assert_eq!(program_origin(&containerd, "mine")?, "compiled");
+        assert_eq!(in_other("theirs")?, "compiled");
+        assert_eq!(in_other("theirs-again")?, "cached");
+        for namespace in [containerd.namespace(), other.clone()] {
+            let partition = containerd.cache_dir().join(&namespace).join("_node");
+            let artifacts = std::fs::read_dir(&partition)?
+                .flatten()
+                .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "cwasm"))
+                .count();
+            ensure!(
+                artifacts == 1,
+                "{artifacts} artifacts in {}",
+                partition.display()
+            );
+        }
+        Ok(())
+    })();
+    let _ = containerd.ctr(&["--namespace", &other, "images", "rm", &reference]);
+    let _ = containerd.ctr(&["namespaces", "rm", &other]);
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup")?.flatten() {
+        let _ = std::fs::remove_dir(hierarchy.path().join(&other));
+    }
+    let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&other));
+    result?;
     containerd.assert_clean()
 }

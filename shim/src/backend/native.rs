@@ -2,6 +2,8 @@
 //! entrypoint is not wasm) handed to runc the way containerd's own runc shim does it. runc
 //! makes the cgroup; the shim only reads it for stats and OOM events.
 
+use std::path::Path;
+
 use async_trait::async_trait;
 use nix::sys::signal::Signal;
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources};
@@ -14,6 +16,7 @@ use crate::runc::console::start_with_stdio;
 use crate::runc::{Console, Runc};
 use crate::runc::{ExecFiles, RuncContainer};
 use crate::sandbox::{Cgroup, Driver};
+use wedge_runtime_config::trusted_path::{self, Leaf, UntrustedPath};
 
 pub struct NativeContainer {
     runc: RuncContainer,
@@ -43,6 +46,10 @@ pub async fn create(request: CreateRequest<'_>) -> Result<Created> {
         // is deleted once it ends.
         given_up: _,
     } = request;
+    let runc_path = engine_config.runc.path.clone();
+    tokio::task::spawn_blocking(move || trusted_runc(&runc_path))
+        .await
+        .map_err(|err| Error::Internal(format!("checking runc.path failed: {err}")))??;
     let runc = Runc::new(
         &engine_config.runc.path,
         &engine_config.runc.root,
@@ -175,4 +182,17 @@ pub(super) fn clean_up_after_crash(bundle: &std::path::Path, id: &str) -> bool {
         Err(err) => warn!(id, error = %err, "cannot run runc delete"),
     }
     true
+}
+
+/// runc runs as root for every native container: the program the shim would run (found on
+/// PATH as exec finds it) must be one only root can change. A runc that is not there is
+/// left for runc's own error.
+fn trusted_runc(path: &Path) -> std::result::Result<(), UntrustedPath> {
+    let search_path = std::env::var("PATH").unwrap_or_default();
+    match trusted_path::find_program(path, &search_path) {
+        Some(found) => {
+            trusted_path::check("runc.path", Path::new("/"), &found, Leaf::File).map(drop)
+        }
+        None => Ok(()),
+    }
 }

@@ -16,6 +16,7 @@ use super::plan::WasmModule;
 use super::{
     off_the_event_loop, remove_cgroup, sandbox_error, Backend, CreateRequest, Created, ExecRequest,
 };
+use crate::engine::cache_partition;
 use crate::error::{Error, Result};
 use crate::exits::{signal_process, ExitStatus, ProcessHandle};
 use crate::image::Entrypoint;
@@ -27,6 +28,7 @@ use crate::sandbox::security::SecurityPlan;
 use crate::sandbox::{Cgroup, Driver, RunnerSandbox};
 use crate::spec::{ContainerSpec, InvalidSpec, WasmMount};
 use crate::stdio;
+use wedge_runtime_config::trusted_path::{self, Leaf};
 use wedge_runtime_config::{ConfigSource, EngineConfig};
 
 /// Name of the file in the bundle that records the runner's pid, for `shim delete` after a
@@ -85,6 +87,14 @@ pub async fn create(request: CreateRequest<'_>, module: WasmModule) -> Result<Cr
             }
         }
     }
+    if engine_config.cache.enabled {
+        let dir = engine_config.cache.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            trusted_path::check("cache.dir", Path::new("/"), &dir, Leaf::Directory)
+        })
+        .await
+        .map_err(|err| Error::Internal(format!("checking cache.dir failed: {err}")))??;
+    }
     let io = stdio::open(&paths.stdin, &paths.stdout, &paths.stderr)?;
     // Namespaces opened, cgroup made and written: file system work that can stall (memory
     // reclaim, a busy cgroupfs), so not on the event loop.
@@ -98,7 +108,7 @@ pub async fn create(request: CreateRequest<'_>, module: WasmModule) -> Result<Cr
         cgroup,
         before_exec,
     } = sandbox.map_err(|err| sandbox_error(id, err))?;
-    let enter_pod_pid_namespace = before_exec.joins_pod_pids();
+    let fork_into_pid_namespace = before_exec.forks_into_pid_namespace();
     let pod = crate::spec::pod_label(&spec.annotations);
     let spawned = exits.spawn_watched(|| {
         let runner = spawn_runner(
@@ -146,7 +156,10 @@ pub async fn create(request: CreateRequest<'_>, module: WasmModule) -> Result<Cr
         readonly_root: spec.readonly_root,
         stdin_fifo: io.stdin_fifo,
         cache: engine_config.cache.enabled.then(|| CacheSettings {
-            dir: engine_config.cache.dir.clone(),
+            dir: engine_config.cache.dir.join(cache_partition::partition(
+                namespace,
+                crate::spec::kubernetes_namespace(&spec.annotations),
+            )),
             max_bytes: engine_config.cache.max_size_bytes(),
         }),
         identity: spec.identity.clone(),
@@ -154,7 +167,7 @@ pub async fn create(request: CreateRequest<'_>, module: WasmModule) -> Result<Cr
         memory_usage_file: cgroup.memory_usage_file(),
         mounts: preopens,
         file_binds,
-        enter_pod_pid_namespace,
+        fork_into_pid_namespace,
         options,
         seccomp: security.filters,
         apparmor_profile: security.apparmor_profile,

@@ -119,7 +119,12 @@ impl ModuleCache {
     /// arbitrary machine code.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Self, CacheError> {
         if let Some(parent) = dir.parent() {
-            fs::create_dir_all(parent).map_err(io_error(parent))?;
+            // Root-only on the way down too: partition names are tenants' namespaces.
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(io_error(parent))?;
         }
         match DirBuilder::new().mode(0o700).create(dir) {
             Ok(()) => {}

@@ -97,12 +97,16 @@ pub(super) fn store_limits(memory_limit: Option<u64>) -> StoreLimits {
 }
 
 /// `wasi:sockets` as the operator's `[network]` section says: which protocols, name lookup,
-/// and which addresses a guest may bind, connect or send to.
+/// and which addresses a guest may bind, connect or send to. Its resolver cannot check a
+/// name before it asks the node's DNS, so name lookup is there only while the hostname
+/// rules let every name through and some address may be reached at all.
 fn apply_network_policy(builder: &mut WasiCtxBuilder, policy: &NetworkConfig) {
     builder
         .allow_tcp(policy.tcp)
         .allow_udp(policy.udp)
-        .allow_ip_name_lookup(policy.ip_name_lookup);
+        .allow_ip_name_lookup(
+            policy.ip_name_lookup && policy.any_name_permitted() && policy.reaches_anything(),
+        );
     let policy = Arc::new(policy.clone());
     builder.socket_addr_check(move |address, _use: SocketAddrUse| {
         let permitted = policy.permits(address.ip());

@@ -18,7 +18,6 @@ use hyper_util::rt::TokioTimer;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 use wasmtime::component::{Component, Linker, ResourceTable};
@@ -246,20 +245,13 @@ struct Server {
 }
 
 impl ReadyServer {
-    /// Serves until SIGTERM or SIGINT, then drains; runs on a multi-threaded runtime.
-    pub async fn serve(self) -> Outcome {
+    /// Serves until `stop` resolves (the runner's SIGTERM or SIGINT), then drains; runs on a
+    /// multi-threaded runtime.
+    pub async fn serve(self, stop: impl std::future::Future<Output = ()>) -> Outcome {
+        tokio::pin!(stop);
         let listener = match TcpListener::from_std(self.listener) {
             Ok(listener) => listener,
             Err(err) => return Outcome::HostError(format!("cannot serve HTTP: {err}")),
-        };
-        let (mut terminate, mut interrupt) = match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(terminate), Ok(interrupt)) => (terminate, interrupt),
-            (Err(err), _) | (_, Err(err)) => {
-                return Outcome::HostError(format!("cannot watch for SIGTERM: {err}"))
-            }
         };
         let _ticker = match EpochTicker::start(&self.engine) {
             Ok(ticker) => ticker,
@@ -353,8 +345,7 @@ impl ReadyServer {
                         let _ = connection.await;
                     });
                 }
-                _ = terminate.recv() => break,
-                _ = interrupt.recv() => break,
+                () = &mut stop => break,
             }
         }
         drop(listener);

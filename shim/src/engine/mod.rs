@@ -2,6 +2,7 @@
 //! program (compiled or from the cache), and running it as a WASI command.
 
 pub mod cache;
+pub mod cache_partition;
 pub mod command;
 mod context;
 mod deadline;

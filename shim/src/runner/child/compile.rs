@@ -12,10 +12,12 @@
 //! as the runner does before the guest runs (its own mount namespace rooted in the
 //! container's root filesystem, the container's user, no capabilities, seccomp): a bug in
 //! the compiler that an input could exploit finds nothing more to work with than the guest
-//! would.
+//! would. It keeps no descriptor of the runner's but its output (not the control socket,
+//! the log pipe or the container's stdio), and takes on the container's AppArmor profile.
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
+use std::os::fd::AsRawFd;
 
 use nix::sys::memfd::{memfd_create, MFdFlags};
 use nix::sys::signal::Signal;
@@ -24,6 +26,8 @@ use nix::unistd::{fork, ForkResult};
 use wasmtime::Engine;
 
 use crate::engine::{compile_here, Rejected, WasmKind};
+use crate::runner::protocol::LOG_FD;
+use crate::sandbox::descriptors;
 
 /// The child's exit status when the compiler rejected the module; the memfd holds the reason.
 const REJECTED_EXIT: i32 = 2;
@@ -46,7 +50,8 @@ pub fn compile_in_child(
     // anything the parent could.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
-            let code = match confine()
+            let code = match only_the_output(&output)
+                .and_then(|()| confine())
                 .and_then(|()| tie_to_parent(runner))
                 .and_then(|()| compile_here(engine, kind, bytes))
             {
@@ -90,6 +95,22 @@ pub fn compile_in_child(
         }
         Err(err) => Err(Rejected(format!("cannot fork the compiler: {err}"))),
     }
+}
+
+/// Closes every descriptor but `output`; the numbers of stdio and the log pipe are held by
+/// /dev/null, so that the log lines of the compile child go nowhere rather than into a
+/// file opened later under that number.
+fn only_the_output(output: &File) -> Result<(), Rejected> {
+    let output = output.as_raw_fd();
+    descriptors::close_all_except(&[output])
+        .and_then(|()| {
+            let reserved: Vec<i32> = [0, 1, 2, LOG_FD]
+                .into_iter()
+                .filter(|fd| *fd != output)
+                .collect();
+            descriptors::fill_with_dev_null(&reserved)
+        })
+        .map_err(|err| Rejected(format!("cannot close the compiler's descriptors: {err}")))
 }
 
 /// A killed runner (Delete, the node's OOM killer) takes its compiler along. Armed after the

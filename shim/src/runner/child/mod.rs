@@ -12,7 +12,7 @@ use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
 
 use super::protocol::{
-    self, ModuleSource, RunSpec, RunnerMessage, ShimMessage, CONTROL_FD, MODULE_FD,
+    self, ModuleSource, RunSpec, RunnerMessage, ShimMessage, CONTROL_FD, LOG_FD, MODULE_FD,
 };
 use crate::engine::cache::{sha256_hex, ModuleCache};
 use crate::engine::command::RunLimits;
@@ -20,6 +20,7 @@ use crate::engine::{
     self, codegen_options, load_program, memory_bound, CommandContext, EngineRole, Outcome,
     PreparedCommand, PreparedServer, Program, ProgramOrigin, ReadyCommand, ReadyServer, Rejected,
 };
+use crate::sandbox::descriptors;
 use confine::{FileView, HostFailure};
 use pid_namespace::SupervisorConfinement;
 use stdin::StdinRelay;
@@ -36,6 +37,11 @@ pub fn main() -> ! {
 }
 
 fn run() -> i32 {
+    // Only what the shim handed over on purpose stays open: a descriptor it inherited without
+    // close-on-exec is nothing the guest should ever hold.
+    if descriptors::close_all_except(&[0, 1, 2, CONTROL_FD, MODULE_FD, LOG_FD]).is_err() {
+        return SETUP_FAILED_EXIT_CODE;
+    }
     // SAFETY: the shim hands fd 3 to exactly this process as its control socket
     // (see `launch::spawn_runner`); nothing else in this process owns it.
     let control = unsafe { UnixStream::from_raw_fd(CONTROL_FD) };
@@ -60,12 +66,12 @@ fn run() -> i32 {
     };
     // Prepare comes once the shim has moved this process into the container's cgroup, so
     // the child is born there.
-    let confined_notice = if spec.enter_pod_pid_namespace {
+    let confined_notice = if spec.fork_into_pid_namespace {
         let supervisor = SupervisorConfinement {
             identity: &spec.identity,
             filters: &spec.seccomp,
         };
-        match pid_namespace::fork_into_pod_namespace(supervisor) {
+        match pid_namespace::fork_into_pid_namespace(supervisor) {
             Ok(notice) => Some(notice),
             Err(reason) => return host_failed(&mut writer, reason),
         }
@@ -205,9 +211,32 @@ impl Primed {
         };
         match self {
             Primed::Command(command) => runtime.block_on(command.run()),
-            Primed::Server(server) => runtime.block_on(server.serve()),
+            Primed::Server(server) => {
+                let stop = match runtime.block_on(async { termination_requested() }) {
+                    Ok(stop) => stop,
+                    Err(err) => {
+                        return Outcome::HostError(format!("cannot watch for SIGTERM: {err}"))
+                    }
+                };
+                pid_namespace::let_the_server_drain();
+                runtime.block_on(server.serve(stop))
+            }
         }
     }
+}
+
+/// Resolves at the first SIGTERM or SIGINT, when a server drains. The handlers are in place
+/// once this returns.
+fn termination_requested() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
 }
 
 /// Room for the host side of a request; wasm runs on its own fiber stacks.
@@ -300,7 +329,15 @@ fn confine_compiler(spec: &RunSpec) -> Result<(), Rejected> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
         .map_err(|err| Rejected(format!("cannot give the compiler a mount namespace: {err}")))?;
     let view = FileView::prepare(&spec.rootfs, true, &[], &[])?;
+    let apparmor = spec
+        .apparmor_profile
+        .as_deref()
+        .map(confine::AppArmorChange::open)
+        .transpose()?;
     confine::pivot_into_rootfs(&view.rootfs)?;
+    if let Some(apparmor) = apparmor {
+        apparmor.apply()?;
+    }
     confine::become_container_user(&spec.identity)?;
     spec.seccomp
         .apply()

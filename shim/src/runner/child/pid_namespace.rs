@@ -1,11 +1,16 @@
-//! Entering the pod's pid namespace (`shareProcessNamespace: true`).
+//! Entering the container's pid namespace: the pod's (`shareProcessNamespace: true`) or one
+//! of its own (the default, as under runc).
 //!
-//! Joining a pid namespace only places a process's *children* in it, so a runner that must
-//! be visible to its pod's sidecars forks once, right after it has joined the container's
-//! cgroup: the child, in the pod's namespace, goes on to run the module; the parent stays
-//! as the process the shim watches, forwards termination signals to the child and ends the
-//! way the child ended. The child dies with the parent (PDEATHSIG), so a SIGKILL to the
-//! parent still ends the container at once.
+//! Joining or creating a pid namespace only places a process's *children* in it, so the
+//! runner forks once, right after it has joined the container's cgroup: the child, in the
+//! namespace, goes on to run the module; the parent stays as the process the shim watches,
+//! forwards termination signals to the child and ends the way the child ended. The child dies
+//! with the parent (PDEATHSIG), so a SIGKILL to the parent still ends the container at once.
+//!
+//! In a namespace of its own the child is its init (pid 1), and the kernel delivers an init
+//! only the signals it has a handler for: the child installs handlers that end it as the
+//! default action would (status 128 + signal), except that a server, once it watches SIGTERM
+//! and SIGINT itself, drains instead (`let_the_server_drain`).
 //!
 //! The parent runs no guest code, but it lives in the container's cgroup next to the guest,
 //! so it is confined like the guest: once the child reports that it has become the
@@ -14,10 +19,13 @@
 //! filters.
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, raise, signal, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{
+    kill, raise, sigaction, signal, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal,
+};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
@@ -76,9 +84,9 @@ pub struct SupervisorConfinement<'a> {
     pub filters: &'a Filters,
 }
 
-/// Forks into the pid namespace the shim joined before exec. Returns in the child; the
-/// parent never returns (it exits with the child's status).
-pub fn fork_into_pod_namespace(
+/// Forks into the pid namespace the shim joined or created before exec. Returns in the
+/// child; the parent never returns (it exits with the child's status).
+pub fn fork_into_pid_namespace(
     confinement: SupervisorConfinement<'_>,
 ) -> Result<ConfinedNotice, String> {
     let mut watched = SigSet::empty();
@@ -102,6 +110,9 @@ pub fn fork_into_pod_namespace(
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
                 .map_err(|err| format!("cannot tie the module to its runner: {err}"))?;
             exit_if_parent_gone(&alive_read);
+            if nix::unistd::getpid().as_raw() == 1 {
+                end_on_forwarded_signals()?;
+            }
             nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&previous), None)
                 .map_err(|err| format!("cannot restore the signal mask: {err}"))?;
             Ok(ConfinedNotice {
@@ -115,8 +126,44 @@ pub fn fork_into_pod_namespace(
             std::mem::forget(alive_write);
             supervise(child, &watched, confined_read, confinement)
         }
-        Err(err) => Err(format!("cannot fork into the pod's pid namespace: {err}")),
+        Err(err) => Err(format!(
+            "cannot fork into the container's pid namespace: {err}"
+        )),
     }
+}
+
+/// Set once a server watches SIGTERM and SIGINT itself: from then on they start its drain.
+static SERVER_DRAINS: AtomicBool = AtomicBool::new(false);
+
+/// Tells the handlers below that the server now handles SIGTERM and SIGINT. Called after
+/// the server's own handlers are installed, which run after these: a signal in between
+/// still ends the module, as it would have before the server started.
+pub fn let_the_server_drain() {
+    SERVER_DRAINS.store(true, Ordering::SeqCst);
+}
+
+extern "C" fn end_as_by_default(signal: libc::c_int) {
+    let drains = SERVER_DRAINS.load(Ordering::SeqCst);
+    if drains && (signal == libc::SIGTERM || signal == libc::SIGINT) {
+        return;
+    }
+    // SAFETY: _exit is async-signal-safe; nothing of this process is needed any more.
+    unsafe { libc::_exit(128 + signal) }
+}
+
+/// An init ignores every signal it has no handler for: these make the forwarded ones end it.
+fn end_on_forwarded_signals() -> Result<(), String> {
+    let action = SigAction::new(
+        SigHandler::Handler(end_as_by_default),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for forwarded in FORWARDED {
+        // SAFETY: the handler only reads an atomic and calls _exit, both async-signal-safe.
+        unsafe { sigaction(forwarded, &action) }
+            .map_err(|err| format!("cannot handle {forwarded} as the namespace's init: {err}"))?;
+    }
+    Ok(())
 }
 
 /// A close-on-exec pipe whose ends sit above the descriptors the supervisor closes.

@@ -44,7 +44,6 @@ pub(super) const BASELINE_ALLOWED: &[&str] = &[
     "sched_getscheduler",
     "getcpu",
     "gettid",
-    "tgkill",
     "sigaltstack",
     "rt_sigaction",
     "rt_sigprocmask",
@@ -132,13 +131,11 @@ pub(super) const BASELINE_ALLOWED: &[&str] = &[
     "clock_nanosleep",
     "nanosleep",
     "gettimeofday",
-    // The process itself. `kill` is how the supervisor in a pod's pid namespace forwards
-    // signals to the runner it watches.
+    // The process itself (kill, tgkill and prlimit64 are allowed with conditions, below).
     "exit",
     "exit_group",
     "wait4",
     "waitid",
-    "kill",
     "getpid",
     "getppid",
     "getuid",
@@ -152,7 +149,6 @@ pub(super) const BASELINE_ALLOWED: &[&str] = &[
     "getrandom",
     "uname",
     "getrlimit",
-    "prlimit64",
     "sysinfo",
     "getrusage",
 ];
@@ -201,7 +197,25 @@ pub(super) fn baseline(native: &Native) -> Result<Vec<BpfProgram>, SeccompError>
     // int arguments are compared on their low half, all the kernel reads of them.
     let low_half =
         |index, op, value| SeccompCondition::new(index, SeccompCmpArgLen::Dword, op, value);
+    // A pid_t names one process when it is positive; 0 and negatives name process groups
+    // (which reach past the container's pid namespace to the shim's group) or everyone.
+    let one_process = |index| {
+        rule(vec![
+            low_half(index, SeccompCmpOp::Gt, 0),
+            low_half(index, SeccompCmpOp::Lt, 0x8000_0000),
+        ])
+    };
     let conditional = [
+        // How the supervisor forwards signals to the module's process; the runner's own
+        // pid namespace already keeps every other process out of reach.
+        ("kill", vec![one_process(0)]),
+        // raise() and abort(): a thread of this process signalling itself.
+        ("tgkill", vec![one_process(0)]),
+        // getrlimit/setrlimit of this process; never another's limits.
+        (
+            "prlimit64",
+            vec![rule(vec![low_half(0, SeccompCmpOp::Eq, 0)])],
+        ),
         (
             "clone",
             vec![rule(vec![SeccompCondition::new(

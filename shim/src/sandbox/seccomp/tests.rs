@@ -99,7 +99,6 @@ fn baseline_allows_what_the_runtime_needs() {
         "getrandom",
         "getdents64",
         "renameat2",
-        "kill",
         "wait4",
         "exit_group",
         "restart_syscall",
@@ -137,10 +136,51 @@ fn baseline_allows_what_the_runtime_needs() {
     ));
     assert!(allowed_with("ioctl", [0, libc::FIONBIO, 0, 0, 0, 0]));
     assert!(allowed_with("ioctl", [1, libc::TCGETS, 0, 0, 0, 0]));
+    let term = libc::SIGTERM as u64;
+    assert!(allowed_with("kill", [1, term, 0, 0, 0, 0]));
+    assert!(allowed_with("kill", [4_194_304, term, 0, 0, 0, 0]));
+    assert!(allowed_with(
+        "tgkill",
+        [1, 1, libc::SIGABRT as u64, 0, 0, 0]
+    ));
+    assert!(allowed_with(
+        "prlimit64",
+        [0, libc::RLIMIT_NOFILE as u64, 0, 1, 0, 0]
+    ));
     // Every filter of the baseline lets the next filter in.
     for program in &baseline {
         assert!(evaluate(program, &install_call(&native())).is_some_and(allows));
     }
+}
+
+#[test]
+fn signals_and_limits_reach_single_processes_of_the_container_only() {
+    let baseline = stack_for(None);
+    let denied = |name, args| verdict(&baseline, &call(name, args)) == errno(libc::EPERM);
+    let kill = libc::SIGKILL as u64;
+    // Process groups and broadcast: 0 (the caller's group, shared with whoever started it),
+    // -1 (everything the caller may signal), -pgid; as a 64-bit register or sign-extended.
+    for pid in [
+        0,
+        u64::from(u32::MAX),
+        0xffff_ffff_ffff_ffff,
+        (-4242_i64) as u64,
+    ] {
+        assert!(denied("kill", [pid, kill, 0, 0, 0, 0]), "kill({pid:#x})");
+        assert!(
+            denied("tgkill", [pid, 1, kill, 0, 0, 0]),
+            "tgkill({pid:#x})"
+        );
+    }
+    // Another process's limits, e.g. lowering RLIMIT_NOFILE of the shim.
+    assert!(denied(
+        "prlimit64",
+        [1, libc::RLIMIT_NOFILE as u64, 1, 0, 0, 0]
+    ));
+    assert!(denied(
+        "prlimit64",
+        [31_337, libc::RLIMIT_NOFILE as u64, 1, 0, 0, 0]
+    ));
 }
 
 #[test]

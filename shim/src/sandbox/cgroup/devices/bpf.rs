@@ -18,9 +18,18 @@ pub const LDX_MEM_W: u8 = 0x61;
 pub const ALU32_MOV_X: u8 = 0xbc;
 pub const ALU32_AND_K: u8 = 0x54;
 pub const ALU32_RSH_K: u8 = 0x74;
+pub const ALU32_MOV_K: u8 = 0xb4;
 pub const ALU64_MOV_K: u8 = 0xb7;
-pub const JMP32_JNE_K: u8 = 0x56;
+// Jumps of the 64-bit class only: the 32-bit jump class needs Linux 5.1, and runc's
+// programs load on the 4.15+ kernels cgroup v2 nodes may run.
+pub const JMP_JNE_K: u8 = 0x55;
+pub const JMP_JNE_X: u8 = 0x5d;
 pub const JMP_EXIT: u8 = 0x95;
+/// The class bits of an opcode, and the 32-bit jump class this module never emits.
+#[cfg(test)]
+pub const CLASS_MASK: u8 = 0x07;
+#[cfg(test)]
+pub const CLASS_JMP32: u8 = 0x06;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reg {
@@ -30,6 +39,7 @@ pub enum Reg {
     R3 = 3,
     R4 = 4,
     R5 = 5,
+    R6 = 6,
 }
 
 /// `struct bpf_insn`.
@@ -104,15 +114,23 @@ impl Insn {
         Insn::new(JMP_EXIT, Reg::R0, Reg::R0, 0, 0)
     }
 
-    /// Leaves the rule's block unless the low 32 bits of `reg` equal `value`; a 32-bit
-    /// compare, so numbers above i32::MAX compare as the kernel's u32 fields.
-    pub fn skip_rule_unless(reg: Reg, value: u32) -> Insn {
-        Insn::new(JMP32_JNE_K, reg, Reg::R0, SKIP_RULE, value as i32)
+    /// Appends to `block` what leaves the rule's block unless `reg` (a u32 field of the
+    /// context, zero-extended by its load) equals `value`. A 64-bit compare with an
+    /// immediate sign-extends it, so a value above i32::MAX is first moved into R6 with a
+    /// 32-bit move, which zero-extends, and compared register to register.
+    pub fn skip_rule_unless(block: &mut Vec<Insn>, reg: Reg, value: u32) {
+        match i32::try_from(value) {
+            Ok(imm) => block.push(Insn::new(JMP_JNE_K, reg, Reg::R0, SKIP_RULE, imm)),
+            Err(_) => {
+                block.push(Insn::new(ALU32_MOV_K, Reg::R6, Reg::R0, 0, value as i32));
+                block.push(Insn::new(JMP_JNE_X, reg, Reg::R6, SKIP_RULE, 0));
+            }
+        }
     }
 
     pub fn point_skip_at_block_end(&mut self, insns_after: usize) {
-        if self.code == JMP32_JNE_K && self.off == SKIP_RULE {
-            // A block is at most eight instructions.
+        if matches!(self.code, JMP_JNE_K | JMP_JNE_X) && self.off == SKIP_RULE {
+            // A block is at most ten instructions.
             self.off = insns_after as i16;
         }
     }
@@ -169,9 +187,38 @@ fn bpf<T>(command: libc::c_int, attr: &T) -> io::Result<libc::c_long> {
 }
 
 /// The program's fd, or the error with the verifier's explanation.
+///
+/// Loaded without a log first, as libbpf does: a log buffer the kernel finds too small fails
+/// the load with ENOSPC even for a good program, and some kernels cap its size. Only a load
+/// that failed is repeated with a log, growing it until the explanation fits.
 pub fn load_device_program(program: &[Insn]) -> Result<OwnedFd, (io::Error, String)> {
+    let error = match load(program, &mut []) {
+        Ok(fd) => return Ok(fd),
+        Err(err) => err,
+    };
+    let mut size = 64 * 1024;
+    loop {
+        let mut log = vec![0u8; size];
+        match load(program, &mut log) {
+            // Loaded this time (a passing fault the first time): fine.
+            Ok(fd) => return Ok(fd),
+            Err(err) if err.raw_os_error() == Some(libc::ENOSPC) && size < MAX_LOG => {
+                size *= 4;
+            }
+            Err(_) => {
+                let end = log.iter().position(|byte| *byte == 0).unwrap_or(log.len());
+                let text = String::from_utf8_lossy(&log[..end]).trim_end().to_string();
+                return Err((error, text));
+            }
+        }
+    }
+}
+
+/// The largest verifier log asked for (the kernel's own limit is 16 MiB - 1 on old kernels).
+const MAX_LOG: usize = 4 * 1024 * 1024;
+
+fn load(program: &[Insn], log: &mut [u8]) -> io::Result<OwnedFd> {
     const LICENSE: &[u8] = b"Apache-2.0\0";
-    let mut log = vec![0u8; 64 * 1024];
     let mut prog_name = [0u8; 16];
     prog_name[..13].copy_from_slice(b"wedge_devices");
     let attr = ProgLoadAttr {
@@ -179,9 +226,13 @@ pub fn load_device_program(program: &[Insn]) -> Result<OwnedFd, (io::Error, Stri
         insn_cnt: program.len() as u32,
         insns: program.as_ptr() as u64,
         license: LICENSE.as_ptr() as u64,
-        log_level: 1,
+        log_level: u32::from(!log.is_empty()),
         log_size: log.len() as u32,
-        log_buf: log.as_mut_ptr() as u64,
+        log_buf: if log.is_empty() {
+            0
+        } else {
+            log.as_mut_ptr() as u64
+        },
         kern_version: 0,
         prog_flags: 0,
         prog_name,
@@ -197,11 +248,7 @@ pub fn load_device_program(program: &[Insn]) -> Result<OwnedFd, (io::Error, Stri
             Err(err) if err.raw_os_error() == Some(libc::EAGAIN) && attempts < 5 => {
                 attempts += 1;
             }
-            Err(err) => {
-                let end = log.iter().position(|byte| *byte == 0).unwrap_or(log.len());
-                let text = String::from_utf8_lossy(&log[..end]).trim_end().to_string();
-                return Err((err, text));
-            }
+            Err(err) => return Err(err),
         }
     }
 }

@@ -369,21 +369,21 @@ impl DevicePolicy {
             let mut block = Vec::new();
             match rule.device_type {
                 DeviceType::All => {}
-                DeviceType::Block => block.push(Insn::skip_rule_unless(Reg::R2, 1)),
-                DeviceType::Char => block.push(Insn::skip_rule_unless(Reg::R2, 2)),
+                DeviceType::Block => Insn::skip_rule_unless(&mut block, Reg::R2, 1),
+                DeviceType::Char => Insn::skip_rule_unless(&mut block, Reg::R2, 2),
             }
             if rule.access != Access::ALL {
                 // Any requested bit outside the rule's access (unknown ones included)
                 // means the rule does not match.
                 block.push(Insn::mov32_reg(Reg::R1, Reg::R3));
                 block.push(Insn::and32(Reg::R1, !i32::from(rule.access.0)));
-                block.push(Insn::skip_rule_unless(Reg::R1, 0));
+                Insn::skip_rule_unless(&mut block, Reg::R1, 0);
             }
             if let Some(major) = rule.major {
-                block.push(Insn::skip_rule_unless(Reg::R4, major));
+                Insn::skip_rule_unless(&mut block, Reg::R4, major);
             }
             if let Some(minor) = rule.minor {
-                block.push(Insn::skip_rule_unless(Reg::R5, minor));
+                Insn::skip_rule_unless(&mut block, Reg::R5, minor);
             }
             block.push(Insn::mov64(Reg::R0, i32::from(rule.allow)));
             block.push(Insn::exit());

@@ -151,7 +151,8 @@ fn run_program(
     access: Access,
 ) -> bool {
     use bpf::{
-        ALU32_AND_K, ALU32_MOV_X, ALU32_RSH_K, ALU64_MOV_K, JMP32_JNE_K, JMP_EXIT, LDX_MEM_W,
+        ALU32_AND_K, ALU32_MOV_K, ALU32_MOV_X, ALU32_RSH_K, ALU64_MOV_K, CLASS_JMP32, CLASS_MASK,
+        JMP_EXIT, JMP_JNE_K, JMP_JNE_X, LDX_MEM_W,
     };
     let ctx = [(u32::from(access.0) << 16) | device_type, major, minor];
     let mut regs = [0u64; 11];
@@ -159,6 +160,11 @@ fn run_program(
     loop {
         let insn = program[pc];
         let (dst, src, imm) = (insn.dst(), insn.src(), insn.imm);
+        assert_ne!(
+            insn.code & CLASS_MASK,
+            CLASS_JMP32,
+            "a 32-bit jump needs Linux 5.1"
+        );
         pc += 1;
         match insn.code {
             LDX_MEM_W => {
@@ -169,8 +175,15 @@ fn run_program(
             ALU32_AND_K => regs[dst] = (regs[dst] as u32 & imm as u32).into(),
             ALU32_RSH_K => regs[dst] = (regs[dst] as u32 >> imm).into(),
             ALU64_MOV_K => regs[dst] = imm as i64 as u64,
-            JMP32_JNE_K => {
-                if regs[dst] as u32 != imm as u32 {
+            ALU32_MOV_K => regs[dst] = u64::from(imm as u32),
+            // 64-bit compares: the immediate is sign-extended, as the kernel does.
+            JMP_JNE_K => {
+                if regs[dst] != imm as i64 as u64 {
+                    pc += insn.off as usize;
+                }
+            }
+            JMP_JNE_X => {
+                if regs[dst] != regs[src] {
                     pc += insn.off as usize;
                 }
             }
